@@ -1,0 +1,1 @@
+"""Selectors the trainer drives: agents, the agent console, Quad's cluster bandit and baseline policies."""

@@ -1,0 +1,115 @@
+"""The selector interface the trainer drives (multi-agent paper, Algorithm 1).
+
+The trainer owns a Selector and:
+  1. calls ``setup(ctx)`` once, then ``initial_selection()``           (Algorithm 1, line 2)
+  2. every step calls ``on_step(step, model)``; every U steps the selector updates its agents and
+     re-selects (lines 4-14); it returns True when the selection changed
+  3. draws training documents from ``selection()`` (line 15) through its data loader, restarting
+     its pass when ``version`` changes
+  4. saves ``state_dict()`` inside every checkpoint and restores it with ``load_state_dict()``; a
+     resumed selector makes exactly the selections an uninterrupted one would.
+Every update appends a JSON-able dict to ``log`` (step, agent, per-category mean rewards, weights,
+theta, selected composition, reward provenance); reports plot it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from thresher.influence.rewards import RewardSource
+from thresher.utils.seeding import rng
+
+
+@dataclass
+class Labels:
+    """Per-document categorical labels: column name -> int codes (len n_docs; -1 = missing) + names."""
+
+    codes: Mapping[str, np.ndarray] = field(default_factory=dict)
+    categories: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.codes[name]
+
+
+@dataclass
+class SelectionContext:
+    """What a selector may read. ``doc_lengths`` are token counts (int64, len n_docs)."""
+
+    doc_lengths: np.ndarray
+    labels: Labels
+    rewards: RewardSource | None = None
+    budget_docs: int | None = None  # size k of D_k in documents, or
+    budget_tokens: int | None = None  # a token budget for D_k
+    seed: int = 0
+    embeddings: np.ndarray | None = None  # (n_docs, d) float16, for embedding-based policies
+
+    @property
+    def n_docs(self) -> int:
+        return int(len(self.doc_lengths))
+
+
+class Selector(ABC):
+    """One small interface for every selection policy."""
+
+    name: str = "selector"
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.log: list[dict] = []
+        self._selection = np.zeros(0, dtype=np.int64)
+
+    @abstractmethod
+    def setup(self, ctx: SelectionContext) -> None: ...
+
+    @abstractmethod
+    def initial_selection(self) -> np.ndarray:
+        """Choose D_k before training; sets and returns the current selection."""
+
+    def on_step(self, step: int, model: Any) -> bool:
+        """Called by the trainer before every step; static policies never change their selection."""
+        return False
+
+    def selection(self) -> np.ndarray:
+        """Doc ids (int64) of the current stage's training set D_k."""
+        return self._selection
+
+    def _set_selection(self, ids: np.ndarray) -> None:
+        self._selection = np.asarray(ids, dtype=np.int64)
+        self.version += 1
+
+    def state_dict(self) -> dict:
+        return {"version": self.version, "selection": self._selection.copy(), "log": list(self.log)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.version = int(state["version"])
+        self._selection = np.asarray(state["selection"], dtype=np.int64)
+        self.log = list(state["log"])
+
+
+def budget_count(ctx: SelectionContext, order: np.ndarray) -> int:
+    """How many docs of ``order`` fit the budget (documents, or tokens: the prefix whose sum fits)."""
+    if ctx.budget_tokens is not None:
+        csum = np.cumsum(ctx.doc_lengths[order])
+        return int(np.searchsorted(csum, ctx.budget_tokens, side="right"))
+    if ctx.budget_docs is not None:
+        return min(int(ctx.budget_docs), len(order))
+    return len(order)
+
+
+class RandomSelector(Selector):
+    """Uniform random D_k at the budget (the papers' random baseline); never re-selects."""
+
+    name = "random"
+
+    def setup(self, ctx: SelectionContext) -> None:
+        self.ctx = ctx
+
+    def initial_selection(self) -> np.ndarray:
+        order = rng(self.ctx.seed, "random-selection").permutation(self.ctx.n_docs)
+        self._set_selection(np.sort(order[: budget_count(self.ctx, order)]))
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(self._selection))})
+        return self._selection

@@ -1,0 +1,1 @@
+"""Corpus: readers, tokenizer, the token store, reference tasks and the synthetic world."""

@@ -1,0 +1,37 @@
+"""The contract between the influence engine and the selectors.
+
+Sign convention (used everywhere in thresher): a POSITIVE reward means one gradient step on the
+document LOWERS the reference loss. For a step theta' = theta - lr * g_x, the first-order change of
+the reference loss is -lr * g_ref^T g_x, so reward(x) = g_ref^T P^-1 g_x with P the preconditioner
+(identity, K-FAC or EK-FAC). The multi-agent paper's Eq. 6 writes the same quantity with the opposite
+sign convention for the loss change; we follow its intent: higher reward = more useful.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+
+class RewardSource(ABC):
+    """Gives each document (by doc id) a reward under the current model."""
+
+    @abstractmethod
+    def refresh(self, model: Any, step: int) -> None:
+        """The model changed: recompute reference gradients / factors. ``step`` is recorded in provenance."""
+
+    @abstractmethod
+    def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
+        """float64 rewards, one per doc id, same order."""
+
+    def provenance(self) -> dict:
+        """Where the last rewards came from: model step, reference tasks, settings."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

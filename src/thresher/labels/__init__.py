@@ -1,0 +1,1 @@
+"""Offline labelling: labelers, executors and the label table (the agents' memory)."""
