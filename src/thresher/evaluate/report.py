@@ -1,0 +1,139 @@
+"""Reports: reference-loss curves per policy and agent weights over training, as Markdown + PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from thresher.utils.io import atomic_path, atomic_write_text
+
+REF_PREFIX = "ref_loss/"
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed run
+    return rows
+
+
+def ref_curves(metrics: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """task -> (steps, losses) from the trainer's metrics rows carrying ``ref_loss/<task>`` keys."""
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for row in metrics:
+        for k, v in row.items():
+            if k.startswith(REF_PREFIX) and v is not None:
+                steps, vals = curves.setdefault(k[len(REF_PREFIX):], ([], []))
+                steps.append(int(row["step"]))
+                vals.append(float(v))
+    return curves
+
+
+def final_ref_losses(metrics: list[dict]) -> dict[str, float]:
+    return {task: vals[-1] for task, (_, vals) in ref_curves(metrics).items() if vals}
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_ref_losses(runs: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for m in runs.values() for t in ref_curves(m)})
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5 * max(1, len(tasks)), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for policy, metrics in runs.items():
+            curve = ref_curves(metrics).get(task)
+            if curve:
+                ax.plot(curve[0], curve[1], marker="o", ms=3, label=policy)
+        ax.set_title(f"reference loss: {task}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("NLL / continuation token")
+        ax.legend()
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def weight_trajectories(log: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """agent -> category -> (steps, weights) from selector log rows with ``agent`` and ``weights``."""
+    out: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for row in log:
+        if "agent" not in row or not isinstance(row.get("weights"), dict):
+            continue
+        for cat, w in row["weights"].items():
+            steps, ws = out.setdefault(row["agent"], {}).setdefault(cat, ([], []))
+            steps.append(int(row["step"]))
+            ws.append(float(w))
+    return out
+
+
+def theta_trajectory(log: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for row in log:
+        if isinstance(row.get("theta"), dict) and "agent" not in row:
+            for agent, t in row["theta"].items():
+                steps, ts = out.setdefault(agent, ([], []))
+                steps.append(int(row["step"]))
+                ts.append(float(t))
+    return out
+
+
+def plot_agent_weights(log: list[dict], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traj = weight_trajectories(log)
+    theta = theta_trajectory(log)
+    panels = list(traj.items()) + ([("console theta", theta)] if theta else [])
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (agent, cats) in zip(axes[0], panels):
+        for cat, (steps, ws) in cats.items():
+            ax.plot(steps, ws, marker=".", label=cat)
+        ax.set_title(agent if agent == "console theta" else f"{agent} agent weights")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, ncol=2)
+    _savefig(fig, path)
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thresher report",
+                 extra_md: str = "") -> Path:
+    """``runs``: policy -> run directory (with metrics.jsonl and selector_log.jsonl)."""
+    out_dir = Path(out_dir)
+    metrics = {p: read_jsonl(Path(d) / "metrics.jsonl") for p, d in runs.items()}
+    plot_ref_losses(metrics, out_dir / "ref_loss.png")
+    lines = [f"# {title}", "", "## Final reference loss (mean NLL per continuation token; lower is better)", ""]
+    finals = {p: final_ref_losses(m) for p, m in metrics.items()}
+    tasks = sorted({t for f in finals.values() for t in f})
+    lines.append("| policy | " + " | ".join(tasks) + " | mean |")
+    lines.append("|---|" + "---:|" * (len(tasks) + 1))
+    for p, f in finals.items():
+        vals = [f.get(t) for t in tasks]
+        mean = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
+        lines.append(f"| {p} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + f" | {mean:.4f} |")
+    lines += ["", "![reference loss](ref_loss.png)", ""]
+    for p, d in runs.items():
+        log = read_jsonl(Path(d) / "selector_log.jsonl")
+        if plot_agent_weights(log, out_dir / f"weights_{p}.png"):
+            lines += [f"## Agent weights: {p}", "", f"![weights {p}](weights_{p}.png)", ""]
+    lines.append(extra_md)
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,134 @@
+"""Dataclass config trees <-> TOML, with dotted CLI overrides (``train.steps=200``).
+
+Only plain field types are supported (bool, int, float, str, list, dict, Optional[...] and nested
+dataclasses), which is what every component config uses; that keeps the files readable and diffable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from thresher.utils.errors import ThresherError
+from thresher.utils.io import atomic_write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build ``cls`` from a (possibly partial) dict; unknown keys are an error that names them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ThresherError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = _unwrap_optional(hints[f.name])
+        value = data[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, where + f.name + ".")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else tp
+    return tp
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ThresherError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ThresherError(f"invalid TOML in {path}: {e}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``a.b.c=value``; the value is parsed as TOML/JSON when possible (numbers, bools, lists), else a string."""
+    for item in overrides:
+        if "=" not in item:
+            raise ThresherError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ThresherError(f"override '{item}': '{p}' is not a section")
+        node[parts[-1]] = _parse_value(raw.strip())
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    data = load_toml(path) if path else {}
+    return from_dict(cls, apply_overrides(data, overrides or []))
+
+
+def dumps(cfg: Any) -> str:
+    """TOML text for a dataclass tree (None values are omitted: they mean 'default')."""
+    return _dump_table(to_dict(cfg), prefix="")
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    atomic_write_text(path, dumps(cfg))
+
+
+def _dump_table(d: dict, prefix: str) -> str:
+    lines, tables = [], []
+    for k, v in d.items():
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{_key(k)} = {_value(v)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in tables:
+        name = f"{prefix}{_key(k)}"
+        out += f"\n[{name}]\n" + _dump_table(v, name + ".")
+    return out
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items() if x is not None) + "}"
+    raise ThresherError(f"cannot write {type(v).__name__} to TOML")
