@@ -1,0 +1,117 @@
+"""One train <-> select run under one config (Algorithm 1 end to end).
+
+token store + label table + reference tasks -> selector (policy) with influence rewards -> trainer.
+Everything the run writes lands in ``cfg.out``: config.toml, metrics.jsonl, selector_log.jsonl,
+checkpoints/, final/ (a Hugging Face model folder).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thresher.agents.base import Labels, SelectionContext
+from thresher.config import RunConfig, save_run_config
+from thresher.corpus.reference import ReferenceTask, read_reference_jsonl, tokenize_task
+from thresher.influence.rewards import RewardSource
+from thresher.utils.errors import ThresherError
+from thresher.utils.io import atomic_write_text
+from thresher.utils.log import print0
+from thresher.utils.seeding import rng
+
+
+class LazyInfluenceRewards(RewardSource):
+    """Influence rewards whose scorer is built on the first ``refresh`` (the model exists only then)."""
+
+    def __init__(self, cfg, reference: dict[str, ReferenceTask], store, fit_ids: np.ndarray):
+        self.cfg, self.reference, self.store, self.fit_ids = cfg, reference, store, fit_ids
+        self.inner = None
+
+    def refresh(self, model: Any, step: int) -> None:
+        if self.inner is None:
+            from thresher.influence.rewards import InfluenceRewards
+            from thresher.influence.scorer import InfluenceScorer
+
+            fit_docs = self.store.docs(self.fit_ids) if self.cfg.preconditioner != "none" else None
+            self.inner = InfluenceRewards(InfluenceScorer(model, self.reference, self.cfg, fit_docs), self.store)
+        self.inner.refresh(model, step)
+
+    def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
+        if self.inner is None:
+            raise ThresherError("influence rewards asked for before the first refresh(model)")
+        return self.inner.rewards(doc_ids)
+
+    def provenance(self) -> dict:
+        return self.inner.provenance() if self.inner is not None else {}
+
+
+def load_reference(cfg: RunConfig, tokenizer) -> tuple[dict[str, ReferenceTask], dict[str, ReferenceTask]]:
+    """(reward parts, eval parts) of every reference task; the split is seeded and disjoint."""
+    if not cfg.data.reference:
+        raise ThresherError("data.reference is empty: name at least one reference task JSONL")
+    reward, evals = {}, {}
+    for name, path in sorted(cfg.data.reference.items()):
+        pairs = read_reference_jsonl(path, limit=cfg.data.reference_max_examples or None)
+        task = tokenize_task(name, pairs, tokenizer)
+        reward[name], evals[name] = task.split(cfg.data.reference_eval_fraction, seed=cfg.seed)
+    return reward, evals
+
+
+def agent_labels(cfg: RunConfig, table) -> Labels:
+    """Label-table columns under the names the agents use (``data.label_columns``)."""
+    codes, cats = {}, {}
+    for agent_name, column in cfg.data.label_columns.items():
+        if column in table.columns and table.kind(column) == "category":
+            codes[agent_name] = np.asarray(table.codes(column))
+            cats[agent_name] = table.categories(column)
+    if not codes:
+        raise ThresherError(f"none of the label columns {list(cfg.data.label_columns.values())} are in the label table")
+    return Labels(codes=codes, categories=cats)
+
+
+def build_run(cfg: RunConfig):
+    """Open the data and build (store, selector, eval tasks) for ``cfg``."""
+    from thresher.agents.policies import build_selector
+    from thresher.corpus.store import TokenStore
+    from thresher.labels.table import LabelTable
+
+    store = TokenStore.open(cfg.data.store)
+    table = LabelTable.open(cfg.data.labels)
+    if table.n_docs != store.n_docs:
+        raise ThresherError(f"label table has {table.n_docs} rows but the token store has {store.n_docs} documents")
+    reward_tasks, eval_tasks = load_reference(cfg, store.tokenizer())
+    cfg.influence.pad_id = store.pad_id
+    fit_ids = np.sort(rng(cfg.seed, "influence-fit").choice(store.n_docs, min(cfg.data.influence_fit_docs, store.n_docs), replace=False))
+    rewards = LazyInfluenceRewards(cfg.influence, reward_tasks, store, fit_ids)
+    ctx = SelectionContext(doc_lengths=np.asarray(store.lengths), labels=agent_labels(cfg, table), rewards=rewards,
+                           seed=cfg.seed)
+    return store, build_selector(cfg.selector, ctx), eval_tasks
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict:
+    """Train under ``cfg.selector.policy``; returns the trainer's summary."""
+    from thresher.train.loop import train
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(cfg, out)
+    store, selector, eval_tasks = build_run(cfg)
+    print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model} for {cfg.train.steps} steps -> {out}")
+    summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume)
+    write_selector_log(selector.log, out / "selector_log.jsonl")
+    return summary
+
+
+def write_selector_log(log: list[dict], path: Path) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, default=_plain) + "\n" for row in log))
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
