@@ -89,6 +89,128 @@ def ingest(
     typer.echo(f"token store written to {out}: {stats}")
 
 
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate checkpoints: downstream tasks via lm-evaluation-harness.")
+app.add_typer(eval_app, name="eval")
+
+
+@app.command()
+def label(
+    store: Path = typer.Argument(..., help="Token store folder (from `thresher ingest`)."),
+    out: Path = typer.Option(..., help="Label table folder to create, resume or extend with new columns."),
+    config: Optional[Path] = typer.Option(None, help="A TOML file with LabelConfig fields."),
+    labelers: Optional[str] = typer.Option(None, help="Comma-separated labelers: domain, quality_hf, "
+                                           "quality_fasttext, quality_rules, topic_hf, topic_zeroshot, embed, "
+                                           "perplexity, dsir, synthetic."),
+    executor: Optional[str] = typer.Option(None, help="local (processes on this machine) or ray (Ray Data)."),
+    workers: Optional[int] = typer.Option(None, help="Local worker processes."),
+    kmeans_k: Optional[int] = typer.Option(None, help="k-means clusters over the embeddings (0 = none)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a LabelConfig field: key=value (repeatable)."),
+):
+    """Label every document (domain, quality, topic, embedding, cluster...) into the agents' label table."""
+    from thresher.labels.base import TokenStoreSource
+    from thresher.labels.config import LabelConfig, run_from_config
+    from thresher.utils.tomlio import load_config
+
+    overrides = list(set_)
+    if labelers:
+        overrides.append("labelers=[" + ", ".join(f'"{x.strip()}"' for x in labelers.split(",")) + "]")
+    for key, value in (("executor", executor), ("workers", workers), ("kmeans_k", kmeans_k)):
+        if value is not None:
+            overrides.append(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}")
+    cfg = load_config(LabelConfig, config, overrides)
+    table = run_from_config(TokenStoreSource(store), cfg, out)
+    typer.echo(f"label table written to {out}: {table.n_docs} documents, columns {table.columns}")
+
+
+@app.command()
+def stats(
+    labels: Path = typer.Argument(..., help="Label table folder (from `thresher label`)."),
+    out: Path = typer.Option(..., help="Folder for figure1.png, heatmaps and stats.md."),
+):
+    """Joint label distributions (quality x domain x topic diversity, the papers' Figure 1) as PNG + Markdown."""
+    from thresher.labels.stats import label_stats
+
+    paths = label_stats(labels, out)
+    typer.echo("\n".join(f"{k}: {v}" for k, v in paths.items()))
+
+
+@quality_app.command("train")
+def quality_train(
+    pos: Path = typer.Option(..., help="Text file of high-quality examples, one document per line."),
+    neg: Path = typer.Option(..., help="Text file of low-quality examples, one document per line."),
+    out: Path = typer.Option(..., help="Where to write the fastText model (.bin)."),
+    epoch: int = typer.Option(5, help="Training epochs."),
+    threads: int = typer.Option(1, help="fastText threads (1 keeps training deterministic)."),
+    seed: int = typer.Option(0, help="Seed."),
+):
+    """Train a DCLM-style fastText quality classifier from positive and negative examples."""
+    from thresher.labels.quality import train_quality_fasttext
+
+    typer.echo(f"quality classifier written to {train_quality_fasttext(pos, neg, out, epoch=epoch, threads=threads, seed=seed)}")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, help="Run config TOML ([data], [selector], [influence], [train])."),
+    set_: List[str] = typer.Option([], "--set", help="Override any field: section.key=value, e.g. "
+                                   "train.steps=200 or selector.policy=quad (repeatable)."),
+    resume: bool = typer.Option(False, help="Continue from the newest checkpoint in the run's out folder."),
+):
+    """Train a model while a selection policy re-chooses its data (Algorithm 1); resumable."""
+    from thresher.config import load_run_config
+    from thresher.experiments.run import run
+
+    summary = run(load_run_config(config, list(set_)), resume=resume)
+    typer.echo(f"finished at step {summary.get('step')}; reference losses: {summary.get('ref_losses')}")
+
+
+@eval_app.command("downstream")
+def eval_downstream(
+    model_dir: Path = typer.Argument(..., help="A Hugging Face model folder (a run's final/)."),
+    out: Path = typer.Option(..., help="Folder for downstream_results.json."),
+    config: Optional[Path] = typer.Option(None, help="A TOML file with EvalConfig fields."),
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: the paper's set)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many documents per task (0 = all)."),
+    data_root: Optional[str] = typer.Option(None, help="Folder holding the benchmarks (shared/data/eval layout)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda."),
+    set_: List[str] = typer.Option([], "--set", help="Override an EvalConfig field: key=value (repeatable)."),
+):
+    """Downstream accuracy (0/3/5-shot, acc and acc_norm) with lm-evaluation-harness on local task files."""
+    from thresher.evaluate.config import EvalConfig, run_eval
+    from thresher.evaluate.downstream import results_table_markdown
+    from thresher.utils.tomlio import load_config
+
+    overrides = list(set_)
+    if tasks:
+        overrides.append("tasks=[" + ", ".join(f'"{t.strip()}"' for t in tasks.split(",")) + "]")
+    if limit is not None:
+        overrides.append(f"limit={limit}")
+    if data_root:
+        overrides.append(f'data_root="{data_root}"')
+    if device:
+        overrides.append(f'device="{device}"')
+    results = run_eval(load_config(EvalConfig, config, overrides), model_dir, out)
+    typer.echo(results_table_markdown(results))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), help="Folder for the world, store, labels, runs and report."),
+    seed: int = typer.Option(0, help="Seed of the world, the selection and the models."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per policy (default: the demo's)."),
+    policies: str = typer.Option("random,multi-agent", help="Comma-separated policies to compare."),
+):
+    """The whole pipeline on the built-in synthetic world, on CPU, in minutes: synth -> ingest -> labels ->
+    train under each policy -> report (Markdown + PNG)."""
+    from thresher.experiments.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(seed=seed, policies=[p.strip() for p in policies.split(",") if p.strip()])
+    if steps:
+        cfg.steps = steps
+    report = run_demo(cfg, out)
+    typer.echo(f"report: {report}")
+
+
 def main() -> None:
     try:
         app()

@@ -14,7 +14,7 @@ QUALITY_INTERVALS = ["[0,1)", "[1,2)", "[2,3)", "[3,4)", "[4,5]"]
 
 def quality_interval(scores: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
-    codes = np.floor(np.clip(s, 0.0, 5.0)).astype(np.int16)
+    codes = np.floor(np.clip(np.nan_to_num(s, nan=0.0), 0.0, 5.0)).astype(np.int16)
     codes = np.minimum(codes, 4)  # 5.0 belongs to [4, 5]
     codes[np.isnan(s)] = -1
     return codes

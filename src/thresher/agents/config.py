@@ -1,0 +1,75 @@
+"""Settings of a selection policy (one TOML table; every field has a default)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+from thresher.utils.errors import ThresherError
+
+
+@dataclass
+class SelectorConfig:
+    policy: str = "multi-agent"  # see thresher.agents.policies.POLICIES
+    agents: list = field(default_factory=list)  # label columns used as agents; [] = the policy's default
+    seed: int = 0
+    # Algorithm 1
+    update_every: int = 1000  # U: steps between agent updates and re-selection
+    eta_agent: float = 0.1  # eta_A of Eq. 5 (all agents) ...
+    eta_agents: dict = field(default_factory=dict)  # ... or per agent {column: eta}
+    eta_console: float = 0.1  # eta of Eq. 9 (Algorithm 1 line 11 writes eta_A; one value here)
+    theta_init: float = 1.0  # initial collaborative weight of every agent
+    samples_per_category: int = 64  # n docs sampled per category per update (Algorithm 1 line 6)
+    normalization: str = "rank"  # raw (the paper) | zscore | rank: rewards within one agent's sample
+    missing: str = "neutral"  # a doc without a label: neutral (mean weight) | exclude (never selected)
+    # selection of D_k
+    selection: str = "top-k"  # top-k (the paper) | gumbel (Gumbel-top-k, MATES)
+    temperature: float = 1.0  # tau of Gumbel-top-k on the scores S
+    budget_docs: Optional[int] = None  # overrides the context's budget when set
+    budget_tokens: Optional[int] = None
+    reuse_penalty: float = 0.0  # subtracted from S of docs already trained on (0 = off)
+    initial: str = "random"  # D_k before the first update: random (Algorithm 1 line 2) | scores
+    # initial agent weights: {column: "uniform" | preset name | {category: weight}}; file: same JSON
+    init: dict = field(default_factory=dict)
+    init_file: Optional[str] = None
+    mixture: str = "slimpajama"  # static-mixture: a preset name (Table 4) ...
+    mixture_weights: dict = field(default_factory=dict)  # ... or {domain: weight}
+    mixture_column: str = "domain"
+    # Quad's cluster bandit
+    bandit_column: str = "cluster"
+    alpha: float = 0.002  # exploration weight of the UCB cluster score (paper scale)
+    sample_proportion: float = 0.05  # fraction of a chosen cluster sampled per round
+    max_samples_per_cluster: int = 1024  # cap per cluster per round
+    clusters_per_round: int = 16  # top clusters by CS sampled each round
+    threshold: float = 0.0025  # keep a sampled doc if its reward > threshold (paper scale)
+    threshold_mode: str = "absolute"  # absolute | quantile (threshold_quantile of the round's rewards)
+    threshold_quantile: float = 0.5
+    unvisited: str = "inf"  # CS of a never-sampled cluster: inf (UCB1 reading) | initial-visit
+    bandit_normalization: str = "auto"  # auto: raw for quad, `normalization` for the bandit agent
+    bandit_rounds_per_update: int = 1  # rounds the bandit agent plays per console update
+
+    def validate(self) -> None:
+        choices = {"normalization": ("raw", "zscore", "rank"), "missing": ("neutral", "exclude"),
+                   "selection": ("top-k", "gumbel"), "threshold_mode": ("absolute", "quantile"),
+                   "unvisited": ("inf", "initial-visit"), "initial": ("random", "scores"),
+                   "bandit_normalization": ("auto", "raw", "zscore", "rank")}
+        for name, ok in choices.items():
+            if getattr(self, name) not in ok:
+                raise ThresherError(f"selector.{name} = {getattr(self, name)!r}; choose one of {', '.join(ok)}")
+        if self.update_every < 1 or self.samples_per_category < 1:
+            raise ThresherError("selector.update_every and selector.samples_per_category must be >= 1")
+        if self.temperature <= 0:
+            raise ThresherError("selector.temperature must be > 0")
+        if not 0 < self.sample_proportion <= 1:
+            raise ThresherError("selector.sample_proportion must be in (0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SelectorConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ThresherError(f"unknown selector setting(s): {', '.join(unknown)}")
+        return cls(**d)

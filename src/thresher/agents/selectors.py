@@ -1,0 +1,300 @@
+"""Selectors the trainer drives: the multi-agent console (Algorithm 1), Quad, a static domain mixture."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from thresher.agents.agent import Agent, CategoricalAgent, normalise_rewards
+from thresher.agents.bandit import BanditAgent, ClusterBandit, arm_sizes
+from thresher.agents.base import SelectionContext, Selector, budget_count
+from thresher.agents.cells import CellIndex, build_cell_index, gather_cells
+from thresher.agents.config import SelectorConfig
+from thresher.agents.console import AgentConsole
+from thresher.agents.presets import initial_weights, read_init_file
+from thresher.agents.select import make_groups, select_gumbel, select_top_k
+from thresher.utils.errors import ThresherError
+from thresher.utils.seeding import derive_seed, rng
+
+
+def _budget(cfg: SelectorConfig, ctx: SelectionContext) -> tuple[int | None, int | None]:
+    docs = cfg.budget_docs if cfg.budget_docs is not None else ctx.budget_docs
+    tokens = cfg.budget_tokens if cfg.budget_tokens is not None else ctx.budget_tokens
+    if docs is None and tokens is None:
+        raise ThresherError("selection needs a budget: set selector.budget_docs or selector.budget_tokens")
+    return (None, tokens) if tokens is not None else (docs, None)
+
+
+def _categories(ctx: SelectionContext, column: str) -> list[str]:
+    if column not in ctx.labels.codes:
+        raise ThresherError(f"label column {column!r} is missing (have: {sorted(ctx.labels.codes)})")
+    cats = list(ctx.labels.categories.get(column, []))
+    return cats or [str(i) for i in range(int(np.max(ctx.labels.codes[column], initial=-1)) + 1)]
+
+
+def composition(index: CellIndex, ids: np.ndarray, categories: dict[str, list[str]]) -> dict:
+    """Selected docs per category of each label column (a count of distinct codes for wide columns)."""
+    per_cell = np.bincount(index.cell_id[ids], minlength=index.n_cells)
+    out = {}
+    for j, col in enumerate(index.columns):
+        codes = index.codes[:, j]
+        counts = np.bincount(codes + 1, weights=per_cell, minlength=len(categories[col]) + 1).astype(np.int64)
+        if len(categories[col]) > 64:
+            out[col] = {"distinct": int((counts[1:] > 0).sum()), "missing": int(counts[0])}
+        else:
+            out[col] = {name: int(c) for name, c in zip(["<missing>"] + categories[col], counts) if c}
+    return out
+
+
+class _StagedSelector(Selector):
+    """Shared plumbing: cell index, budget, seeded stream, random first stage, RNG in state_dict."""
+
+    def __init__(self, cfg: SelectorConfig, name: str) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg, self.name = cfg, name
+        self.g = rng(cfg.seed, "selector", name)
+
+    def _index(self, ctx: SelectionContext, columns: list[str]) -> None:
+        self.ctx = ctx
+        self.budget_docs, self.budget_tokens = _budget(self.cfg, ctx)
+        self.categories = {c: _categories(ctx, c) for c in columns}
+        self.index = build_cell_index(ctx.labels, columns, np.asarray(ctx.doc_lengths))
+
+    def _random_stage(self) -> np.ndarray:
+        """Algorithm 1 line 2: D_k as a uniformly random subset at the budget."""
+        groups = make_groups(self.index, np.zeros(self.index.n_cells), self.ctx.doc_lengths)
+        g = rng(self.cfg.seed, "initial-selection")
+        return select_top_k(self.index, self.ctx.doc_lengths, groups, g, self.budget_docs, self.budget_tokens)
+
+    def _due(self, step: int) -> bool:
+        return step > 0 and step % self.cfg.update_every == 0
+
+    def _provenance(self) -> dict:
+        src = self.ctx.rewards
+        return src.provenance() if src is not None else {}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "rng": self.g.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.g.bit_generator.state = state["rng"]
+
+
+class MultiAgentSelector(_StagedSelector):
+    """Algorithm 1: every U steps refresh rewards, update agents (Eq. 4-5) and theta (Eq. 8-9),
+    re-select D_k by Eq. 7 (top-k or Gumbel-top-k, per cell).
+
+    ``columns``: the categorical agents' label columns; ``bandit``: add Quad's bandit as an agent;
+    ``learn=False`` keeps the weights fixed (static score policies such as quality-top);
+    ``fixed_init`` overrides the initial weights per column.
+    """
+
+    def __init__(self, cfg: SelectorConfig, columns: list[str], bandit: bool = False, learn: bool = True,
+                 update_theta: bool = True, name: str = "multi-agent", fixed_init: dict | None = None) -> None:
+        super().__init__(cfg, name)
+        self.columns, self.with_bandit, self.learn = list(columns), bandit, learn
+        self.update_theta, self.fixed_init = update_theta, fixed_init or {}
+
+    def setup(self, ctx: SelectionContext) -> None:
+        cols = self.columns + ([self.cfg.bandit_column] if self.with_bandit else [])
+        self._index(ctx, cols)
+        if self.learn and ctx.rewards is None:
+            raise ThresherError(f"policy {self.name} needs a reward source (influence) in the context")
+        agents = [self._agent(c) for c in self.columns]
+        if self.with_bandit:
+            agents.append(self._bandit_agent())
+        self.console = AgentConsole(agents, self.cfg.theta_init, self.cfg.eta_console, self.update_theta)
+        self.trained = np.zeros(ctx.n_docs, dtype=bool) if self.cfg.reuse_penalty > 0 else None
+
+    def _agent(self, column: str) -> Agent:
+        specs = read_init_file(self.cfg.init_file) if self.cfg.init_file else {}
+        specs.update(self.cfg.init)
+        specs.update(self.fixed_init)
+        w = initial_weights(specs.get(column), self.categories[column], f"initial weights of {column}")
+        eta = float(self.cfg.eta_agents.get(column, self.cfg.eta_agent))
+        return CategoricalAgent(column, column, self.categories[column], w, eta,
+                                self.cfg.samples_per_category, self.cfg.normalization)
+
+    def _bandit_agent(self) -> BanditAgent:
+        c, col = self.cfg, self.cfg.bandit_column
+        sizes = arm_sizes(self.index, col, len(self.categories[col]))
+        b = ClusterBandit(sizes, c.alpha, c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round,
+                          c.unvisited)
+        norm = c.normalization if c.bandit_normalization == "auto" else c.bandit_normalization
+        return BanditAgent("bandit", col, self.categories[col], b, c.samples_per_category,
+                           c.bandit_rounds_per_update, norm)
+
+    def initial_selection(self) -> np.ndarray:
+        ids = self._random_stage() if self.cfg.initial == "random" and self.learn else self._select()
+        self._set_selection(ids)
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "initial": self.cfg.initial,
+                         "theta": self.console.theta.tolist(), "composition": self._composition(ids)})
+        return self._selection
+
+    def on_step(self, step: int, model: Any) -> bool:
+        if not (self.learn and self._due(step)):
+            return False
+        self.ctx.rewards.refresh(model, step)
+        ups, collab = self.console.update(self.index, self.ctx.rewards, self.g)
+        if self.trained is not None:  # the stage that just ended counts as trained on
+            self.trained[self._selection] = True
+        ids = self._select()
+        self._set_selection(ids)
+        self.log.append({"step": step, "policy": self.name, "agents": [u.to_log() for u in ups], **collab,
+                         "selected": int(len(ids)), "composition": self._composition(ids),
+                         "rewards": self._provenance()})
+        return True
+
+    def mark_trained(self, doc_ids: np.ndarray) -> None:
+        """The trainer may report exactly which docs it consumed (for the reuse penalty)."""
+        if self.trained is not None:
+            self.trained[np.asarray(doc_ids, dtype=np.int64)] = True
+
+    def _select(self) -> np.ndarray:
+        scores = self.console.cell_scores(self.index, self.cfg.missing)
+        groups = make_groups(self.index, scores, self.ctx.doc_lengths, self.trained, self.cfg.reuse_penalty)
+        args = (self.index, self.ctx.doc_lengths, groups, self.g)
+        if self.cfg.selection == "gumbel":
+            return select_gumbel(*args, self.cfg.temperature, self.budget_docs, self.budget_tokens, self.trained)
+        return select_top_k(*args, self.budget_docs, self.budget_tokens, self.trained)
+
+    def _composition(self, ids: np.ndarray) -> dict:
+        return composition(self.index, ids, self.categories)
+
+    def state_dict(self) -> dict:
+        state = {**super().state_dict(), "console": self.console.state_dict()}
+        if self.trained is not None:
+            state["trained"] = np.packbits(self.trained)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.console.load_state_dict(state["console"])
+        if self.trained is not None:
+            self.trained = np.unpackbits(np.asarray(state["trained"]), count=self.ctx.n_docs).astype(bool)
+
+
+class QuadSelector(_StagedSelector):
+    """Quad: each stage, play bandit rounds, keep sampled docs whose reward passes the threshold,
+    until the budget is filled. The first stage is random (as Algorithm 1 line 2)."""
+
+    def __init__(self, cfg: SelectorConfig, name: str = "quad") -> None:
+        super().__init__(cfg, name)
+
+    def setup(self, ctx: SelectionContext) -> None:
+        col = self.cfg.bandit_column
+        self._index(ctx, [col])
+        if ctx.rewards is None:
+            raise ThresherError("policy quad needs a reward source (influence) in the context")
+        c = self.cfg
+        self.bandit = ClusterBandit(arm_sizes(self.index, col, len(self.categories[col])), c.alpha,
+                                    c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round, c.unvisited)
+        self.norm = "raw" if c.bandit_normalization == "auto" else c.bandit_normalization
+
+    def initial_selection(self) -> np.ndarray:
+        ids = self._random_stage() if self.cfg.initial == "random" else self._fill(0)
+        self._set_selection(ids)
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids))})
+        return self._selection
+
+    def on_step(self, step: int, model: Any) -> bool:
+        if not self._due(step):
+            return False
+        self.ctx.rewards.refresh(model, step)
+        self._set_selection(self._fill(step))
+        return True
+
+    def _fill(self, step: int) -> np.ndarray:
+        b = self.bandit
+        perm: dict[int, list] = {}  # arm -> [docs in random order, cursor]; no doc is drawn twice a stage
+        left = b.sizes.copy()
+        chosen, room = [], self.budget_tokens if self.budget_tokens is not None else self.budget_docs
+        rounds = 0
+        if self.cfg.unvisited == "initial-visit" and b.counts.sum() == 0:
+            room = self._play(np.flatnonzero(left > 0), perm, left, chosen, room, initial=True)
+        while room > 0 and left.sum() > 0:
+            arms = b.choose(self.g, left > 0)
+            room = self._play(arms, perm, left, chosen, room)
+            rounds += 1
+        ids = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        sampled = int(sum(p[1] for p in perm.values()))
+        self.log.append({"step": step, "policy": self.name, "rounds": rounds, "sampled": sampled,
+                         "selected": int(len(ids)), "arms_visited": int((b.counts > 0).sum()),
+                         "composition": composition(self.index, ids, self.categories), "rewards": self._provenance()})
+        return ids
+
+    def _play(self, arms, perm, left, chosen, room, initial=False) -> int:
+        """One round: sample each arm, score, update the bandit, keep docs above threshold."""
+        b, col = self.bandit, self.cfg.bandit_column
+        docs, arm_of = [], []
+        for a in arms.tolist():
+            if a not in perm:
+                perm[a] = [self.g.permutation(gather_cells(self.index, self.index.cells_with(col, a))), 0]
+            m = min(self.cfg.samples_per_category if initial else b.round_size(a), int(left[a]))
+            d, cur = perm[a]
+            docs.append(d[cur : cur + m])
+            perm[a][1] += m
+            left[a] -= m
+            arm_of.append(np.full(m, a, dtype=np.int64))
+        docs, arm_of = np.concatenate(docs), np.concatenate(arm_of)
+        r = normalise_rewards(self.ctx.rewards.rewards(docs), self.norm)
+        b.observe(arm_of, r)
+        thr = self.cfg.threshold if self.cfg.threshold_mode == "absolute" else np.quantile(r, self.cfg.threshold_quantile)
+        keep = docs[r > thr]
+        if self.budget_tokens is not None:
+            n = int(np.searchsorted(np.cumsum(self.ctx.doc_lengths[keep]), room, side="right"))
+            chosen.append(keep[:n])
+            return 0 if n < len(keep) else room - int(self.ctx.doc_lengths[keep].sum())
+        chosen.append(keep[:room])
+        return room - len(keep[:room])
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "bandit": self.bandit.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.bandit.load_state_dict(state["bandit"])
+
+
+class StaticMixtureSelector(_StagedSelector):
+    """A fixed domain mixture (Table 4 presets or given weights): per domain a random subset with
+    that share of the budget (docs or tokens); a domain short of docs gives what it has."""
+
+    def __init__(self, cfg: SelectorConfig, name: str = "static-mixture") -> None:
+        super().__init__(cfg, name)
+
+    def setup(self, ctx: SelectionContext) -> None:
+        self._index(ctx, [self.cfg.mixture_column])
+        cats = self.categories[self.cfg.mixture_column]
+        spec = self.cfg.mixture_weights or self.cfg.mixture
+        self.weights = initial_weights(spec, cats, "mixture weights")
+
+    def initial_selection(self) -> np.ndarray:
+        g = rng(self.cfg.seed, "static-mixture")
+        parts = []
+        shares = _shares(self.budget_docs, self.weights) if self.budget_docs is not None else None
+        for j, w in enumerate(self.weights):
+            score = np.where(self.index.codes[:, 0] == j, 0.0, -np.inf)
+            groups = make_groups(self.index, score, self.ctx.doc_lengths)
+            docs = int(shares[j]) if shares is not None else None
+            toks = int(self.budget_tokens * w) if self.budget_tokens is not None else None
+            parts.append(select_top_k(self.index, self.ctx.doc_lengths, groups, g, docs, toks))
+        ids = np.sort(np.concatenate(parts))
+        self._set_selection(ids)
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)),
+                         "weights": self.weights.tolist(), "composition": composition(self.index, ids, self.categories)})
+        return self._selection
+
+
+def _shares(k: int, w: np.ndarray) -> np.ndarray:
+    """k split by weights w, largest remainders first, summing to k."""
+    exact = k * np.asarray(w) / np.sum(w)
+    out = np.floor(exact).astype(np.int64)
+    out[np.argsort(-(exact - out), kind="stable")[: k - int(out.sum())]] += 1
+    return out
+
+
+__all__ = ["MultiAgentSelector", "QuadSelector", "StaticMixtureSelector", "budget_count"]

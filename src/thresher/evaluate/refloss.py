@@ -1,0 +1,52 @@
+"""Reference loss: mean NLL per continuation token of a ReferenceTask under a causal LM."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from thresher.corpus.batching import IGNORE, pad_examples
+
+
+@torch.no_grad()
+def reference_loss(model, task, batch_size: int = 16, max_len: int = 1024, device: str | torch.device = "cpu",
+                   pad_id: int = 0, autocast_dtype: torch.dtype | None = None) -> float:
+    """Sum of continuation-token NLLs over all examples / number of continuation tokens.
+
+    Token-weighted (a long continuation counts more than a short one), which is what the influence
+    rewards differentiate. Examples are batched in length order to waste little on padding; the
+    value does not depend on ``batch_size`` (right padding + attention mask, tested).
+    """
+    examples = task.examples()
+    if not examples:
+        return float("nan")
+    order = np.argsort([len(c) + len(t) for c, t in examples], kind="stable")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, len(order), batch_size):
+            batch = pad_examples([examples[j] for j in order[i : i + batch_size]], max_len, pad_id)
+            nll, n = _batch_nll(model, batch, torch.device(device), autocast_dtype)
+            total, count = total + nll, count + n
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def _batch_nll(model, batch: dict, device: torch.device, autocast_dtype) -> tuple[float, int]:
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with ctx:
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+    # position t predicts token t + 1: (B, T-1, V) against (B, T-1)
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 kept
+    target = labels[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE,
+                          reduction="sum")
+    return float(nll), int((target != IGNORE).sum())

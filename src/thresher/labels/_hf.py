@@ -1,0 +1,49 @@
+"""Shared HF plumbing: load a local dir or Hub id (offline-friendly), run batches in length order."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from thresher.labels.base import resolve_device
+from thresher.utils.errors import ThresherError
+
+
+def load_hf(model: str, kind: str, device: str = "auto"):
+    """(tokenizer, model on device, eval mode); kind is 'classification' or 'causal'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    cls = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
+    dev = resolve_device(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(model)
+        net = cls.from_pretrained(model, dtype=torch.float16 if dev.startswith("cuda") else torch.float32)
+    except OSError as e:
+        raise ThresherError(f"cannot load model {model!r} (local path or cached Hub id): {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok, net.to(dev).eval(), dev
+
+
+def run_batches(texts: list[str], batch_size: int, fn: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """Apply ``fn`` to length-sorted minibatches (less padding); results come back in input order."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    parts = [fn([texts[i] for i in order[s : s + batch_size]]) for s in range(0, len(texts), batch_size)]
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    res = np.empty_like(out)
+    res[order] = out
+    return res
+
+
+def classify_logits(tok, net, dev: str, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """(B, n_labels) float32 logits of a sequence classifier (texts truncated to max_length tokens)."""
+    import torch
+
+    def fn(chunk: list[str]) -> np.ndarray:
+        enc = tok(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(dev)
+        with torch.inference_mode():
+            return net(**enc).logits.float().cpu().numpy()
+
+    return run_batches(texts, batch_size, fn) if texts else np.zeros((0, net.config.num_labels), np.float32)

@@ -1,0 +1,112 @@
+"""LabelConfig: which labelers run, with which models and settings, on which executor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from thresher.labels.base import DocumentSource, Labeler
+from thresher.utils.errors import ThresherError
+
+KNOWN = ("domain", "quality_hf", "quality_fasttext", "quality_rules", "topic_hf", "topic_zeroshot",
+         "embed", "perplexity", "dsir", "synthetic")
+
+
+@dataclass
+class LabelConfig:
+    labelers: list = field(default_factory=lambda: ["domain", "quality_rules", "topic_zeroshot", "embed"])
+    domain_field: str = "domain"
+    quality_model: str = "HuggingFaceFW/fineweb-edu-classifier"  # Hub id or local dir (quality_hf)
+    fasttext_model: str = ""  # .bin path (quality_fasttext)
+    topic_model: str = ""  # HF classifier (topic_hf)
+    embed_model: str = ""  # "" -> the packaged all-MiniLM-L6-v2; the Quad paper: BAAI/bge-large-en-v1.5
+    perplexity_model: str = ""  # small causal LM (perplexity)
+    dsir_reference: list = field(default_factory=list)  # reference-task JSONL files (target distribution)
+    dsir_raw_sample: int = 10_000  # pool docs used to fit the raw distribution
+    dsir_buckets: int = 10_000
+    max_length: int = 512  # model tokens per doc (longer docs are truncated)
+    max_chars: int = 1_000_000  # longer docs are refused with reason 'too_long'
+    device: str = "auto"
+    model_batch_size: int = 32
+    domain_noise: float = 0.0  # synthetic only
+    topic_noise: float = 0.0
+    quality_noise: float = 0.0
+    kmeans_k: int = 0  # 0 = no clustering; the Quad paper: 10000
+    kmeans_sample: int = 1_000_000
+    kmeans_niter: int = 20
+    executor: str = "local"  # local | ray
+    shard_size: int = 10_000
+    workers: int = 1
+    batch_size: int = 256  # docs per label() call
+    num_gpus: float = 0.0  # per Ray actor
+    ray_address: Optional[str] = None
+    keep_shards: bool = False
+    seed: int = 0
+
+
+def build_labelers(cfg: LabelConfig, source: DocumentSource | None = None) -> list[Labeler]:
+    unknown = [n for n in cfg.labelers if n not in KNOWN]
+    if unknown:
+        raise ThresherError(f"unknown labeler(s) {unknown}; choose from {list(KNOWN)}")
+    return [_build_one(name, cfg, source) for name in cfg.labelers]
+
+
+def _build_one(name: str, cfg: LabelConfig, source: DocumentSource | None) -> Labeler:
+    from thresher.labels import domain, dsir, embed, perplexity, quality, synthetic, topic
+
+    hf = dict(max_length=cfg.max_length, batch_size=cfg.model_batch_size, device=cfg.device, max_chars=cfg.max_chars)
+    if name == "domain":
+        return domain.DomainLabeler(cfg.domain_field)
+    if name == "quality_hf":
+        return quality.HFQualityLabeler(cfg.quality_model, **hf)
+    if name == "quality_fasttext":
+        return quality.FastTextQualityLabeler(_need(cfg.fasttext_model, "fasttext_model"), max_chars=cfg.max_chars)
+    if name == "quality_rules":
+        return quality.RuleQualityLabeler(cfg.max_chars)
+    if name == "topic_hf":
+        return topic.HFTopicLabeler(_need(cfg.topic_model, "topic_model"), **hf)
+    if name == "topic_zeroshot":
+        return topic.ZeroShotTopicLabeler(cfg.embed_model, batch_size=cfg.model_batch_size, device=cfg.device, max_chars=cfg.max_chars)
+    if name == "embed":
+        return embed.EmbedLabeler(cfg.embed_model, batch_size=cfg.model_batch_size, device=cfg.device, max_chars=cfg.max_chars)
+    if name == "perplexity":
+        return perplexity.PerplexityLabeler(_need(cfg.perplexity_model, "perplexity_model"), **hf)
+    if name == "dsir":
+        return _build_dsir(cfg, source)
+    return synthetic.SyntheticLabeler(cfg.domain_noise, cfg.topic_noise, cfg.quality_noise, cfg.seed)
+
+
+def _build_dsir(cfg: LabelConfig, source: DocumentSource | None):
+    from thresher.corpus.reference import read_reference_jsonl
+    from thresher.labels.dsir import DsirLabeler
+    from thresher.utils.seeding import rng
+
+    if not cfg.dsir_reference or source is None:
+        raise ThresherError("dsir needs dsir_reference files and a document source to fit the raw distribution")
+    target = [c + " " + x for p in cfg.dsir_reference for c, x in read_reference_jsonl(p)]
+    ids = rng(cfg.seed, "dsir-raw").permutation(source.n_docs)[: cfg.dsir_raw_sample]
+    name = "+".join(Path(p).parent.name or Path(p).stem for p in cfg.dsir_reference)
+    return DsirLabeler.fit(target, source.texts(sorted(ids)), cfg.dsir_buckets, target_name=name, max_chars=cfg.max_chars)
+
+
+def _need(value: str, key: str) -> str:
+    if not value:
+        raise ThresherError(f"this labeler needs `{key}` set in the label config")
+    return value
+
+
+def build_clusterer(cfg: LabelConfig):
+    from thresher.labels.cluster import KMeansClusterer
+
+    return KMeansClusterer(cfg.kmeans_k, cfg.kmeans_sample, cfg.kmeans_niter, cfg.seed) if cfg.kmeans_k > 0 else None
+
+
+def run_from_config(source: DocumentSource, cfg: LabelConfig, out_dir: str | Path):
+    """Build everything from ``cfg`` and label ``source`` into the table at ``out_dir``."""
+    from thresher.labels.executors import run_labelers
+
+    return run_labelers(source, build_labelers(cfg, source), out_dir, executor=cfg.executor,
+                        shard_size=cfg.shard_size, workers=cfg.workers, batch_size=cfg.batch_size,
+                        clusterer=build_clusterer(cfg), num_gpus=cfg.num_gpus, keep_shards=cfg.keep_shards,
+                        ray_address=cfg.ray_address)

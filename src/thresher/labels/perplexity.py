@@ -1,0 +1,60 @@
+"""Perplexity under a small causal LM (the perplexity-selection baseline, Ankner et al. 2024)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from thresher.labels.base import Labeler, fill_float, model_version, ok_indices, screen_texts
+
+
+class PerplexityLabeler(Labeler):
+    """``perplexity`` = exp(mean next-token NLL) over the first ``max_length`` tokens (float32)."""
+
+    name = "perplexity"
+    columns = {"perplexity": "float", "perplexity_reason": "reason"}
+
+    def __init__(self, model: str, max_length: int = 512, batch_size: int = 16, device: str = "auto",
+                 max_chars: int | None = 1_000_000):
+        self.model, self.max_length, self.batch_size = model, max_length, batch_size
+        self.device, self.max_chars = device, max_chars
+        self._net = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_net": None, "_tok": None}
+
+    def settings(self) -> dict[str, Any]:
+        return {**model_version(self.model), "max_length": self.max_length, "max_chars": self.max_chars}
+
+    def setup(self) -> None:
+        from thresher.labels._hf import load_hf
+
+        if self._net is None:
+            self._tok, self._net, self._dev = load_hf(self.model, "causal", self.device)
+            self._tok.padding_side = "right"
+
+    def mean_nll(self, texts: list[str]) -> np.ndarray:
+        """(B,) float64 mean next-token NLL; NaN for docs with fewer than 2 tokens."""
+        import torch
+
+        enc = self._tok(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt").to(self._dev)
+        with torch.inference_mode():
+            # only ids + mask: a BERT-style tokenizer's token_type_ids would shift GPT-2's embeddings
+            logits = self._net(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()  # (B, T, V)
+        tgt, mask = enc["input_ids"][:, 1:], enc["attention_mask"][:, 1:].float()
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, reduction="none")  # (B, T-1)
+        n = mask.sum(1)
+        return ((nll * mask).sum(1) / n.clamp(min=1)).masked_fill(n == 0, float("nan")).double().cpu().numpy()
+
+    def label(self, batch: dict[str, list]) -> dict[str, np.ndarray | list]:
+        from thresher.labels._hf import run_batches
+
+        self.setup()
+        texts = batch["text"]
+        reasons = screen_texts(texts, self.max_chars)
+        idx = ok_indices(reasons)
+        nll = run_batches([texts[i] for i in idx], self.batch_size, self.mean_nll)
+        ppl = fill_float(len(texts), idx, np.exp(nll))
+        reasons = [r if (r or not np.isnan(p)) else "too_short" for r, p in zip(reasons, ppl)]
+        return {"perplexity": ppl, "perplexity_reason": reasons}

@@ -1,0 +1,115 @@
+"""Per-cell top-k and Gumbel-top-k against brute force over documents."""
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from thresher.agents.base import Labels
+from thresher.agents.cells import build_cell_index, gather_cells
+from thresher.agents.select import make_groups, select_gumbel, select_top_k
+
+
+def _index(codes_a, codes_b, lengths):
+    labels = Labels({"a": np.array(codes_a, np.int16), "b": np.array(codes_b, np.int16)},
+                    {"a": ["0", "1", "2"], "b": ["0", "1"]})
+    return build_cell_index(labels, ["a", "b"], np.array(lengths, np.int64))
+
+
+corpus = st.integers(1, 60).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(-1, 2), min_size=n, max_size=n), st.lists(st.integers(0, 1), min_size=n, max_size=n),
+    st.lists(st.integers(1, 9), min_size=n, max_size=n),
+    st.lists(st.sampled_from([0.0, 1.0, 2.0, -np.inf]), min_size=12, max_size=12),  # ties across cells
+    st.integers(0, 70), st.integers(0, 2**31), st.sampled_from([0.0, 1.5])))
+
+
+def _setup(case):
+    a, b, lengths, cell_pool, budget, seed, penalty = case
+    index = _index(a, b, lengths)
+    scores = np.array(cell_pool[: index.n_cells])
+    lengths = np.array(lengths, np.int64)
+    trained = np.random.default_rng(seed).random(len(lengths)) < 0.3 if penalty else None
+    groups = make_groups(index, scores, lengths, trained, penalty)
+    doc_score = scores[index.cell_id] - (penalty * trained if penalty else 0.0)
+    return index, lengths, groups, doc_score, budget, np.random.default_rng(seed), trained
+
+
+def test_cell_index_groups_every_doc_once():
+    g = np.random.default_rng(1)
+    a, b, lengths = g.integers(-1, 3, 500), g.integers(0, 2, 500), g.integers(1, 9, 500)
+    index = _index(a, b, lengths)
+    docs = gather_cells(index, np.arange(index.n_cells))
+    assert sorted(docs.tolist()) == list(range(500))
+    np.testing.assert_array_equal(index.codes[index.cell_id], np.stack([a, b], axis=1))
+    np.testing.assert_array_equal(index.tokens, np.bincount(index.cell_id, weights=lengths))
+    for c in range(index.n_cells):
+        assert (index.cell_id[index.docs(c)] == c).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(corpus)
+def test_top_k_docs_equals_brute_force_sort(case):
+    index, lengths, groups, doc_score, k, g, trained = _setup(case)
+    sel = select_top_k(index, lengths, groups, g, budget_docs=k, trained=trained)
+    finite = np.isfinite(doc_score)
+    brute = np.sort(doc_score[finite])[::-1][:k]  # brute-force top-k scores (float64 sort of all docs)
+    assert len(np.unique(sel)) == len(sel) == min(k, finite.sum())
+    np.testing.assert_array_equal(np.sort(doc_score[sel])[::-1], brute)
+
+
+@settings(max_examples=150, deadline=None)
+@given(corpus)
+def test_top_k_tokens_is_a_sorted_prefix_that_fits(case):
+    index, lengths, groups, doc_score, budget, g, trained = _setup(case)
+    budget *= 5
+    sel = select_top_k(index, lengths, groups, g, budget_tokens=budget, trained=trained)
+    used = lengths[sel].sum()
+    assert len(np.unique(sel)) == len(sel) and used <= budget
+    rest = np.setdiff1d(np.flatnonzero(np.isfinite(doc_score)), sel)
+    if len(sel) and len(rest):
+        assert doc_score[rest].max() <= doc_score[sel].min()  # a prefix of the score order
+    if len(rest):  # the prefix stopped at a doc of the next score level that did not fit
+        nxt = rest[doc_score[rest] == doc_score[rest].max()]
+        assert (lengths[nxt] > budget - used).any()
+
+
+@settings(max_examples=100, deadline=None)
+@given(corpus, st.sampled_from([0.3, 1.0, 5.0]))
+def test_gumbel_exact_budget_no_duplicates_seeded(case, tau):
+    index, lengths, groups, doc_score, k, _, trained = _setup(case)
+    run = lambda s, **kw: select_gumbel(index, lengths, groups, np.random.default_rng(s), tau, trained=trained, **kw)  # noqa: E731
+    sel = run(7, budget_docs=k)
+    assert len(np.unique(sel)) == len(sel) == min(k, np.isfinite(doc_score).sum())
+    assert np.isfinite(doc_score[sel]).all()
+    np.testing.assert_array_equal(sel, run(7, budget_docs=k))
+    tok = run(3, budget_tokens=5 * k)
+    assert lengths[tok].sum() <= 5 * k and len(np.unique(tok)) == len(tok)
+
+
+def _brute_gumbel(doc_score, lengths, tau, g, k=None, tokens=None):
+    keys = doc_score / tau + g.gumbel(size=len(doc_score))
+    order = np.argsort(-keys)
+    order = order[np.isfinite(doc_score[order])]
+    if tokens is None:
+        return order[:k]
+    return order[: np.searchsorted(np.cumsum(lengths[order]), tokens, side="right")]
+
+
+def test_gumbel_matches_brute_force_in_distribution():
+    # 4 cells, unequal sizes and scores; compare per-doc inclusion frequencies over many draws
+    a = [0] * 3 + [1] * 5 + [2] * 8 + [2] * 4
+    b = [0] * 3 + [0] * 5 + [0] * 8 + [1] * 4
+    lengths = np.arange(20) % 7 + 1
+    index = _index(a, b, lengths)
+    cell_scores = np.array([0.0, 1.0, 2.0, -0.5])[: index.n_cells]
+    groups = make_groups(index, cell_scores, lengths)
+    doc_score = cell_scores[index.cell_id]
+    n = 3000
+    for kw in ({"k": 6}, {"tokens": 20}):
+        g1, g2 = np.random.default_rng(11), np.random.default_rng(12)
+        ours, brute = np.zeros(20), np.zeros(20)
+        for _ in range(n):
+            ours[select_gumbel(index, lengths, groups, g1, 0.7, budget_docs=kw.get("k"),
+                               budget_tokens=kw.get("tokens"))] += 1
+            brute[_brute_gumbel(doc_score, lengths, 0.7, g2, **kw)] += 1
+        p = (ours + brute) / (2 * n)
+        se = np.sqrt(np.maximum(p * (1 - p), 1e-4) * 2 / n)
+        assert np.all(np.abs(ours / n - brute / n) < 4.5 * se), (ours / n, brute / n)

@@ -1,0 +1,229 @@
+"""Each labeler against a reference: a per-example loop, brute force in float64, or hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thresher.labels.domain import DOMAINS, DomainLabeler
+from thresher.labels.intervals import quality_interval
+from thresher.labels.quality import FastTextQualityLabeler, HFQualityLabeler, RuleQualityLabeler, rule_signals
+
+
+def batch(texts, **meta):
+    return {"doc_id": np.arange(len(texts)), "text": list(texts), **meta}
+
+
+def test_eq3_edges():
+    s = np.array([0, 0.999, 1, 4, 4.999, 5, 5.3, -0.1, np.nan])
+    # I_j = [j-1, j) for j<=4, I_5 = [4, 5]; clipped outside [0, 5]; NaN -> missing (-1)
+    assert quality_interval(s).tolist() == [0, 0, 1, 4, 4, 4, 4, 0, -1]
+    assert quality_interval(s).dtype == np.int16
+
+
+def test_domain_mapping_and_unknowns():
+    names = [f"RedPajama{d}" for d in ("CommonCrawl", "C4", "Github", "Book", "ArXiv", "Wikipedia", "StackExchange")]
+    vals = names + DOMAINS + ["Reddit", None]
+    out = DomainLabeler().label(batch(["x"] * len(vals), domain=vals))
+    assert out["domain"].tolist() == list(range(7)) * 2 + [-1, -1]
+    assert out["domain_reason"][-2:] == ["unknown:Reddit", "unknown:None"]
+    assert out["domain_reason"][:14] == [None] * 14
+
+
+def test_rule_quality_matches_per_doc_loop(docs):
+    out = RuleQualityLabeler().label(batch(docs))
+    for i, t in enumerate(docs):
+        if not t.strip():
+            assert np.isnan(out["quality_score"][i]) and out["quality_interval"][i] == -1
+            assert out["quality_reason"][i] == "empty"
+        else:
+            ref = 5.0 * np.mean(list(rule_signals(t).values()))
+            assert out["quality_score"][i] == pytest.approx(ref, rel=1e-6)
+            assert out["quality_interval"][i] == quality_interval(np.array([ref]))[0]
+
+
+def test_rule_signals_hand_computed():
+    t = "lorem ipsum dolor\nlorem ipsum dolor"
+    s = rule_signals(t)
+    assert s["no_lorem"] == 0.0 and s["word_count"] == 0.0 and s["stop_words"] == 0.0
+    assert s["unique_lines"] == pytest.approx(0.5 / 0.7) and s["terminal_punct"] == 0.0
+
+
+def test_hf_quality_matches_unbatched_forward(docs, tiny_regressor):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    docs = docs[:12]
+    lab = HFQualityLabeler(str(tiny_regressor), max_length=64, batch_size=5, device="cpu")
+    out = lab.label(batch(docs))
+    tok = AutoTokenizer.from_pretrained(tiny_regressor)
+    net = AutoModelForSequenceClassification.from_pretrained(tiny_regressor).eval()
+    for i, t in enumerate(docs):
+        if not t.strip():
+            assert out["quality_reason"][i] == "empty" and np.isnan(out["quality_score"][i])
+            continue
+        with torch.no_grad():  # one doc, no padding: the reference
+            ref = net(**tok(t, truncation=True, max_length=64, return_tensors="pt")).logits[0, 0].item()
+        assert out["quality_score"][i] == pytest.approx(np.clip(ref, 0, 5), abs=1e-4)
+    again = HFQualityLabeler(str(tiny_regressor), max_length=64, batch_size=3, device="cpu").label(batch(docs))
+    np.testing.assert_allclose(again["quality_score"], out["quality_score"], atol=1e-4)
+    assert lab.provenance()["settings"]["sha256"]  # local model identity recorded
+
+
+def test_fasttext_quality(docs, fasttext_model):
+    import fasttext
+
+    lab = FastTextQualityLabeler(fasttext_model)
+    out = lab.label(batch(docs))
+    ft = fasttext.load_model(str(fasttext_model))
+    for i, t in enumerate(docs):
+        if t.strip():
+            labels, probs = ft.predict(" ".join(t.split()), k=-1)
+            ref = 5 * dict(zip(labels, probs))["__label__hq"]
+            assert out["quality_score"][i] == pytest.approx(ref, rel=1e-5)
+    spam = lab.label(batch(["click here buy now cheap free win casino"] * 2))["quality_score"]
+    assert spam.max() < np.nanmean(out["quality_score"])
+
+
+def test_fasttext_training_deterministic(tmp_path, fasttext_model):
+    from thresher.labels.quality import train_quality_fasttext
+
+    d = fasttext_model.parent
+    p2 = train_quality_fasttext(d / "pos.txt", d / "neg.txt", tmp_path / "m2.bin", epoch=5, dim=16, seed=0)
+    t = ["the market fell as investors sold bank shares", "buy now cheap casino"]
+    a = FastTextQualityLabeler(fasttext_model).label(batch(t))["quality_score"]
+    b = FastTextQualityLabeler(p2).label(batch(t))["quality_score"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_embed_matches_sentence_transformers(docs, minilm, st_model):
+    from thresher.labels.embed import EmbedLabeler
+
+    out = EmbedLabeler(minilm, batch_size=8, device="cpu", max_seq_length=64).label(batch(docs[:10]))["embedding"]
+    assert out.shape == (10, 384) and out.dtype == np.float16
+    for i, t in enumerate(docs[:10]):
+        if not t.strip():
+            assert np.isnan(out[i]).all()
+        else:
+            ref = st_model.encode([t], normalize_embeddings=True)[0]
+            np.testing.assert_allclose(out[i].astype(np.float32), ref, atol=2e-3)
+
+
+def test_zero_shot_topic_is_brute_force_argmax(docs, minilm, st_model):
+    from thresher.labels.topic import TOPICS, ZeroShotTopicLabeler
+
+    texts = docs[:10] + ["Stocks, bonds and interest rates: how banks lend money to investors."]
+    out = ZeroShotTopicLabeler(minilm, device="cpu", max_seq_length=64).label(batch(texts))
+    st = st_model
+    proto = st.encode([f"{k}: {v}" for k, v in TOPICS.items()], normalize_embeddings=True).astype(np.float64)
+    for i, t in enumerate(texts):
+        if not t.strip():
+            assert out["topic"][i] == -1 and out["topic_reason"][i] == "empty"
+            continue
+        sim = proto @ st.encode([t], normalize_embeddings=True)[0].astype(np.float64)
+        if np.sort(sim)[-1] - np.sort(sim)[-2] > 1e-3:  # skip float ties
+            assert out["topic"][i] == sim.argmax()
+        assert out["topic_score"][i] == pytest.approx(sim.max(), abs=1e-3)
+
+
+def test_hf_topic_matches_loop(docs, tiny_topic_classifier):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from thresher.labels.topic import TOPIC_NAMES, HFTopicLabeler
+
+    lab = HFTopicLabeler(str(tiny_topic_classifier), max_length=64, batch_size=5, device="cpu")
+    assert lab.categories["topic"] == TOPIC_NAMES
+    out = lab.label(batch(docs[:20]))
+    tok = AutoTokenizer.from_pretrained(tiny_topic_classifier)
+    net = AutoModelForSequenceClassification.from_pretrained(tiny_topic_classifier).eval()
+    for i, t in enumerate(docs[:20]):
+        if t.strip():
+            with torch.no_grad():
+                p = net(**tok(t, truncation=True, max_length=64, return_tensors="pt")).logits[0].softmax(-1).numpy()
+            assert out["topic"][i] == p.argmax() and out["topic_score"][i] == pytest.approx(p.max(), abs=1e-4)
+
+
+def test_perplexity_matches_per_doc_loss(docs, tiny_causal_lm):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thresher.labels.perplexity import PerplexityLabeler
+
+    out = PerplexityLabeler(str(tiny_causal_lm), max_length=64, batch_size=6, device="cpu").label(batch(docs[:16]))
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    net = AutoModelForCausalLM.from_pretrained(tiny_causal_lm).eval()
+    for i, t in enumerate(docs[:16]):
+        if t.strip():
+            ids = tok(t, truncation=True, max_length=64, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                ref = np.exp(net(ids, labels=ids).loss.item())
+            assert out["perplexity"][i] == pytest.approx(ref, rel=1e-4)
+
+
+def test_dsir_brute_force():
+    import zlib
+    from collections import Counter
+
+    from thresher.labels.dsir import DsirLabeler, _TOKEN
+
+    target = ["the cat sat on the mat", "a cat and a dog"]
+    raw = ["stock prices fell", "the market rose", "a dog barked"]
+    lab = DsirLabeler.fit(target, raw, num_buckets=64, ngrams=2)
+
+    def grams(t):
+        w = _TOKEN.findall(t.lower())
+        return [" ".join(w[i : i + n]) for n in (1, 2) for i in range(len(w) - n + 1)]
+
+    def dist(texts):
+        c = Counter(zlib.crc32(g.encode()) % 64 for t in texts for g in grams(t))
+        v = np.array([c[j] + 1.0 for j in range(64)])
+        return v / v.sum()
+
+    pt, pr = dist(target), dist(raw)
+    texts = ["the cat sat", "stock market fell", "dog"]
+    out = lab.label(batch(texts))["dsir_logw"]
+    for i, t in enumerate(texts):
+        ref = sum(np.log(pt[zlib.crc32(g.encode()) % 64]) - np.log(pr[zlib.crc32(g.encode()) % 64]) for g in grams(t))
+        assert out[i] == pytest.approx(ref, rel=1e-5)
+    assert out[0] > out[1]
+
+
+def test_synthetic_noise():
+    from thresher.labels.synthetic import SyntheticLabeler
+
+    n = 20_000
+    r = np.random.default_rng(0)
+    dom, top, q = r.integers(0, 7, n), r.integers(0, 13, n), r.uniform(0, 5, n)
+    b = batch([""] * n, domain=dom.tolist(), topic=top.tolist(), quality=q.tolist())
+    clean = SyntheticLabeler().label(b)
+    assert clean["domain"].tolist() == dom.tolist() and clean["topic"].tolist() == top.tolist()
+    np.testing.assert_allclose(clean["quality_score"], q, rtol=1e-6)
+    noisy = SyntheticLabeler(domain_noise=0.3, topic_noise=0.1, quality_noise=0.2, seed=5).label(b)
+    flipped = noisy["domain"] != dom
+    assert abs(flipped.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / n)  # binomial 4 sigma
+    assert abs((noisy["topic"] != top).mean() - 0.1) < 4 * np.sqrt(0.1 * 0.9 / n)
+    inner = (q > 1) & (q < 4)  # away from the clip
+    assert abs(np.std(noisy["quality_score"][inner] - q[inner]) - 0.2) < 0.01
+    # per-doc noise: labelling halves separately gives the same labels (shard invariance)
+    half = {k: (v[: n // 2] if not isinstance(v, list) else v[: n // 2]) for k, v in b.items()}
+    part = SyntheticLabeler(domain_noise=0.3, topic_noise=0.1, quality_noise=0.2, seed=5).label(half)
+    assert part["domain"].tolist() == noisy["domain"][: n // 2].tolist()
+
+
+def test_kmeans_assign_is_nearest_centroid():
+    from thresher.labels.cluster import KMeansClusterer
+
+    r = np.random.default_rng(0)
+    centers = r.normal(size=(5, 8)) * 5
+    x = (centers[r.integers(0, 5, 500)] + r.normal(size=(500, 8))).astype(np.float16)
+    x[[10, 20]] = np.nan
+    km = KMeansClusterer(k=5, sample_size=400, niter=10, seed=1, spherical=False, chunk=128)
+    c = km.train(x)
+    a = km.assign(x, c)
+    ok = ~np.isnan(x[:, 0].astype(np.float32))
+    d = ((x[ok].astype(np.float64)[:, None, :] - c.astype(np.float64)[None]) ** 2).sum(-1)
+    assert a[~ok].tolist() == [-1, -1]
+    best = d.min(1)
+    assert np.all(d[np.arange(ok.sum()), a[ok]] <= best + 1e-3)  # brute-force nearest (ties allowed)
+    np.testing.assert_array_equal(km.train(x), c)  # same seed -> same centroids

@@ -1,0 +1,182 @@
+"""Executors and the label table: shard invariance, local == Ray, kill-and-resume, settings refusal."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thresher.labels import InMemorySource, LabelTable, run_labelers
+from thresher.labels.cluster import KMeansClusterer
+from thresher.labels.domain import DomainLabeler
+from thresher.labels.quality import RuleQualityLabeler
+from thresher.labels.synthetic import SyntheticLabeler
+from thresher.utils.errors import SettingsMismatchError
+
+DOMS = ["RedPajamaC4", "RedPajamaGithub", "Wikipedia", "RedPajamaBook", "mystery"]
+
+
+def source(docs):
+    n = len(docs)
+    r = np.random.default_rng(0)
+    meta = {"domain": [DOMS[i % len(DOMS)] for i in range(n)], "topic": r.integers(0, 13, n).tolist(),
+            "quality": r.uniform(0, 5, n).tolist()}
+    return InMemorySource(docs, meta)
+
+
+def cheap_labelers():
+    return [DomainLabeler(), RuleQualityLabeler(), SyntheticLabeler(topic_noise=0.2, quality_noise=0.3, seed=3, prefix="true_")]
+
+
+def tables_equal(a: LabelTable, b: LabelTable) -> None:
+    assert a.columns == b.columns and a.n_docs == b.n_docs
+    assert a.arrow().equals(b.arrow())
+    for c in a.columns:
+        if a.kind(c) == "category":
+            np.testing.assert_array_equal(a.codes(c), b.codes(c))
+        if a.kind(c) == "embedding":
+            np.testing.assert_array_equal(a.embeddings(c), b.embeddings(c))
+
+
+@pytest.fixture(scope="module")
+def full_table(tmp_path_factory, docs, minilm):
+    from thresher.labels.embed import EmbedLabeler
+    from thresher.labels.topic import ZeroShotTopicLabeler
+
+    labs = [DomainLabeler(), RuleQualityLabeler(), ZeroShotTopicLabeler(minilm, device="cpu", max_seq_length=64),
+            EmbedLabeler(minilm, device="cpu", max_seq_length=64)]
+    out = tmp_path_factory.mktemp("full")
+    km = KMeansClusterer(k=3, sample_size=100, niter=5, seed=0)
+    return run_labelers(source(docs[:16]), labs, out, shard_size=7, batch_size=4, clusterer=km), labs
+
+
+def test_table_contents_match_direct_labelling(full_table, docs):
+    table, labs = full_table
+    docs = docs[:16]
+    n = len(docs)
+    direct = {}
+    for lab in labs:
+        direct.update(lab.label({"doc_id": np.arange(n), "text": docs, **source(docs).metadata(np.arange(n), lab.needs)}))
+    assert table.n_docs == n and table.arrow().column("doc_id").to_pylist() == list(range(n))
+    np.testing.assert_array_equal(table.codes("domain"), direct["domain"])
+    np.testing.assert_array_equal(table.codes("topic"), direct["topic"])
+    np.testing.assert_allclose(table.column("quality_score"), direct["quality_score"], rtol=1e-6)
+    np.testing.assert_allclose(table.embeddings().astype(np.float32), direct["embedding"].astype(np.float32), atol=2e-3)
+    assert table.column("domain_reason")[4] == "unknown:mystery"
+    assert isinstance(table.codes("domain"), np.memmap) and table.embeddings().dtype == np.float16
+    # parquet categories are the names; codes -1 where missing
+    names = table.arrow(["domain"]).column("domain").to_pylist()
+    assert names == [None if c < 0 else table.categories("domain")[c] for c in table.codes("domain")]
+    prov = table.provenance("quality_score")
+    assert prov["labeler"] == "RuleQualityLabeler" and table.provenance("cluster")["settings"]["k"] == 3
+    import pyarrow.parquet as pq
+
+    assert b"thresher" in pq.read_schema(table.path / "labels.parquet").metadata
+
+
+def test_clusters_are_nearest_centroids(full_table):
+    table, _ = full_table
+    emb = np.asarray(table.embeddings(), dtype=np.float64)
+    cen = np.load(table.path / "cluster.centroids.npy").astype(np.float64)
+    codes = np.asarray(table.codes("cluster"))
+    ok = ~np.isnan(emb[:, 0])
+    d = ((emb[ok, None, :] - cen[None]) ** 2).sum(-1)
+    assert np.all(d[np.arange(ok.sum()), codes[ok]] <= d.min(1) + 1e-4) and np.all(codes[~ok] == -1)
+
+
+def test_agent_labels(full_table):
+    table, _ = full_table
+    lab = table.to_agent_labels(["domain", "quality_interval", "topic"])
+    assert lab.categories["topic"][0] == "Activity" and lab.column("domain").dtype == np.int16
+    assert len(lab.column("quality_interval")) == table.n_docs
+
+
+def test_shard_size_invariance_and_stats(tmp_path, docs):
+    a = run_labelers(source(docs), cheap_labelers(), tmp_path / "a", shard_size=5, batch_size=2)
+    b = run_labelers(source(docs), cheap_labelers(), tmp_path / "b", shard_size=1000, batch_size=1000)
+    tables_equal(a, b)
+    import json
+
+    stats = json.loads((tmp_path / "a" / "run_stats.json").read_text())
+    assert stats["n_docs"] == len(docs) and stats["null_reasons"]["quality_reason"]["empty"] == 2
+    assert not (tmp_path / "a" / "_work").exists() or not any((tmp_path / "a" / "_work").iterdir())
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class FlakyRules(RuleQualityLabeler):
+    """Same provenance as RuleQualityLabeler; raises on doc 17 while ``armed`` (a simulated kill)."""
+
+    armed = False
+
+    def provenance(self):
+        return {**super().provenance(), "labeler": "RuleQualityLabeler"}
+
+    def label(self, batch):
+        if FlakyRules.armed and 17 in list(batch["doc_id"]):
+            raise Crash("killed")
+        return super().label(batch)
+
+
+def test_kill_and_resume(tmp_path, docs):
+    out = tmp_path / "t"
+    FlakyRules.armed = True
+    with pytest.raises(Crash):
+        run_labelers(source(docs), [DomainLabeler(), FlakyRules()], out, shard_size=5, batch_size=5)
+    work = next((out / "_work").iterdir())
+    done = sorted(p.name for p in work.glob("*.done.json"))
+    assert done == [f"{i:06d}.done.json" for i in range(3)]  # shards 0-2 finished, shard 3 (docs 15-19) died
+    (work / "000003.parquet").write_bytes(b"half-written garbage")  # a partial shard without marker
+    mtime = (work / "000000.parquet").stat().st_mtime_ns
+    FlakyRules.armed = False
+    resumed = run_labelers(source(docs), [DomainLabeler(), FlakyRules()], out, shard_size=5, batch_size=5, keep_shards=True)
+    assert (work / "000000.parquet").stat().st_mtime_ns == mtime  # finished shards were skipped
+    clean = run_labelers(source(docs), [DomainLabeler(), RuleQualityLabeler()], tmp_path / "clean", shard_size=5)
+    tables_equal(resumed, clean)  # no duplicate, no missing row
+
+
+def test_settings_mismatch_refused(tmp_path, docs):
+    run_labelers(source(docs), [RuleQualityLabeler()], tmp_path / "t", shard_size=10)
+    run_labelers(source(docs), [RuleQualityLabeler()], tmp_path / "t", shard_size=10)  # same settings: fine
+    with pytest.raises(SettingsMismatchError, match="quality_score"):
+        run_labelers(source(docs), [RuleQualityLabeler(max_chars=50)], tmp_path / "t", shard_size=10)
+    t = run_labelers(source(docs), [DomainLabeler()], tmp_path / "t", shard_size=10)  # new column: added
+    assert set(t.columns) == {"quality_score", "quality_interval", "quality_reason", "domain", "domain_reason"}
+    with pytest.raises(SettingsMismatchError):
+        run_labelers(source(docs[:10]), [DomainLabeler()], tmp_path / "t")  # other corpus size
+
+
+def test_local_processes_and_ray_match_in_process(tmp_path, docs):
+    ref = run_labelers(source(docs), cheap_labelers(), tmp_path / "ref", shard_size=6)
+    procs = run_labelers(source(docs), cheap_labelers(), tmp_path / "procs", shard_size=6, workers=2)
+    tables_equal(ref, procs)
+    pytest.importorskip("ray")
+    import ray
+
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"THRESHER_NO_PROGRESS": "1"}})
+        via_ray = run_labelers(source(docs), cheap_labelers(), tmp_path / "ray", executor="ray", shard_size=6, workers=2)
+    finally:
+        ray.shutdown()
+    tables_equal(ref, via_ray)
+
+
+def test_label_stats_against_numpy(tmp_path, full_table):
+    from thresher.labels import label_stats
+
+    table, _ = full_table
+    paths = label_stats(table.path, tmp_path / "stats")
+    assert paths["figure1"].stat().st_size > 0 and paths["topic_by_domain"].exists()
+    md = paths["markdown"].read_text()
+    q, d, t = (np.asarray(table.codes(c)) for c in ("quality_interval", "domain", "topic"))
+    ok = (q >= 0) & (d >= 0) & (t >= 0)
+    qi, di = q[ok][0], d[ok][0]
+    cell = t[ok][(q[ok] == qi) & (d[ok] == di)]
+    share = np.bincount(cell, minlength=13) / len(cell)
+    row = f"| {table.categories('quality_interval')[qi]} | {table.categories('domain')[di]} | {len(cell)} | {1 - share.max():.3f} |"
+    assert row in md
