@@ -139,7 +139,8 @@ class CategoricalAgent(Agent):
         means, counts = category_means(cats, r, len(self.categories))
         ok = ~np.isnan(means)
         self.weights[ok] += self.eta * means[ok]
-        up = AgentUpdate(self.name, means, counts, agent_reward(self.weights, means), self.weights.copy())
+        up = AgentUpdate(self.name, means, counts, agent_reward(self.weights, means), self.weights.copy(),
+                         {"categories": list(self.categories)})
         self.history.append(up.to_log())
         return up
 

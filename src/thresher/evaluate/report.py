@@ -66,27 +66,35 @@ def plot_ref_losses(runs: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def _named(values: list, names: list | None) -> dict[str, float]:
+    names = names or [str(i) for i in range(len(values))]
+    return {str(n): float(v) for n, v in zip(names, values) if v is not None}
+
+
 def weight_trajectories(log: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
-    """agent -> category -> (steps, weights) from selector log rows with ``agent`` and ``weights``."""
+    """agent -> category -> (steps, weights) from the selector log's ``agents`` update rows."""
     out: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     for row in log:
-        if "agent" not in row or not isinstance(row.get("weights"), dict):
-            continue
-        for cat, w in row["weights"].items():
-            steps, ws = out.setdefault(row["agent"], {}).setdefault(cat, ([], []))
-            steps.append(int(row["step"]))
-            ws.append(float(w))
+        for up in row.get("agents") or []:
+            if len(up.get("weights", [])) > 64:  # a bandit over thousands of clusters: not a line plot
+                continue
+            for cat, w in _named(up["weights"], up.get("categories")).items():
+                steps, ws = out.setdefault(up["agent"], {}).setdefault(cat, ([], []))
+                steps.append(int(row["step"]))
+                ws.append(w)
     return out
 
 
 def theta_trajectory(log: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """agent -> (steps, theta) from rows carrying ``theta`` (agents named by the update rows)."""
+    names = next(([u["agent"] for u in r["agents"]] for r in log if r.get("agents")), None)
     out: dict[str, tuple[list[int], list[float]]] = {}
     for row in log:
-        if isinstance(row.get("theta"), dict) and "agent" not in row:
-            for agent, t in row["theta"].items():
+        if isinstance(row.get("theta"), list):
+            for agent, t in _named(row["theta"], names).items():
                 steps, ts = out.setdefault(agent, ([], []))
                 steps.append(int(row["step"]))
-                ts.append(float(t))
+                ts.append(t)
     return out
 
 

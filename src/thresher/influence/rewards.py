@@ -35,3 +35,31 @@ class RewardSource(ABC):
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class InfluenceRewards(RewardSource):
+    """Rewards from an InfluenceScorer over documents fetched by id from a token store.
+
+    ``store`` is duck-typed: ``store.docs(ids) -> list[np.ndarray]`` (token arrays, same order).
+    """
+
+    def __init__(self, scorer: Any, store: Any):
+        self.scorer, self.store = scorer, store
+
+    def refresh(self, model: Any, step: int) -> None:
+        self.scorer.refresh(model, step)
+
+    def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
+        doc_ids = np.asarray(doc_ids)
+        if len(doc_ids) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return np.asarray(self.scorer.score_docs(self.store.docs(doc_ids)), dtype=np.float64)
+
+    def provenance(self) -> dict:
+        return self.scorer.provenance()
+
+    def state_dict(self) -> dict:
+        return self.scorer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scorer.load_state_dict(state)

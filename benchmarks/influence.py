@@ -1,0 +1,149 @@
+"""Influence engine throughput vs training throughput, on one model and one set of documents.
+
+    python benchmarks/influence.py                          # tiny model on CPU, < 1 min
+    python benchmarks/influence.py --model 125m --seq-len 1024 --docs 64 --batch-size 8   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import resource
+import time
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from thresher.corpus.batching import pad_docs
+from thresher.corpus.reference import ReferenceTask
+from thresher.influence import InfluenceConfig, InfluenceScorer
+
+MODELS = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=172, vocab_size=512),
+    "125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048, vocab_size=32000),
+}
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, dev, reps=1):
+    fn()  # warm-up (compilation, allocator)
+    sync(dev)
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(dev)
+    return (time.perf_counter() - t) / reps
+
+
+def peak_mem_gb(dev):
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def cpu_peak_flops():
+    a = torch.randn(1024, 1024)
+    t = timed(lambda: a @ a, torch.device("cpu"), reps=5)
+    return 2 * 1024**3 / t
+
+
+def train_time(model, batches, dev, compile_):
+    m = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    step_model = torch.compile(m) if compile_ else m
+
+    def run():
+        for b in batches:
+            loss = step_model(**b).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    return timed(run, dev)
+
+
+def naive_time(model, docs, dev):
+    """Per-example autograd loop: weight gradients of the tracked Linears, dot with a reference vector."""
+    weights = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+    for w in weights:
+        w.requires_grad_(True)
+    ref = [torch.randn_like(w) for w in weights]
+
+    def run():
+        for d in docs:
+            b = {k: v.to(dev) for k, v in pad_docs([d], len(d)).items()}
+            gs = torch.autograd.grad(model(**b).loss, weights)
+            sum(float((g * r).sum()) for g, r in zip(gs, ref))
+
+    return timed(run, dev)
+
+
+def scorer_for(model, docs, args, **kw):
+    r = np.random.default_rng(1)
+    V = model.config.vocab_size
+    ref = {"ref": ReferenceTask("ref", [r.integers(1, V, 64) for _ in range(8)], [r.integers(1, V, 8) for _ in range(8)])}
+    cfg = InfluenceConfig(batch_size=args.batch_size, max_len=args.seq_len, autocast=args.autocast, fit_docs_max=len(docs), **kw)
+    s = InfluenceScorer(model, ref, cfg, fit_docs=docs)
+    t = time.perf_counter()
+    s.refresh(model)
+    return s, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", choices=sorted(MODELS))
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--docs", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--autocast", default="", choices=["", "bf16", "fp16"])
+    ap.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s in TFLOP/s (default 800 on CUDA, measured on CPU)")
+    ap.add_argument("--proj-dims", default="512,2048,8192")
+    args = ap.parse_args()
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(max_position_embeddings=max(2048, args.seq_len), **MODELS[args.model])
+    model = LlamaForCausalLM(cfg).to(dev)
+    if dev.type == "cuda" and args.autocast == "bf16":
+        model = model.to(torch.bfloat16)
+    docs = [np.random.default_rng(i).integers(1, cfg.vocab_size, args.seq_len) for i in range(args.docs)]
+    n_tok = args.docs * args.seq_len
+    batches = [{k: v.to(dev) for k, v in pad_docs(docs[i : i + args.batch_size], args.seq_len).items()}
+               for i in range(0, len(docs), args.batch_size)]
+    n_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    peak = (args.peak_tflops * 1e12) if args.peak_tflops else (800e12 if dev.type == "cuda" else cpu_peak_flops())
+    limit_s = 4 * n_params * n_tok / peak  # forward 2NP + activation-only backward 2NP
+    print(f"device={dev} model={args.model} block params={n_params / 1e6:.2f}M tokens={n_tok} peak={peak / 1e12:.3f} TFLOP/s")
+
+    rows = []
+    t_train = train_time(model, batches, dev, False)
+    rows.append(("train (eager)", t_train, None))
+    if args.compile:
+        rows.append(("train (compiled)", train_time(model, batches, dev, True), None))
+    for pc in ("none", "kfac", "ekfac"):
+        s, t_fit = scorer_for(model, docs, args, preconditioner=pc)
+        rows.append((f"score {pc}", timed(lambda: s.score_docs(docs), dev), t_fit))
+    if args.model == "tiny" or args.docs <= 16:
+        rows.append(("naive per-example loop", naive_time(model, docs[: min(8, len(docs))], dev) * len(docs) / min(8, len(docs)), None))
+
+    print(f"{'what':<24}{'tok/s':>12}{'docs/s':>10}{'vs train':>10}{'FLOP-limit frac':>17}{'refresh s':>11}")
+    for name, t, fit in rows:
+        frac = f"{limit_s / t:.3f}" if name.startswith("score") or name.startswith("naive") else ""
+        print(f"{name:<24}{n_tok / t:>12.0f}{args.docs / t:>10.1f}{t_train / t:>10.3f}{frac:>17}{(f'{fit:.2f}' if fit else ''):>11}")
+    print(f"peak memory: {peak_mem_gb(dev):.2f} GB ({'CUDA allocated' if dev.type == 'cuda' else 'process max RSS'})")
+
+    print("cost vs projection size (ekfac):")
+    for pd in [int(x) for x in args.proj_dims.split(",")]:
+        s, t_fit = scorer_for(model, docs, args, preconditioner="ekfac", projection_dim=pd)
+        t = timed(lambda: s.score_docs(docs), dev)
+        print(f"  projection_dim={pd:<6} D={s.feats.dim:<6} score tok/s={n_tok / t:>10.0f} refresh={t_fit:.2f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Trainer throughput: tokens/s and MFU of thresher.train vs a plain LlamaForCausalLM + AdamW loop.
+
+    .venv/bin/python benchmarks/train.py                                   # tiny on CPU, eager + compiled
+    .venv/bin/python benchmarks/train.py --models 125m,370m --seq-len 1024 --micro-batch 8   # on a GPU
+
+Both sides train the same config on random tokens for --steps updates; the first --warmup updates
+(compilation, allocator warm-up) are excluded. The plain loop is the reference for the overhead of
+the selector hook, the packed loader, metrics and callbacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from thresher.agents.base import Selector
+from thresher.train.config import TrainConfig
+from thresher.train.loop import _peak_flops, build_optimizer, train
+from thresher.train.models import build_model, count_flops_per_token, get_model_config
+
+
+class RandomStore:
+    def __init__(self, n_docs: int, vocab: int, seed: int = 0):
+        g = np.random.default_rng(seed)
+        self.lengths = g.integers(200, 2000, n_docs).astype(np.int64)
+        self._data = g.integers(2, vocab, int(self.lengths.sum())).astype(np.int64)
+        self._off = np.concatenate([[0], np.cumsum(self.lengths)])
+        self.n_docs, self.vocab_size, self.eos_id, self.pad_id = n_docs, vocab, 1, 0
+
+    def doc(self, i):
+        return self._data[self._off[i] : self._off[i + 1]]
+
+
+class AllDocs(Selector):
+    def setup(self, ctx):
+        pass
+
+    def initial_selection(self):
+        self._set_selection(np.arange(self.n))
+        return self._selection
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+
+def thresher_tps(cfg: TrainConfig, store, warmup: int) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        train(cfg, store, AllDocs(store.n_docs), out)
+        lines = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl")][warmup:]
+    return sum(m["tokens_per_s"] ** -1 for m in lines) ** -1 * len(lines)  # tokens / total seconds
+
+
+def plain_tps(cfg: TrainConfig, vocab: int, warmup: int) -> float:
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, vocab).to(dev)
+    opt = build_optimizer(model, cfg, dev)
+    engine = torch.compile(model) if cfg.compile else model
+    accum = cfg.global_batch_tokens // (cfg.micro_batch * cfg.seq_len)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    times = []
+    for _ in range(cfg.steps):
+        t0 = time.perf_counter()
+        for _ in range(accum):
+            ids = torch.randint(2, vocab, (cfg.micro_batch, cfg.seq_len + 1), device=dev)
+            with amp:
+                logits = engine(input_ids=ids[:, :-1]).logits
+            (F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()) / accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return cfg.global_batch_tokens * len(times[warmup:]) / sum(times[warmup:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="tiny")
+    ap.add_argument("--modes", default="eager,compiled")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--accum", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--vocab", type=int, default=32000)
+    args = ap.parse_args()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    store = RandomStore(2000, args.vocab)
+    print(f"device={dev} threads={torch.get_num_threads()} seq_len={args.seq_len} micro_batch={args.micro_batch}")
+    print(f"{'model':>6} {'mode':>8} {'thresher tok/s':>15} {'plain tok/s':>12} {'ratio':>6} {'MFU':>6}")
+    for name in args.models.split(","):
+        for mode in args.modes.split(","):
+            cfg = TrainConfig(model=name, seq_len=args.seq_len, micro_batch=args.micro_batch,
+                              global_batch_tokens=args.seq_len * args.micro_batch * args.accum, steps=args.steps,
+                              warmup_steps=2, compile=mode == "compiled", device=dev, export=False)
+            ours, plain = thresher_tps(cfg, store, args.warmup), plain_tps(cfg, args.vocab, args.warmup)
+            peak = _peak_flops(cfg, torch.device(dev))
+            fpt = count_flops_per_token(get_model_config(name), args.vocab, args.seq_len)
+            mfu = f"{fpt * ours / peak:.1%}" if peak else "n/a"
+            print(f"{name:>6} {mode:>8} {ours:>15,.0f} {plain:>12,.0f} {ours / plain:>6.2f} {mfu:>6}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

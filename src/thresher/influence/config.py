@@ -1,0 +1,68 @@
+"""Settings of the influence engine: one dataclass, plain fields, round-trips to TOML."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from thresher.utils.errors import ThresherError
+
+DEFAULT_MODULES = [
+    r"layers\.\d+\.self_attn\.(q|k|v|o)_proj$",
+    r"layers\.\d+\.mlp\.(gate|up|down)_proj$",
+]
+MLP_MODULES = [r"layers\.\d+\.mlp\.(gate|up|down)_proj$"]
+# Linears that read the same input activation and are factored as one block under grouping="qkv".
+DEFAULT_GROUPS = [["q_proj", "k_proj", "v_proj"], ["gate_proj", "up_proj"]]
+
+
+@dataclass
+class InfluenceConfig:
+    # which Linears are tracked (regexes searched in the module's qualified name); [] = DEFAULT_MODULES
+    modules: list = field(default_factory=list)
+    grouping: str = "qkv"  # "qkv" | "independent" | "mlp_only"
+    groups: list = field(default_factory=lambda: [list(g) for g in DEFAULT_GROUPS])
+    # random projection of per-block gradients (JL): "gaussian" | "rademacher" | "none" (exact)
+    projection: str = "gaussian"
+    projection_dim: int = 8192  # total over blocks; per block k_in = k_out = floor(sqrt(dim / n_blocks))
+    k_in: int = 0  # > 0 overrides the per-block input-side dimension
+    k_out: int = 0  # > 0 overrides the per-block output-side dimension
+    seed: int = 0
+    # preconditioner P in reward = g_ref^T P^-1 g_x: "none" | "kfac" | "ekfac"
+    preconditioner: str = "ekfac"
+    damping: float = 0.1
+    damping_mode: str = "relative"  # "relative": damping * mean eigenvalue of the block; "absolute"
+    kfac_damping: str = "joint"  # "joint": (G (x) A + d I)^-1; "factored": (G + dG I)^-1 (x) (A + dA I)^-1
+    factor_dtype: str = "float64"  # "float64" | "float32"
+    fit_docs_max: int = 256  # training documents sampled to estimate the factors
+    doc_loss: str = "mean"  # per-document loss: "mean" NLL over its scored tokens | "sum"
+    batch_size: int = 8
+    max_len: int = 1024
+    pad_id: int = 0
+    ref_max_examples: int = 0  # 0 = every example of each reference task
+    task_weights: dict = field(default_factory=dict)  # {} = plain mean over tasks
+    autocast: str = ""  # "" (model dtype) | "bf16" | "fp16": autocast on CUDA while scoring
+
+    def __post_init__(self) -> None:
+        choices = {
+            "grouping": ("qkv", "independent", "mlp_only"),
+            "projection": ("gaussian", "rademacher", "none"),
+            "preconditioner": ("none", "kfac", "ekfac"),
+            "damping_mode": ("relative", "absolute"),
+            "kfac_damping": ("joint", "factored"),
+            "factor_dtype": ("float64", "float32"),
+            "doc_loss": ("mean", "sum"),
+            "autocast": ("", "bf16", "fp16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ThresherError(f"influence.{name} = {getattr(self, name)!r}; expected one of {allowed}")
+        if self.damping < 0 or self.projection_dim < 1 or self.batch_size < 1 or self.max_len < 2:
+            raise ThresherError("influence: damping >= 0, projection_dim >= 1, batch_size >= 1, max_len >= 2")
+
+    def module_patterns(self) -> list[str]:
+        if self.grouping == "mlp_only":
+            return list(self.modules) or MLP_MODULES
+        return list(self.modules) or DEFAULT_MODULES
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,39 @@
+"""torchrun helpers: shard candidates across ranks, all-gather rewards, all-reduce factor sums.
+
+Every function is the identity when torch.distributed is not initialised (one process).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard(items: list) -> list:
+    """This rank's strided share of ``items`` (rank r gets r, r + W, ...)."""
+    if not active():
+        return list(items)
+    return list(items)[dist.get_rank() :: dist.get_world_size()]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def gather_rows(idx: list[int], rows: np.ndarray, n: int) -> np.ndarray:
+    """Place every rank's rows (for its indices ``idx``) into one (n, ...) array, on every rank."""
+    if not active():
+        return rows
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (list(idx), rows))
+    out = np.zeros((n,) + rows.shape[1:], dtype=rows.dtype)
+    for ids, r in parts:
+        out[ids] = r
+    return out

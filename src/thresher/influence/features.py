@@ -1,0 +1,203 @@
+"""Per-document gradient features of every block, batched, with frozen weights.
+
+For a block with input a_t (d_in) and output gradient delta_t (d_out) at token t, a document's weight
+gradient is G = sum_t delta_t a_t^T. We never form it: with seeded random projections P_in (k_in, d_in)
+and P_out (k_out, d_out), scaled 1/sqrt(k) so E[P^T P] = I,
+
+    feature = vec( sum_t (P_out delta_t)(P_in a_t)^T ) = vec(P_out G P_in^T)     (k_out * k_in,)
+
+computed as one batched matmul of the projected sequences (B, k_out, T) @ (B, T, k_in).
+A side whose k >= d is left unprojected (exact); projection="none" gives exact full gradients.
+
+Weights are frozen while scoring: the embedding output is made to require grad, and the output
+gradients of the tracked Linears are taken with torch.autograd.grad, so backward computes no weight
+gradient. The batch loss is the SUM of per-document losses, so each row's output gradient is that
+document's own gradient (documents never mix).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thresher.influence.config import InfluenceConfig
+from thresher.influence.modules import Block, build_blocks
+from thresher.utils.errors import ThresherError
+from thresher.utils.seeding import derive_seed
+
+
+@dataclass
+class BlockSeq:
+    """Projected sequences of one block for one batch; padding rows are zero."""
+
+    a: torch.Tensor  # (B, T, k_in)
+    delta: torch.Tensor  # (B, T, k_out)
+
+
+def block_dims(blocks: list[Block], cfg: InfluenceConfig) -> list[tuple[int, int]]:
+    """(k_in, k_out) per block: projection_dim split evenly, capped at the block's true sizes."""
+    if cfg.projection == "none":
+        return [(b.d_in, b.d_out) for b in blocks]
+    k = max(1, math.isqrt(cfg.projection_dim // len(blocks)))
+    return [(min(cfg.k_in or k, b.d_in), min(cfg.k_out or k, b.d_out)) for b in blocks]
+
+
+def projection_matrix(cfg: InfluenceConfig, name: str, side: str, k: int, d: int) -> torch.Tensor | None:
+    """(k, d) float64 seeded by (seed, block name, side); None where the side is not projected."""
+    if cfg.projection == "none" or k >= d:
+        return None
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, "influence-projection", name, side))
+    if cfg.projection == "gaussian":
+        p = torch.randn(k, d, generator=g, dtype=torch.float64)
+    else:
+        p = torch.randint(0, 2, (k, d), generator=g).to(torch.float64) * 2 - 1
+    return p / math.sqrt(k)
+
+
+def doc_weights(labels: torch.Tensor, doc_loss: str) -> torch.Tensor:
+    """(B,) weight of each document's summed token NLL: 1/n_scored ("mean") or 1 ("sum")."""
+    n = (labels[:, 1:] != -100).sum(1)
+    if doc_loss == "sum":
+        return (n > 0).double()
+    return torch.where(n > 0, 1.0 / n.clamp(min=1).double(), torch.zeros((), dtype=torch.float64, device=n.device))
+
+
+def summed_doc_loss(logits: torch.Tensor, labels: torch.Tensor, doc_loss: str) -> torch.Tensor:
+    """Sum over documents of each document's loss (next-token NLL over positions whose label != -100)."""
+    B, T, V = logits.shape
+    nll = F.cross_entropy(
+        logits[:, :-1].reshape(-1, V).float() if logits.dtype != torch.float64 else logits[:, :-1].reshape(-1, V),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view(B, T - 1)
+    w = doc_weights(labels, doc_loss).to(nll.dtype)
+    return (nll.sum(1) * w).sum()
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """Weights need no grad and dropout is off while scoring; both restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+class GradientFeatures:
+    """Projected per-document gradients of the tracked blocks of one model architecture."""
+
+    def __init__(self, model: nn.Module, cfg: InfluenceConfig):
+        self.cfg = cfg
+        self.blocks = build_blocks(model, cfg)
+        self.dims = block_dims(self.blocks, cfg)
+        self._proj_cpu = [
+            (projection_matrix(cfg, b.name, "in", ki, b.d_in), projection_matrix(cfg, b.name, "out", ko, b.d_out))
+            for b, (ki, ko) in zip(self.blocks, self.dims)
+        ]
+        self._proj_cache: dict = {}
+
+    @property
+    def dim(self) -> int:
+        return sum(ki * ko for ki, ko in self.dims)
+
+    def attach(self, model: nn.Module) -> None:
+        """Point at the Linears of ``model`` (same architecture; e.g. a new model object after refresh)."""
+        blocks = build_blocks(model, self.cfg)
+        if [b.name for b in blocks] != [b.name for b in self.blocks] or [b.d_outs for b in blocks] != [
+            b.d_outs for b in self.blocks
+        ]:
+            raise ThresherError("influence: the model's tracked modules changed since the scorer was built")
+        self.blocks = blocks
+
+    def projections(self, device, dtype) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        key = (str(device), dtype)
+        if key not in self._proj_cache:
+            mv = lambda p: None if p is None else p.to(device=device, dtype=dtype)  # noqa: E731
+            self._proj_cache = {key: [(mv(pi), mv(po)) for pi, po in self._proj_cpu]}
+        return self._proj_cache[key]
+
+    def sequences(self, model: nn.Module, batch: dict) -> list[BlockSeq]:
+        """Forward + one backward to the tracked outputs; returns projected (a, delta) per block."""
+        dev = next(model.parameters()).device
+        fdtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        mask = batch["attention_mask"].unsqueeze(-1).to(fdtype)  # (B, T, 1)
+        projs = self.projections(dev, fdtype)
+        acts: list = [None] * len(self.blocks)
+        outs: list = []
+        handles = [model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_())]
+        for bi, blk in enumerate(self.blocks):
+            for mi, mod in enumerate(blk.modules):
+                handles.append(mod.register_forward_hook(self._capture(bi, mi, acts, outs, projs, mask)))
+        try:
+            with frozen(model), torch.enable_grad(), self._autocast(dev):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = summed_doc_loss(logits, batch["labels"], self.cfg.doc_loss)
+                grads = torch.autograd.grad(loss, [o for _, o in outs], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        return self._project_grads(acts, outs, grads, projs, mask)
+
+    def _capture(self, bi, mi, acts, outs, projs, mask):
+        def hook(mod, inputs, output):
+            x = inputs[0]
+            if mi == 0:
+                with torch.no_grad():
+                    p_in = projs[bi][0]
+                    xa = x.detach().to(mask.dtype)
+                    acts[bi] = (x, (xa if p_in is None else xa @ p_in.T) * mask)
+            elif acts[bi] is None or acts[bi][0] is not x:
+                raise ThresherError(f"influence: block {self.blocks[bi].name} members do not share one input")
+            outs.append(((bi, mi), output))
+
+        return hook
+
+    def _project_grads(self, acts, outs, grads, projs, mask) -> list[BlockSeq]:
+        per_block: dict[int, list] = {}
+        for ((bi, mi), out), g in zip(outs, grads):
+            per_block.setdefault(bi, [None] * len(self.blocks[bi].modules))[mi] = (
+                torch.zeros_like(out) if g is None else g
+            )
+        seqs = []
+        for bi, blk in enumerate(self.blocks):
+            if acts[bi] is None or bi not in per_block:
+                raise ThresherError(f"influence: block {blk.name} was not run by the model's forward")
+            delta = torch.cat(per_block[bi], dim=-1).to(mask.dtype)  # (B, T, d_out)
+            p_out = projs[bi][1]
+            delta = (delta if p_out is None else delta @ p_out.T) * mask
+            seqs.append(BlockSeq(acts[bi][1], delta))
+        return seqs
+
+    def _autocast(self, dev):
+        if not self.cfg.autocast or dev.type != "cuda":
+            return contextlib.nullcontext()
+        dt = torch.bfloat16 if self.cfg.autocast == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dt)
+
+    @staticmethod
+    def block_features(seqs: list[BlockSeq]) -> list[torch.Tensor]:
+        """Per block (B, k_out, k_in) = sum_t delta_t a_t^T (projected)."""
+        return [torch.bmm(s.delta.transpose(1, 2), s.a) for s in seqs]
+
+    def features(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """(B, D) concatenated flattened block features."""
+        return torch.cat([f.flatten(1) for f in self.block_features(self.sequences(model, batch))], dim=1)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """(N, D) -> per block (N, k_out, k_in) views."""
+        sizes = [ki * ko for ki, ko in self.dims]
+        return [c.view(flat.shape[0], ko, ki) for c, (ki, ko) in zip(flat.split(sizes, dim=1), self.dims)]

@@ -1,0 +1,180 @@
+"""InfluenceScorer: reward(x) = g_ref^T P^-1 g_x for candidate documents under the current model.
+
+refresh(model): estimate the factors on a seeded sample of training documents, take each reference
+task's mean gradient (continuation tokens only) and precondition it once. score(batch): one forward +
+one backward to the tracked outputs, then a (B, D) @ (D, n_tasks) product.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from thresher.corpus.batching import pad_docs, pad_examples
+from thresher.corpus.reference import ReferenceTask
+from thresher.influence import distributed as hdist
+from thresher.influence.config import InfluenceConfig
+from thresher.influence.features import GradientFeatures
+from thresher.influence.precondition import FactorStats, build_preconditioner
+from thresher.influence.results import check_same_settings
+from thresher.utils.errors import ThresherError
+from thresher.utils.log import progress
+from thresher.utils.seeding import rng
+
+
+class InfluenceScorer:
+    def __init__(
+        self,
+        model: nn.Module,
+        reference: dict[str, ReferenceTask],
+        cfg: InfluenceConfig | None = None,
+        fit_docs: list[np.ndarray] | None = None,
+    ):
+        self.cfg = cfg or InfluenceConfig()
+        if not reference or any(len(t) == 0 for t in reference.values()):
+            raise ThresherError("influence: need at least one reference task with at least one example")
+        missing = set(self.cfg.task_weights) ^ set(reference) if self.cfg.task_weights else set()
+        if missing:
+            raise ThresherError(f"influence.task_weights must name exactly the reference tasks; differs on {missing}")
+        self.model, self.reference, self.fit_docs = model, reference, fit_docs
+        self.feats = GradientFeatures(model, self.cfg)
+        self.pre = build_preconditioner(self.cfg)
+        if self.pre.needs_factors and not fit_docs:
+            raise ThresherError(f"influence: preconditioner {self.cfg.preconditioner!r} needs fit_docs")
+        self.ref_pre: torch.Tensor | None = None  # (n_tasks, D) preconditioned reference gradients
+        self.ref_raw: torch.Tensor | None = None  # (n_tasks, D)
+        self.step: int | None = None
+
+    # ---- refresh ----------------------------------------------------------------------------
+    def refresh(self, model: nn.Module | None = None, step: int | None = None) -> None:
+        if model is not None and model is not self.model:
+            self.feats.attach(model)
+            self.model = model
+        if self.pre.needs_factors:
+            self.pre.fit([b.name for b in self.feats.blocks], self._factor_stats(), hdist.all_reduce_sum)
+        self.ref_raw = torch.stack([self._reference_gradient(t) for t in self.reference.values()])
+        self.ref_pre = self._precondition(self.ref_raw)
+        self.step = step
+
+    def _fit_sample(self) -> list[np.ndarray]:
+        docs = self.fit_docs or []
+        if len(docs) > self.cfg.fit_docs_max:
+            idx = np.sort(rng(self.cfg.seed, "influence-fit-docs").choice(len(docs), self.cfg.fit_docs_max, replace=False))
+            docs = [docs[i] for i in idx]
+        return hdist.shard(docs)
+
+    def _factor_stats(self) -> list[FactorStats]:
+        fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
+        dev = next(self.model.parameters()).device
+        stats = [
+            FactorStats(torch.zeros(ki, ki, dtype=fdt, device=dev), torch.zeros(ko, ko, dtype=fdt, device=dev),
+                        torch.zeros((), dtype=fdt, device=dev))
+            for ki, ko in self.feats.dims
+        ]
+        docs = self._fit_sample()
+        for batch in progress(self._batches(docs), desc="influence factors", unit="batch"):
+            seqs = self.feats.sequences(self.model, batch)
+            n_tok = batch["attention_mask"].sum().to(device=dev, dtype=fdt)
+            for st, s, f in zip(stats, seqs, GradientFeatures.block_features(seqs)):
+                a, d = s.a.flatten(0, 1).to(fdt), s.delta.flatten(0, 1).to(fdt)
+                st.A += a.T @ a
+                st.G += d.T @ d
+                st.n_tokens += n_tok
+                if self.pre.needs_doc_grads:
+                    st.docs.append(f.to(fdt))
+        return stats
+
+    def _reference_gradient(self, task: ReferenceTask) -> torch.Tensor:
+        """(D,) mean over the task's examples of each example's gradient (continuation scored)."""
+        ex = task.examples()
+        if self.cfg.ref_max_examples:
+            ex = ex[: self.cfg.ref_max_examples]
+        total = None
+        for i in range(0, len(ex), self.cfg.batch_size):
+            batch = pad_examples(ex[i : i + self.cfg.batch_size], self.cfg.max_len, self.cfg.pad_id)
+            f = self.feats.features(self.model, batch).double().sum(0)
+            total = f if total is None else total + f
+        return total / len(ex)
+
+    def _precondition(self, flat: torch.Tensor) -> torch.Tensor:
+        parts = self.pre.apply(self.feats.split(flat))
+        return torch.cat([p.flatten(1) for p in parts], dim=1)
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def features(self, batch: dict) -> torch.Tensor:
+        """(B, D) projected per-document gradients (unpreconditioned)."""
+        return self.feats.features(self.model, batch)
+
+    def _task_matrix(self, batch: dict) -> torch.Tensor:
+        """(B, n_tasks) float64 per-task rewards."""
+        if self.ref_pre is None:
+            raise ThresherError("influence: call refresh(model) before scoring")
+        f = self.features(batch).double()
+        return f @ self.ref_pre.to(f.device).T
+
+    def _combine(self, per_task: torch.Tensor) -> torch.Tensor:
+        names = list(self.reference)
+        w = torch.tensor([self.cfg.task_weights.get(n, 1.0) for n in names], dtype=torch.float64, device=per_task.device)
+        return per_task @ (w / w.sum())
+
+    def score(self, batch: dict) -> torch.Tensor:
+        """(B,) float64 combined rewards; positive = a step on the document lowers the reference loss."""
+        return self._combine(self._task_matrix(batch))
+
+    def per_task_scores(self, batch: dict) -> dict[str, torch.Tensor]:
+        m = self._task_matrix(batch)
+        return {n: m[:, i] for i, n in enumerate(self.reference)}
+
+    def score_docs(self, docs: Sequence[np.ndarray], batch_size: int | None = None, max_len: int | None = None) -> np.ndarray:
+        """(N,) float64 combined rewards of token arrays; sharded across ranks under torchrun."""
+        return self._combine(torch.from_numpy(self.per_task_score_matrix(docs, batch_size, max_len))).numpy()
+
+    def per_task_score_docs(self, docs, batch_size=None, max_len=None) -> dict[str, np.ndarray]:
+        m = self.per_task_score_matrix(docs, batch_size, max_len)
+        return {n: m[:, i] for i, n in enumerate(self.reference)}
+
+    def per_task_score_matrix(self, docs, batch_size=None, max_len=None) -> np.ndarray:
+        """(N, n_tasks); documents are length-sorted into batches (less padding), results in input order."""
+        idx = hdist.shard(list(range(len(docs))))
+        out = np.zeros((len(idx), len(self.reference)))
+        order = sorted(range(len(idx)), key=lambda j: len(docs[idx[j]]))
+        bs = batch_size or self.cfg.batch_size
+        for i in range(0, len(order), bs):
+            js = order[i : i + bs]
+            batch = pad_docs([docs[idx[j]] for j in js], max_len or self.cfg.max_len, self.cfg.pad_id)
+            out[js] = self._task_matrix(batch).cpu().numpy()
+        return hdist.gather_rows(idx, out, len(docs))
+
+    def _batches(self, docs: list[np.ndarray]):
+        for i in range(0, len(docs), self.cfg.batch_size):
+            yield pad_docs(docs[i : i + self.cfg.batch_size], self.cfg.max_len, self.cfg.pad_id)
+
+    # ---- settings & state -------------------------------------------------------------------
+    def settings(self) -> dict:
+        """Everything that changes the numbers (not batch size): config, blocks, projection sizes, tasks."""
+        s = self.cfg.to_dict()
+        s.pop("batch_size")
+        s["blocks"] = [[b.name, ki, ko] for b, (ki, ko) in zip(self.feats.blocks, self.feats.dims)]
+        s["tasks"] = {n: len(t) for n, t in self.reference.items()}
+        return s
+
+    def state_dict(self) -> dict:
+        return {
+            "settings": self.settings(),
+            "step": self.step,
+            "preconditioner": self.pre.state_dict(),
+            "ref_raw": None if self.ref_raw is None else self.ref_raw.cpu(),
+            "ref_pre": None if self.ref_pre is None else self.ref_pre.cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        check_same_settings(state["settings"], self.settings(), "influence scorer state")
+        self.step = state["step"]
+        self.pre.load_state_dict(state["preconditioner"])
+        self.ref_raw, self.ref_pre = state["ref_raw"], state["ref_pre"]
+
+    def provenance(self) -> dict:
+        return {"step": self.step, "tasks": list(self.reference), "settings": self.settings()}

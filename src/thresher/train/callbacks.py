@@ -1,0 +1,128 @@
+"""What hangs off the training loop: evaluation, metrics, progress, checkpoints, early stop.
+
+A callback sees the ``Run`` (model, optimizer, loader, selector, step...) and the step's metrics
+dict; callbacks run in list order, so one may add fields (evaluation) that a later one writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from thresher.utils.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from thresher.train.loop import Run
+
+
+class Callback:
+    def on_train_start(self, run: "Run") -> None: ...
+
+    def on_step_end(self, run: "Run", metrics: dict) -> None: ...
+
+    def on_train_end(self, run: "Run") -> None: ...
+
+
+class Evaluate(Callback):
+    """Reference loss per task every ``every`` steps and at the last step (keys ``ref_loss/<task>``)."""
+
+    def __init__(self, tasks: dict, every: int, batch_size: int, max_len: int, pad_id: int):
+        self.tasks, self.every, self.batch_size, self.max_len, self.pad_id = tasks, every, batch_size, max_len, pad_id
+
+    def on_step_end(self, run, metrics):
+        last = run.step == run.cfg.steps
+        if not self.tasks or not (last or (self.every > 0 and run.step % self.every == 0)):
+            return
+        from thresher.evaluate.refloss import reference_loss
+
+        for name, task in self.tasks.items():
+            loss = reference_loss(run.model, task, self.batch_size, self.max_len, run.dist.device, self.pad_id,
+                                  run.autocast_dtype)
+            metrics[f"ref_loss/{name}"] = loss
+            run.ref_losses[name] = loss
+
+
+class MetricsJsonl(Callback):
+    """``metrics.jsonl`` on rank 0; on resume, lines after the checkpoint's step are dropped first."""
+
+    def __init__(self, path: str | os.PathLike, every: int = 1):
+        self.path, self.every = Path(path), max(1, every)
+
+    def on_train_start(self, run):
+        if run.dist.rank != 0 or not self.path.exists():
+            return
+        with open(self.path, encoding="utf-8") as f:
+            kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= run.step]
+        atomic_write_text(self.path, "".join(kept))
+
+    def on_step_end(self, run, metrics):
+        if run.dist.rank == 0 and (run.step % self.every == 0 or run.step == run.cfg.steps):
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+
+class TensorBoard(Callback):
+    def __init__(self, log_dir: str | os.PathLike):
+        self.log_dir, self.writer = log_dir, None
+
+    def on_train_start(self, run):
+        if run.dist.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter  # needs the ``tensorboard`` package
+
+            self.writer = SummaryWriter(str(self.log_dir))
+
+    def on_step_end(self, run, metrics):
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self.writer.add_scalar(k, v, run.step)
+
+    def on_train_end(self, run):
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress(Callback):
+    """A tqdm bar on rank 0 (utils.log.progress rules: off with THRESHER_NO_PROGRESS=1)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_start(self, run):
+        if run.dist.rank == 0 and os.environ.get("THRESHER_NO_PROGRESS") != "1":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, run, metrics):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+
+    def on_train_end(self, run):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Checkpoint(Callback):
+    """Every ``every`` steps (all ranks call: FSDP gathers shards; rank 0 writes)."""
+
+    def __init__(self, every: int, keep_last: int, keep_every: int):
+        self.every, self.keep_last, self.keep_every = every, keep_last, keep_every
+
+    def on_step_end(self, run, metrics):
+        if self.every > 0 and run.step % self.every == 0:
+            run.save_checkpoint(self.keep_last, self.keep_every)
+
+
+class StopAt(Callback):
+    """Stop after ``step`` updates (a budget, or a simulated kill in tests)."""
+
+    def __init__(self, step: int):
+        self.stop_step = step
+
+    def on_step_end(self, run, metrics):
+        if run.step >= self.stop_step:
+            run.should_stop = True

@@ -1,0 +1,71 @@
+"""Trainer settings: one flat dataclass that round-trips to TOML (plain fields, all with defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+from thresher.utils.errors import ThresherError
+
+
+@dataclass
+class TrainConfig:
+    # model: a name from thresher.train.models.MODELS (tiny, debug, 20m, 60m, 125m, 370m, 1.3b)
+    model: str = "tiny"
+    seq_len: int = 128
+    micro_batch: int = 4  # sequences per forward/backward on one rank
+    global_batch_tokens: int = 2048  # tokens per optimizer update, all ranks and micro-steps together
+    steps: int = 100
+    # optimizer (multi-agent paper A.2: Adam, beta 0.9/0.95, eps 1e-8)
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine floor / WSD decay target)
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # "cosine" (warmup + cosine), "wsd" (warmup-stable-decay), "constant"
+    decay_fraction: float = 0.2  # WSD: the last fraction of steps that decays linearly
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip: float = 1.0  # global grad-norm clip; 0 disables
+    seed: int = 0
+    # runtime
+    dtype: str = "bfloat16"  # autocast dtype on CUDA; CPU always trains in float32
+    compile: bool = False
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    fsdp: bool = False  # under torchrun: FSDP2 (fully_shard per decoder layer) instead of DDP
+    doc_positions: bool = False  # position_ids restart at every document piece (see docs/train.md)
+    prefetch: int = 2  # micro-batches prepared ahead by a background thread; 0 = synchronous
+    # evaluation / logging / checkpoints
+    eval_every: int = 0  # steps between reference-loss evaluations (0 = only at the end)
+    eval_batch_size: int = 16
+    eval_max_len: int = 1024
+    ckpt_every: int = 0  # steps between checkpoints (0 = none, except the final export)
+    keep_last: int = 2  # checkpoints kept; older ones deleted ...
+    keep_every: int = 0  # ... except every keep_every-th step (0 = none kept permanently)
+    log_every: int = 1  # metrics.jsonl line every this many steps
+    tensorboard: bool = False
+    peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU; None = look up the GPU, CPU -> no MFU
+    export: bool = True  # write out_dir/final as a Hugging Face folder at the end
+
+    def validate(self) -> "TrainConfig":
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise ThresherError(f"train.schedule must be cosine, wsd or constant, got {self.schedule!r}")
+        if self.dtype not in ("bfloat16", "float16", "float32"):
+            raise ThresherError(f"train.dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+        for name in ("seq_len", "micro_batch", "global_batch_tokens", "steps"):
+            if getattr(self, name) <= 0:
+                raise ThresherError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or not 0.0 <= self.decay_fraction <= 1.0:
+            raise ThresherError("train.warmup_steps must be >= 0 and train.decay_fraction in [0, 1]")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ThresherError(f"unknown train settings: {', '.join(unknown)}")
+        return cls(**d).validate()

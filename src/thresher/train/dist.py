@@ -1,0 +1,75 @@
+"""One init/teardown path for CPU, one GPU and torchrun (DDP on gloo/nccl, optional FSDP2)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+from thresher.utils.errors import ThresherError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # we created the process group, so we destroy it
+
+    @property
+    def is_dist(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; join (or reuse) the process group when world > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ThresherError("train.device is 'cuda' but no CUDA device is visible")
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    owns = False
+    if world > 1 and not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        owns = True
+    return Dist(rank, world, local, dev, owns)
+
+
+def teardown(d: Dist) -> None:
+    if d.owns_group and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def all_reduce_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.is_dist:
+        x = x.clone()
+        tdist.all_reduce(x, op=tdist.ReduceOp.SUM)
+        x /= d.world
+    return x
+
+
+def barrier(d: Dist) -> None:
+    if d.is_dist:
+        tdist.barrier()
+
+
+def wrap_model(model: torch.nn.Module, d: Dist, fsdp: bool = False) -> torch.nn.Module:
+    """DDP (or FSDP2 with one shard unit per decoder layer) under torchrun; the model itself otherwise."""
+    if not d.is_dist:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)

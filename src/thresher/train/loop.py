@@ -1,0 +1,284 @@
+"""The training loop: one linear function; evaluation, logging and checkpoints are callbacks.
+
+    for step in range(start, steps):
+        selector.on_step(step, model)          # may re-select; timed (selection seconds / FLOPs)
+        for each micro-batch: forward, backward (grads synced across ranks on the last one)
+        clip, AdamW step at lr(step)
+        callbacks: evaluate -> metrics.jsonl -> tensorboard -> progress -> checkpoint -> yours
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from thresher.train import callbacks as cb
+from thresher.train.checkpoint import (
+    export_hf, full_state, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap,
+)
+from thresher.train.config import TrainConfig
+from thresher.train.data import PackedLoader
+from thresher.train.dist import Dist, all_reduce_mean, barrier, init_distributed, teardown, wrap_model
+from thresher.train.models import build_model, count_flops_per_token, get_model_config
+from thresher.utils.errors import SettingsMismatchError, ThresherError
+from thresher.utils.io import atomic_write_json
+from thresher.utils.log import print0
+from thresher.utils.seeding import derive_seed
+
+# settings a resumed run must share with the checkpoint (others: steps, logging, runtime may change)
+_RESUME_MUST_MATCH = ("model", "seq_len", "global_batch_tokens", "seed", "lr", "schedule", "warmup_steps",
+                      "beta1", "beta2", "eps", "weight_decay", "doc_positions", "min_lr_ratio", "decay_fraction")
+_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "A10G": 70e12,
+              "L4": 121e12, "4090": 165e12}
+
+
+@dataclass
+class Run:
+    """Everything the loop and its callbacks share."""
+
+    cfg: TrainConfig
+    dist: Dist
+    out_dir: Path
+    model: torch.nn.Module  # the raw HF model (what the selector and evaluation see)
+    engine: torch.nn.Module  # what trains: the model, DDP/FSDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    loader: PackedLoader
+    selector: Any
+    accum: int
+    flops_per_token: float
+    autocast_dtype: torch.dtype | None
+    step: int = 0
+    should_stop: bool = False
+    counters: dict = field(default_factory=lambda: {"tokens": 0, "selection_s": 0.0, "selection_flops": 0.0,
+                                                    "train_flops": 0.0, "train_s": 0.0})
+    ref_losses: dict = field(default_factory=dict)
+    losses: list = field(default_factory=list)
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "config": self.cfg.to_dict(), "rng": rng_state(), "counters": dict(self.counters),
+                "loader": self.loader.state_dict(), "selector": self.selector.state_dict(),
+                "schedule": {"name": self.cfg.schedule, "step": self.step}, "world_size": self.dist.world}
+
+    def save_checkpoint(self, keep_last: int = 2, keep_every: int = 0) -> Path | None:
+        path = save_checkpoint(self.out_dir / "checkpoints", self.step, self.engine, self.optimizer,
+                               self.trainer_state(), self.dist.rank == 0, keep_last, keep_every)
+        barrier(self.dist)
+        return path
+
+
+# --- schedule ---------------------------------------------------------------------------------------------
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate for update ``step`` (0-based): linear warmup, then cosine / WSD / constant."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    lo = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return lo + (cfg.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    if cfg.schedule == "wsd":
+        decay_start = cfg.steps - int(round(cfg.decay_fraction * cfg.steps))
+        if step < decay_start:
+            return cfg.lr
+        return cfg.lr + (lo - cfg.lr) * (step - decay_start + 1) / max(1, cfg.steps - decay_start)
+    return cfg.lr
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; matrices decay, norms (1-D) do not; fused kernel on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             fused=device.type == "cuda")
+
+
+# --- setup ------------------------------------------------------------------------------------------------
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _accum_steps(cfg: TrainConfig, world: int) -> int:
+    per_micro = cfg.micro_batch * cfg.seq_len * world
+    if cfg.global_batch_tokens % per_micro:
+        raise ThresherError(f"train.global_batch_tokens={cfg.global_batch_tokens} is not a multiple of "
+                            f"micro_batch*seq_len*world_size={per_micro}")
+    return cfg.global_batch_tokens // per_micro
+
+
+def _peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
+    if cfg.peak_flops:
+        return cfg.peak_flops
+    if device.type != "cuda" or cfg.dtype == "float32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _PEAK_BF16.items() if k in name), None)
+
+
+def _setup(cfg: TrainConfig, store, selector, out_dir: Path, d: Dist) -> Run:
+    mcfg = get_model_config(cfg.model)
+    if cfg.seq_len > mcfg.max_seq_len:
+        raise ThresherError(f"train.seq_len={cfg.seq_len} exceeds model {mcfg.name}'s context {mcfg.max_seq_len}")
+    _seed_all(derive_seed(cfg.seed, "model-init"))
+    model = build_model(mcfg, store.vocab_size, pad_id=store.pad_id, eos_id=store.eos_id).to(d.device)
+    _seed_all(derive_seed(cfg.seed, "train"))
+    engine = wrap_model(model, d, cfg.fsdp)
+    optimizer = build_optimizer(engine, cfg, d.device)
+    if cfg.compile:
+        engine = torch.compile(engine)
+    loader = PackedLoader(store, selector, cfg.seq_len, cfg.micro_batch, seed=derive_seed(cfg.seed, "data"),
+                          rank=d.rank, world_size=d.world, prefetch=cfg.prefetch,
+                          pin_memory=d.device.type == "cuda", doc_positions=cfg.doc_positions)
+    amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype) if d.device.type == "cuda" else None
+    return Run(cfg, d, out_dir, model, engine, optimizer, loader, selector, _accum_steps(cfg, d.world),
+               count_flops_per_token(mcfg, store.vocab_size, cfg.seq_len), amp)
+
+
+def _resume(run: Run) -> bool:
+    path = latest_checkpoint(run.out_dir / "checkpoints")
+    if path is None:
+        print0(f"resume: no checkpoint under {run.out_dir / 'checkpoints'}; starting from step 0")
+        return False
+    state = load_checkpoint(path, run.engine, run.optimizer)
+    saved = state["config"]
+    diff = [k for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(run.cfg, k)]
+    if diff:
+        raise SettingsMismatchError(f"cannot resume {path}: settings differ from the checkpoint's: {', '.join(diff)}")
+    run.step, run.counters = int(state["step"]), dict(state["counters"])
+    run.selector.load_state_dict(state["selector"])
+    run.loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    print0(f"resumed from {path} at step {run.step}")
+    return True
+
+
+# --- one update ----------------------------------------------------------------------------------------------
+def _micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
+    dev = run.dist.device
+    ids = batch["input_ids"].to(dev, non_blocking=True)  # (B, T)
+    targets = batch["targets"].to(dev, non_blocking=True)  # (B, T)
+    kw = {"position_ids": batch["position_ids"].to(dev, non_blocking=True)} if "position_ids" in batch else {}
+    no_sync = contextlib.nullcontext()
+    if not sync and run.dist.is_dist and hasattr(run.engine, "no_sync"):
+        no_sync = run.engine.no_sync()  # DDP: all-reduce grads once, on the last micro-batch
+    if run.cfg.fsdp and hasattr(run.model, "set_requires_gradient_sync"):
+        run.model.set_requires_gradient_sync(sync)
+    amp = torch.autocast(dev.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
+    with no_sync:
+        with amp:
+            logits = run.engine(input_ids=ids, **kw).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        (loss / run.accum).backward()
+    return loss.detach()
+
+
+def _train_step(run: Run) -> dict:
+    cfg, step = run.cfg, run.step
+    t0 = time.perf_counter()
+    flops_before = float(getattr(run.selector, "selection_flops", 0.0) or 0.0)
+    version_before = run.selector.version
+    run.selector.on_step(step, run.model)
+    run.model.train()
+    sel_s = time.perf_counter() - t0
+    sel_flops = float(getattr(run.selector, "selection_flops", 0.0) or 0.0) - flops_before
+
+    lr = lr_at(cfg, step)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    t1 = time.perf_counter()
+    loss = sum(_micro_step(run, run.loader.next_batch(), i == run.accum - 1) for i in range(run.accum)) / run.accum
+    gnorm = torch.nn.utils.clip_grad_norm_(run.engine.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = float(all_reduce_mean(loss, run.dist))  # also waits for the device, so the timing is honest
+    train_s = time.perf_counter() - t1
+    return _step_metrics(run, step + 1, loss, lr, float(gnorm), train_s, sel_s, sel_flops,
+                         run.selector.version != version_before)
+
+
+def _step_metrics(run: Run, step, loss, lr, gnorm, train_s, sel_s, sel_flops, changed) -> dict:
+    c, tokens = run.counters, run.cfg.global_batch_tokens
+    train_flops = run.flops_per_token * tokens
+    c["tokens"] += tokens
+    c["train_s"] += train_s
+    c["selection_s"] += sel_s
+    c["selection_flops"] += sel_flops
+    c["train_flops"] += train_flops
+    tps = tokens / max(train_s, 1e-9)
+    peak = _peak_flops(run.cfg, run.dist.device)
+    return {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": c["tokens"], "tokens_per_s": tps,
+            "mfu": run.flops_per_token * tps / (peak * run.dist.world) if peak else None,
+            "step_s": train_s + sel_s, "selection_s": sel_s, "selection_s_total": c["selection_s"],
+            "selection_flops": sel_flops, "selection_flops_total": c["selection_flops"],
+            "train_flops": train_flops, "train_flops_total": c["train_flops"],
+            "selection_version": int(run.selector.version), "selection_changed": bool(changed)}
+
+
+# --- the entry point ---------------------------------------------------------------------------------------------
+def default_callbacks(cfg: TrainConfig, out_dir: Path, eval_tasks, pad_id: int) -> list[cb.Callback]:
+    cbs: list[cb.Callback] = [cb.Evaluate(eval_tasks or {}, cfg.eval_every, cfg.eval_batch_size, cfg.eval_max_len,
+                                          pad_id), cb.MetricsJsonl(out_dir / "metrics.jsonl", cfg.log_every)]
+    if cfg.tensorboard:
+        cbs.append(cb.TensorBoard(out_dir / "tensorboard"))
+    return cbs + [cb.Progress(), cb.Checkpoint(cfg.ckpt_every, cfg.keep_last, cfg.keep_every)]
+
+
+def train(cfg: TrainConfig, store, selector, out_dir, eval_tasks: dict | None = None, resume: bool = False,
+          callbacks: Sequence[cb.Callback] = (), tokenizer=None) -> dict:
+    """Train ``cfg.model`` on the documents ``selector`` picks from ``store``; return a summary dict.
+
+    The caller has run ``selector.setup(ctx)``; ``initial_selection()`` is called here unless the
+    selector already has a selection (``version > 0``) or one is restored from a checkpoint.
+    Under torchrun every rank calls this; the selector must behave identically on every rank.
+    """
+    cfg.validate()
+    out_dir = Path(out_dir)
+    d = init_distributed(cfg.device)
+    run = None
+    try:
+        run = _setup(cfg, store, selector, out_dir, d)
+        if not (resume and _resume(run)) and selector.version == 0:
+            selector.initial_selection()
+        if d.rank == 0:
+            atomic_write_json(out_dir / "train_config.json", cfg.to_dict())
+        cbs = default_callbacks(cfg, out_dir, eval_tasks, store.pad_id) + list(callbacks)
+        for c in cbs:
+            c.on_train_start(run)
+        while run.step < cfg.steps and not run.should_stop:
+            metrics = _train_step(run)
+            run.step += 1
+            run.losses.append(metrics["loss"])
+            for c in cbs:
+                c.on_step_end(run, metrics)
+        for c in cbs:
+            c.on_train_end(run)
+        return _finish(run, tokenizer)
+    finally:
+        if run is not None:
+            run.loader.close()
+        teardown(d)
+
+
+def _finish(run: Run, tokenizer) -> dict:
+    finished = run.step >= run.cfg.steps
+    model_dir = None
+    if finished and run.cfg.export:
+        model_sd, _ = full_state(run.engine, run.optimizer) if run.cfg.fsdp else (None, None)
+        if run.dist.rank == 0:
+            model_dir = str(export_hf(run.model, run.out_dir / "final", tokenizer, model_sd))
+        barrier(run.dist)
+    c = run.counters
+    return {"step": run.step, "finished": finished, "losses": list(run.losses), "ref_losses": dict(run.ref_losses),
+            "tokens": c["tokens"], "train_seconds": c["train_s"], "selection_seconds": c["selection_s"],
+            "selection_flops": c["selection_flops"], "train_flops": c["train_flops"], "model_dir": model_dir,
+            "out_dir": str(run.out_dir)}

@@ -1,0 +1,209 @@
+"""Ingest: the token store equals the tokenizer's output per document, whatever the workers or crashes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corpus_helpers import SHARED, corpus, make_records, tok_path, write_jsonl  # noqa: F401
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+import thresher.corpus.ingest as ing
+from thresher.corpus.ingest import ingest
+from thresher.corpus.store import TokenStore, token_dtype
+from thresher.corpus.tokenizer import load_tokenizer
+from thresher.utils.errors import SettingsMismatchError, ThresherError
+
+FMAP = {"domain": "domain", "set": "meta.set", "score": "meta.score"}
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("THRESHER_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="module")
+def clean(corpus, tok_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "store"
+    os.environ["THRESHER_NO_PROGRESS"] = "1"
+    stats = ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1, batch_size=7)
+    return out, stats
+
+
+def assert_same_store(a: Path, b: Path):
+    sa, sb = TokenStore.open(a), TokenStore.open(b)
+    assert (a / "tokens.bin").read_bytes() == (b / "tokens.bin").read_bytes()
+    assert np.array_equal(sa.offsets, sb.offsets)
+    assert sa.table().equals(sb.table())
+    assert (a / "exclusions.jsonl").read_text() == (b / "exclusions.jsonl").read_text()
+    assert sa.meta == sb.meta
+
+
+def test_round_trip_every_document(clean, corpus, tok_path):
+    out, stats = clean
+    store, tok = TokenStore.open(out), load_tokenizer(tok_path)
+    recs = [(shard, i, r) for shard, rs in zip(corpus["shards"], corpus["records"]) for i, r in enumerate(rs)]
+    assert store.n_docs == len(recs) == stats["n_docs"] and stats["n_excluded"] == 0
+    for doc_id, (shard, i, r) in enumerate(recs):
+        assert store.doc(doc_id).tolist() == tok.encode(r["text"], add_special_tokens=False).ids
+    t = store.table().to_pylist()
+    assert [row["doc_id"] for row in t] == list(range(len(recs)))
+    assert [(row["source_shard"], row["source_index"], row["source_id"]) for row in t] == [
+        (str(s.resolve()), i, r["id"]) for s, i, r in recs]
+    assert [(row["domain"], row["set"], row["score"]) for row in t] == [
+        (r["domain"], r["meta"]["set"], r["meta"]["score"]) for _, _, r in recs]
+    assert store.texts([0, len(recs) - 1]) == [recs[0][2]["text"], recs[-1][2]["text"]]
+    assert store.dtype == np.uint16 and store.n_tokens == int(store.lengths.sum()) == stats["n_tokens"]
+    assert not (out / "parts").exists()
+
+
+def test_two_workers_give_the_same_store(clean, corpus, tok_path, tmp_path):
+    stats = ingest([str(s) for s in corpus["shards"]], tmp_path / "w2", str(tok_path), field_map=FMAP,
+                   workers=2, batch_size=7)
+    assert stats["n_docs"] == clean[1]["n_docs"]
+    assert_same_store(clean[0], tmp_path / "w2")
+
+
+def test_resume_after_a_failure_mid_run(clean, corpus, tok_path, tmp_path, monkeypatch):
+    out, real, calls = tmp_path / "s", ing.ingest_shard, []
+
+    def flaky(task, tok):
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        calls.append(task.shard)
+        return real(task, tok)
+
+    monkeypatch.setattr(ing, "ingest_shard", flaky)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1, batch_size=7)
+    assert len(list((out / "parts").glob("*/.done"))) == 2
+    with pytest.raises(ThresherError, match="unfinished ingest"):
+        TokenStore.open(out)
+    monkeypatch.setattr(ing, "ingest_shard", real)
+    stats = ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1, batch_size=7)
+    assert stats["shards_resumed"] == 2
+    assert_same_store(clean[0], out)
+
+
+KILLER = """
+import os, signal, sys
+import thresher.corpus.ingest as ing
+n, orig = [0], ing.PartWriter.add
+def add(self, docs, ids):
+    n[0] += 1
+    if n[0] == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    orig(self, docs, ids)
+ing.PartWriter.add = add
+ing.ingest([sys.argv[1]], sys.argv[2], sys.argv[3], field_map=%r, workers=1, batch_size=7)
+""" % (FMAP,)
+
+
+def test_resume_after_sigkill(clean, corpus, tok_path, tmp_path):
+    script, out = tmp_path / "killer.py", tmp_path / "s"
+    script.write_text(KILLER)
+    env = {**os.environ, "THRESHER_NO_PROGRESS": "1"}
+    r = subprocess.run([sys.executable, str(script), str(corpus["dir"]), str(out), str(tok_path), "12"], env=env)
+    assert r.returncode == -9
+    done = len(list((out / "parts").glob("*/.done")))
+    assert 1 <= done < 4 and len(list((out / "parts").iterdir())) > done  # one shard was cut mid-way
+    assert not (out / "store.json").exists()
+    stats = ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1, batch_size=7)
+    assert stats["shards_resumed"] == done
+    assert_same_store(clean[0], out)
+
+
+def test_settings_mismatch_is_refused_and_complete_store_is_kept(clean, corpus, tok_path, tmp_path):
+    out = tmp_path / "s"
+    ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1)
+    mtime = (out / "tokens.bin").stat().st_mtime_ns
+    again = ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1)
+    assert again["n_docs"] == clean[1]["n_docs"] and (out / "tokens.bin").stat().st_mtime_ns == mtime
+    with pytest.raises(SettingsMismatchError, match="field_map"):
+        ingest([str(corpus["dir"])], out, str(tok_path), field_map={"domain": "domain"}, workers=1)
+    stats = ingest([str(corpus["dir"])], out, str(tok_path), field_map={"domain": "domain"}, workers=1, resume=False)
+    assert TokenStore.open(out).columns[-1] == "domain" and stats["n_docs"] == clean[1]["n_docs"]
+
+
+def test_bad_input_is_counted_and_excluded_not_fatal(tok_path, tmp_path):
+    good = make_records(6, 3, "g")
+    lines = [json.dumps(r).encode() for r in good[:3]] + [b'{"text": "broken', b'{"text": "\xff"}', b'{"text": ""}',
+             b'{"id": 1}', b'{"text": 3}'] + [json.dumps(r).encode() for r in good[3:]]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.jsonl.gz").write_bytes(gzip.compress(b"\n".join(lines)))
+    stats = ingest([str(tmp_path / "in")], tmp_path / "s", str(tok_path), workers=1)
+    assert stats["n_docs"] == 6 and stats["n_excluded"] == 5
+    assert stats["excluded"] == {"malformed_json": 1, "invalid_utf8": 1, "empty_text": 1, "missing_text": 1,
+                                 "text_not_string": 1}
+    excl = [json.loads(l) for l in (tmp_path / "s" / "exclusions.jsonl").read_text().splitlines()]
+    assert [(e["index"], e["reason"]) for e in excl] == [
+        (3, "malformed_json"), (4, "invalid_utf8"), (5, "empty_text"), (6, "missing_text"), (7, "text_not_string")]
+    store = TokenStore.open(tmp_path / "s")
+    assert store.column("source_index").tolist() == [0, 1, 2, 8, 9, 10]
+    assert store.texts(range(6)) == [r["text"] for r in good]
+
+
+def _error(match, *args, **kw):
+    with pytest.raises(ThresherError) as e:
+        ingest(*args, workers=1, **kw)
+    assert "\n" not in str(e.value) and all(m in str(e.value) for m in match), str(e.value)
+
+
+def test_clear_one_line_errors(corpus, tok_path, tmp_path):
+    _error(["input not found", "nope.jsonl"], [str(tmp_path / "nope.jsonl")], tmp_path / "s1", str(tok_path))
+    _error(["no files match"], [str(tmp_path / "*.parquet")], tmp_path / "s2", str(tok_path))
+    _error(["text field 'body'"], corpus["shards"], tmp_path / "s3", str(tok_path), text_field="body")
+    _error(["mapped field 'dom'"], corpus["shards"], tmp_path / "s4", str(tok_path), field_map={"d": "dom"})
+    _error(["clashes"], corpus["shards"], tmp_path / "s5", str(tok_path), field_map={"doc_id": "id"})
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": " "}, {"text": None}])
+    _error(["empty corpus", "2 records excluded"], [str(tmp_path / "bad.jsonl")], tmp_path / "s6", str(tok_path))
+
+
+def test_uint32_for_a_large_vocabulary(tmp_path):
+    assert token_dtype(65535) == np.uint16 and token_dtype(65536) == np.uint32
+    vocab = {"<|endoftext|>": 0, "<unk>": 1, **{f"w{i}": i + 2 for i in range(70_000)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "tok.json"))
+    texts = ["w69999 w5 w65534", "w65535 w0", "zzz w1"]
+    write_jsonl(tmp_path / "x.jsonl", [{"text": t} for t in texts])
+    ingest([str(tmp_path / "x.jsonl")], tmp_path / "s", str(tmp_path / "tok.json"), workers=1)
+    store = TokenStore.open(tmp_path / "s")
+    assert store.dtype == np.uint32 and store.eos_id == store.pad_id == 0
+    assert [d.tolist() for d in store.docs(range(3))] == [[70001, 7, 65536], [65537, 2], [1, 3]]
+
+
+def test_mixed_metadata_types_become_strings(tok_path, tmp_path):
+    a, b = make_records(3, 0, "a"), make_records(3, 1, "b")
+    for r in b:
+        r["meta"]["score"] = f"s{r['meta']['score']}"
+    write_jsonl(tmp_path / "1.jsonl", a), write_jsonl(tmp_path / "2.jsonl", b)
+    ingest([str(tmp_path / "1.jsonl"), str(tmp_path / "2.jsonl")], tmp_path / "s", str(tok_path),
+           field_map={"score": "meta.score", "deep": "meta.deep"}, workers=1)
+    store = TokenStore.open(tmp_path / "s")
+    assert store.column("score").tolist() == [str(r["meta"]["score"]) for r in a + b]
+    assert [json.loads(x) for x in store.column("deep")] == [r["meta"]["deep"] for r in a + b]
+
+
+@pytest.mark.shared_data
+def test_shared_pool_shard_with_json_meta(tok_path, tmp_path):
+    shard = SHARED / "pool" / "CommonCrawl" / "commoncrawl_samples.parquet"
+    if not shard.is_file():
+        pytest.skip(f"shared data not found at {SHARED}")
+    expected = json.loads((SHARED / "pool" / "STATS.json").read_text())["CommonCrawl"]["docs"]
+    fmap = {"domain": "domain", "rp": "meta.redpajama_set_name", "quality": "meta.quality_label"}
+    stats = ingest([str(shard)], tmp_path / "s", str(tok_path), field_map=fmap, workers=1)
+    store = TokenStore.open(tmp_path / "s")
+    assert stats["n_docs"] + stats["n_excluded"] == expected
+    assert set(store.column("domain")) == {"CommonCrawl"}
+    import pyarrow.parquet as pq
+
+    src = pq.read_table(shard, columns=["meta"]).column(0).to_pylist()
+    idx = store.column("source_index")
+    assert store.column("quality").tolist() == [json.loads(src[i]).get("quality_label") for i in idx]

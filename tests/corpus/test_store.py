@@ -1,0 +1,54 @@
+"""TokenStore: O(1) memmap views, metadata access, and its settings file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from corpus_helpers import corpus, tok_path  # noqa: F401
+
+from thresher.corpus.ingest import ingest
+from thresher.corpus.store import TokenStore
+from thresher.corpus.tokenizer import load_tokenizer, tokenizer_sha256
+from thresher.utils.errors import ThresherError
+
+
+@pytest.fixture(scope="module")
+def store(corpus, tok_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "s"
+    ingest([str(corpus["dir"])], out, str(tok_path), field_map={"domain": "domain", "k": "meta.deep.k"}, workers=1)
+    return TokenStore.open(out)
+
+
+def test_docs_are_views_of_the_flat_array(store):
+    assert isinstance(store.tokens, np.memmap) and store.offsets.dtype == np.int64
+    assert store.offsets[0] == 0 and store.offsets[-1] == store.n_tokens and len(store.offsets) == store.n_docs + 1
+    flat = np.concatenate(store.docs(range(store.n_docs)))
+    assert np.array_equal(flat, np.asarray(store.tokens))
+    d = store.doc(5)
+    assert np.shares_memory(d, store.tokens) and len(d) == store.lengths[5]
+    with pytest.raises(IndexError):
+        store.doc(store.n_docs)
+
+
+def test_metadata_access(store, corpus):
+    t = store.table(["doc_id", "domain"])
+    assert t.column_names == ["doc_id", "domain"] and t.num_rows == store.n_docs
+    assert store.columns == ["doc_id", "source_shard", "source_index", "source_id", "n_tokens", "domain", "k"]
+    assert np.array_equal(store.column("n_tokens"), store.lengths)
+    assert store.column("domain").tolist() == [r["domain"] for rs in corpus["records"] for r in rs]
+    with pytest.raises(ThresherError, match="no column 'nope'"):
+        store.table(["nope"])
+
+
+def test_store_json_holds_the_settings(store, tok_path, corpus):
+    m = store.meta
+    assert m["dtype"] == "uint16" and m["vocab_size"] == 300 and (m["eos_id"], m["pad_id"]) == (0, 1)
+    assert m["tokenizer_sha256"] == tokenizer_sha256(load_tokenizer(tok_path)) == tokenizer_sha256(store.tokenizer())
+    assert m["text_field"] == "text" and m["field_map"] == {"domain": "domain", "k": "meta.deep.k"}
+    assert m["inputs"] == [str(s.resolve()) for s in corpus["shards"]]
+    assert (m["n_docs"], m["n_tokens"]) == (store.n_docs, store.n_tokens)
+
+
+def test_open_refuses_a_non_store(tmp_path):
+    with pytest.raises(ThresherError, match="not a token store"):
+        TokenStore.open(tmp_path)

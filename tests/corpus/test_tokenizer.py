@@ -1,0 +1,55 @@
+"""Tokenizer: training, loading, special ids."""
+
+from __future__ import annotations
+
+import pytest
+from corpus_helpers import corpus, tok_path  # noqa: F401
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from thresher.corpus.tokenizer import load_tokenizer, special_ids, train_tokenizer, vocab_size
+from thresher.utils.errors import ThresherError
+
+
+def test_trained_bpe_is_byte_level_and_lossless(tok_path, corpus):
+    tok = load_tokenizer(tok_path)
+    assert vocab_size(tok) == 300 and special_ids(tok) == (0, 1)
+    texts = [r["text"] for recs in corpus["records"] for r in recs] + ["unseen ☃ \x00 bytes\r\n"]
+    for t in texts:
+        ids = tok.encode(t, add_special_tokens=False).ids
+        assert tok.decode(ids, skip_special_tokens=False) == t
+        assert 0 not in ids and 1 not in ids  # no special token is added to plain text
+
+
+def test_load_from_folder_and_errors(tok_path, tmp_path):
+    assert load_tokenizer(tok_path.parent).to_str() == load_tokenizer(tok_path).to_str()
+    for spec, needle in [(tmp_path / "missing.json", "tokenizer file not found"),
+                         (tmp_path, "holds no tokenizer.json")]:
+        with pytest.raises(ThresherError, match=needle):
+            load_tokenizer(spec)
+    (tmp_path / "bad.json").write_text("{not a tokenizer")
+    with pytest.raises(ThresherError, match="cannot load tokenizer"):
+        load_tokenizer(tmp_path / "bad.json")
+
+
+def test_train_is_deterministic_and_atomic(corpus, tmp_path):
+    a = train_tokenizer([str(corpus["dir"])], tmp_path / "a.json", vocab_size=280, sample_docs=50)
+    b = train_tokenizer(corpus["shards"], tmp_path, vocab_size=280, sample_docs=50)  # a folder -> folder/tokenizer.json
+    assert b == tmp_path / "tokenizer.json"
+    assert a.read_text() == b.read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(ThresherError, match="too small"):
+        train_tokenizer(corpus["shards"], tmp_path / "c.json", vocab_size=100)
+
+
+def _wordlevel(tokens):
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=tokens[0]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
+def test_special_ids_by_common_names():
+    assert special_ids(_wordlevel(["<unk>", "</s>", "x"])) == (1, 1)  # pad falls back to eos
+    assert special_ids(_wordlevel(["[PAD]", "[UNK]", "[SEP]", "x"])) == (2, 0)
+    assert special_ids(_wordlevel(["<unk>", "<pad>", "<eos>"])) == (2, 1)
+    with pytest.raises(ThresherError, match="no end-of-text token"):
+        special_ids(_wordlevel(["<unk>", "x"]))

@@ -1,0 +1,99 @@
+"""State, settings, errors and the RewardSource wrapper."""
+
+import numpy as np
+import pytest
+import torch
+
+import influence_ref as R
+from thresher.influence import (InfluenceConfig, InfluenceRewards, InfluenceScorer, load_scores, mix_scores,
+                                save_scores)
+from thresher.utils.errors import SettingsMismatchError, ThresherError
+
+FIT = R.random_docs(8, seed=3)
+DOCS = R.random_docs(5, seed=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return R.tiny_llama()
+
+
+def _scorer(model, **kw):
+    s = InfluenceScorer(model, R.reference_tasks(), InfluenceConfig(batch_size=4, **kw), FIT)
+    return s
+
+
+def test_state_dict_round_trip_gives_same_scores(model):
+    a = _scorer(model, preconditioner="kfac")
+    a.refresh(model, step=7)
+    b = _scorer(model, preconditioner="kfac")
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(b.score_docs(DOCS), a.score_docs(DOCS))
+    assert b.provenance()["step"] == 7
+    c = _scorer(model, preconditioner="kfac", seed=1)
+    with pytest.raises(SettingsMismatchError):
+        c.load_state_dict(a.state_dict())
+
+
+def test_saved_scores_refuse_other_settings(model, tmp_path):
+    a, b = _scorer(model, preconditioner="none"), _scorer(model, preconditioner="none", damping=0.5)
+    a.refresh(model)
+    sa = a.score_docs(DOCS)
+    save_scores(tmp_path / "a.npz", sa, a.settings())
+    got, settings = load_scores(tmp_path / "a.npz", expect_settings=a.settings())
+    np.testing.assert_array_equal(got, sa)
+    with pytest.raises(SettingsMismatchError, match="damping"):
+        load_scores(tmp_path / "a.npz", expect_settings=b.settings())
+    with pytest.raises(SettingsMismatchError):
+        mix_scores([(sa, a.settings()), (sa, b.settings())])
+    assert len(mix_scores([(sa, settings), (sa, a.settings())])) == 2 * len(DOCS)
+
+
+def test_errors_are_thresher_errors(model):
+    with pytest.raises(ThresherError, match="refresh"):
+        _scorer(model, preconditioner="none").score_docs(DOCS)
+    with pytest.raises(ThresherError, match="preconditioner"):
+        InfluenceConfig(preconditioner="lissa")
+    with pytest.raises(ThresherError, match="fit_docs"):
+        InfluenceScorer(model, R.reference_tasks(), InfluenceConfig(preconditioner="ekfac"), None)
+    with pytest.raises(ThresherError, match="no nn.Linear"):
+        InfluenceScorer(model, R.reference_tasks(), InfluenceConfig(modules=["nothing_here"], preconditioner="none"))
+
+
+def test_non_finite_factor_names_the_block():
+    model = R.tiny_llama()
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    s = _scorer(model, preconditioner="ekfac")
+    with pytest.raises(ThresherError, match=r"block model\.layers\.\d\..* is not finite"):
+        s.refresh(model)
+
+
+def test_scoring_leaves_model_untouched(model):
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    s = _scorer(model, preconditioner="ekfac")
+    s.refresh(model)
+    s.score_docs(DOCS)
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+
+
+class Store:
+    def __init__(self, docs):
+        self._docs = docs
+
+    def docs(self, ids):
+        return [self._docs[i] for i in ids]
+
+
+def test_influence_rewards_wraps_scorer(model):
+    s = _scorer(model, preconditioner="none")
+    src = InfluenceRewards(s, Store(DOCS))
+    src.refresh(model, step=3)
+    ids = np.array([4, 0, 2])
+    np.testing.assert_allclose(src.rewards(ids), s.score_docs([DOCS[i] for i in ids]), rtol=1e-12)
+    assert src.rewards(np.array([], dtype=int)).shape == (0,)
+    prov = src.provenance()
+    assert prov["step"] == 3 and prov["tasks"] == ["lambada", "squad"] and prov["settings"]["preconditioner"] == "none"

@@ -1,0 +1,54 @@
+"""2 gloo processes on CPU train exactly what 1 process trains at the same global batch."""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from train_fakes import SwitchingSelector, pattern_store, tiny_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cfg(**kw):
+    # 512 tokens per update = 4 micro-steps on 1 rank, 2 micro-steps on each of 2 ranks
+    return tiny_config(steps=6, global_batch_tokens=512, ckpt_every=3, **kw)
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank: the DDP run, then the FSDP run, in one process group (spawning costs most of the time)."""
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), THRESHER_NO_PROGRESS="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from thresher.train.loop import train
+
+    for mode in ("ddp", "fsdp"):
+        selector = SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=2)
+        train(_cfg(fsdp=mode == "fsdp"), pattern_store(), selector, os.path.join(out, mode))
+    dist.destroy_process_group()
+
+
+def _losses(out) -> list[float]:
+    return [json.loads(ln)["loss"] for ln in open(out / "metrics.jsonl")]
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    from thresher.train.loop import train
+
+    one = train(_cfg(), pattern_store(), SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=2),
+                tmp_path / "one")["losses"]
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for mode in ("ddp", "fsdp"):
+        assert _losses(tmp_path / mode) == pytest.approx(one, rel=1e-5, abs=1e-5), mode
+        assert (tmp_path / mode / "checkpoints" / "step_000006" / "trainer.pt").exists()

@@ -1,0 +1,125 @@
+"""The trainer end to end on CPU: learning, golden losses, exact resume, checkpoints, export."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import make_golden
+from train_fakes import StaticSelector, SwitchingSelector, pattern_store, tiny_config
+from thresher.agents.base import RandomSelector, SelectionContext, Labels
+from thresher.corpus.reference import ReferenceTask
+from thresher.evaluate.refloss import reference_loss
+from thresher.train.callbacks import StopAt
+from thresher.train.checkpoint import decode_state, encode_state, list_checkpoints
+from thresher.train.config import TrainConfig
+from thresher.train.loop import lr_at, train
+from thresher.utils.errors import SettingsMismatchError, ThresherError
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("THRESHER_NO_PROGRESS", "1")
+
+
+def _metrics(out):
+    return [json.loads(ln) for ln in open(out / "metrics.jsonl")]
+
+
+def _task(store, n=6):
+    docs = [store.doc(i) for i in range(1, 64, 2)[:n]]  # held out: the selection is the even docs
+    return ReferenceTask("held_out", [d[:10] for d in docs], [d[10:16] for d in docs])
+
+
+def test_loss_decreases_on_structured_corpus(tmp_path):
+    store = pattern_store()
+    task = _task(store)
+    cfg = tiny_config(steps=30, lr=1e-2, warmup_steps=3, eval_every=15)
+    out = train(cfg, store, StaticSelector(np.arange(0, 64, 2)), tmp_path, eval_tasks={"held_out": task})
+    losses = out["losses"]
+    assert len(losses) == 30 and math.log(64) - 0.3 < losses[0] < math.log(64) + 0.3
+    assert np.mean(losses[-5:]) < 0.6 * losses[0]
+    evals = [m["ref_loss/held_out"] for m in _metrics(tmp_path) if "ref_loss/held_out" in m]
+    assert len(evals) == 2 and evals[1] < evals[0] and out["ref_losses"]["held_out"] == evals[1]
+
+
+def test_golden_losses(tmp_path):
+    golden = json.loads(make_golden.GOLDEN.read_text())["losses"]
+    assert make_golden.golden_losses() == pytest.approx(golden, rel=1e-5, abs=1e-5)
+
+
+def _switching():
+    return SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=4)
+
+
+def test_killed_and_resumed_run_is_bit_exact(tmp_path):
+    store = pattern_store()
+    cfg = tiny_config(steps=8, ckpt_every=3, keep_last=1, global_batch_tokens=256)  # 2 micro-steps
+    full = train(cfg, store, _switching(), tmp_path / "full")
+    # killed after step 5 (last checkpoint: step 3), then resumed with fresh objects
+    part = train(cfg, store, _switching(), tmp_path / "part", callbacks=[StopAt(5)])
+    assert part["step"] == 5 and not part["finished"]
+    rest = train(cfg, store, _switching(), tmp_path / "part", resume=True)
+    assert rest["losses"] == full["losses"][3:]
+    assert [m["loss"] for m in _metrics(tmp_path / "part")] == full["losses"]
+    assert rest["selection_flops"] == full["selection_flops"] == 8 * 1e3
+    assert [s for s, _ in list_checkpoints(tmp_path / "part" / "checkpoints")] == [6]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    store = pattern_store()
+    train(tiny_config(steps=2, ckpt_every=2), store, StaticSelector(np.arange(10)), tmp_path)
+    with pytest.raises(SettingsMismatchError, match="lr"):
+        train(tiny_config(steps=4, lr=1e-4), store, StaticSelector(np.arange(10)), tmp_path, resume=True)
+
+
+def test_retention_keeps_last_and_every(tmp_path):
+    cfg = tiny_config(steps=8, ckpt_every=1, keep_last=2, keep_every=3)
+    train(cfg, pattern_store(), StaticSelector(np.arange(10)), tmp_path)
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [3, 6, 7, 8]
+
+
+def test_export_loads_with_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    store = pattern_store()
+    task = _task(store)
+    cfg = tiny_config(steps=3, export=True)
+    out = train(cfg, store, StaticSelector(np.arange(10)), tmp_path, eval_tasks={"t": task})
+    loaded = AutoModelForCausalLM.from_pretrained(out["model_dir"])
+    assert reference_loss(loaded, task, 4, 64) == pytest.approx(out["ref_losses"]["t"], rel=1e-6)
+
+
+def test_random_selector_gets_initial_selection(tmp_path):
+    store = pattern_store()
+    sel = RandomSelector()
+    sel.setup(SelectionContext(store.lengths, Labels(), budget_docs=20, seed=1))
+    out = train(tiny_config(steps=2), store, sel, tmp_path)
+    assert sel.version == 1 and len(sel.selection()) == 20 and len(out["losses"]) == 2
+
+
+def test_selector_state_encoding_round_trips(tmp_path):
+    state = {"a": np.arange(5, dtype=np.int32), "b": [np.float64(1.5), {"c": np.array(["x", "y"])}], "d": (1, 2)}
+    torch.save(encode_state(state), tmp_path / "s.pt")
+    back = decode_state(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert back["a"].dtype == np.int32 and np.array_equal(back["a"], state["a"])
+    assert back["b"][0] == 1.5 and back["b"][1]["c"].tolist() == ["x", "y"] and back["d"] == (1, 2)
+
+
+def test_schedules_by_hand():
+    cos = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=2, steps=12, schedule="cosine")
+    assert [lr_at(cos, s) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(cos, 7) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    wsd = TrainConfig(lr=1.0, min_lr_ratio=0.0, warmup_steps=2, steps=10, schedule="wsd", decay_fraction=0.2)
+    assert [lr_at(wsd, s) for s in range(10)] == [0.5, 1, 1, 1, 1, 1, 1, 1, 0.5, 0.0]
+
+
+def test_bad_settings_are_user_errors(tmp_path):
+    with pytest.raises(ThresherError, match="multiple"):
+        train(tiny_config(global_batch_tokens=100), pattern_store(), StaticSelector(np.arange(4)), tmp_path)
+    with pytest.raises(ThresherError, match="schedule"):
+        TrainConfig(schedule="linear").validate()
+    with pytest.raises(ThresherError, match="unknown train settings"):
+        TrainConfig.from_dict({"lr": 1.0, "learning_rate": 2.0})
