@@ -73,6 +73,14 @@ class Selector(ABC):
         """Called by the trainer before every step; static policies never change their selection."""
         return False
 
+    @property
+    def selection_flops(self) -> float:
+        """Cumulative FLOPs spent selecting (the reward source's count; 0 when it keeps none).
+
+        The trainer logs the difference per step next to its training FLOPs."""
+        rewards = getattr(getattr(self, "ctx", None), "rewards", None)
+        return float(getattr(rewards, "flops", 0.0) or 0.0)
+
     def selection(self) -> np.ndarray:
         """Doc ids (int64) of the current stage's training set D_k."""
         return self._selection

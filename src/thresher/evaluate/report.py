@@ -121,6 +121,25 @@ def plot_agent_weights(log: list[dict], path: Path) -> bool:
     return True
 
 
+def compute_table(runs: dict[str, Path]) -> list[str]:
+    """Selection cost against training cost per policy, from each run's summary.json."""
+    rows = []
+    for p, d in runs.items():
+        path = Path(d) / "summary.json"
+        if not path.exists():
+            continue
+        s = json.loads(path.read_text(encoding="utf-8"))
+        ts, ss = s.get("train_seconds") or 0.0, s.get("selection_seconds") or 0.0
+        tf, sf = s.get("train_flops") or 0.0, s.get("selection_flops") or 0.0
+        rows.append(f"| {p} | {ts:.1f} | {ss:.1f} | {ss / ts if ts else 0:.1%} | {tf:.3g} | {sf:.3g} | "
+                    f"{sf / tf if tf else 0:.1%} |")
+    if not rows:
+        return []
+    return ["## Compute: selection against training", "",
+            "| policy | train s | selection s | selection/train time | train FLOPs | selection FLOPs | "
+            "selection/train FLOPs |", "|---|---:|---:|---:|---:|---:|---:|", *rows, ""]
+
+
 def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thresher report",
                  extra_md: str = "") -> Path:
     """``runs``: policy -> run directory (with metrics.jsonl and selector_log.jsonl)."""
@@ -137,6 +156,7 @@ def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thres
         mean = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
         lines.append(f"| {p} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + f" | {mean:.4f} |")
     lines += ["", "![reference loss](ref_loss.png)", ""]
+    lines += compute_table(runs)
     for p, d in runs.items():
         log = read_jsonl(Path(d) / "selector_log.jsonl")
         if plot_agent_weights(log, out_dir / f"weights_{p}.png"):

@@ -32,8 +32,8 @@ class DemoConfig:
     topic_noise: float = 0.1
     quality_noise: float = 0.3
     budget_fraction: float = 0.25  # D_k holds this fraction of the pool's tokens
-    steps: int = 240
-    update_every: int = 40  # U of Algorithm 1
+    steps: int = 1200
+    update_every: int = 100  # U of Algorithm 1
     seq_len: int = 128
     micro_batch: int = 16
     lr: float = 3e-3

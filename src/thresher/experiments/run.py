@@ -24,11 +24,19 @@ from thresher.utils.seeding import rng
 
 
 class LazyInfluenceRewards(RewardSource):
-    """Influence rewards whose scorer is built on the first ``refresh`` (the model exists only then)."""
+    """Influence rewards whose scorer is built on the first ``refresh`` (the model exists only then).
+
+    It also counts the compute selection spends, so the trainer can log it against training:
+    ``flops`` = 4 x (parameters doing matmuls) x tokens through the frozen-weight forward + backward
+    (factor fitting, reference gradients, scored documents).
+    """
 
     def __init__(self, cfg, reference: dict[str, ReferenceTask], store, fit_ids: np.ndarray):
         self.cfg, self.reference, self.store, self.fit_ids = cfg, reference, store, fit_ids
         self.inner = None
+        self.flops = 0.0
+        self.scored_docs = 0
+        self._flops_per_token = 0.0
 
     def refresh(self, model: Any, step: int) -> None:
         if self.inner is None:
@@ -37,12 +45,23 @@ class LazyInfluenceRewards(RewardSource):
 
             fit_docs = self.store.docs(self.fit_ids) if self.cfg.preconditioner != "none" else None
             self.inner = InfluenceRewards(InfluenceScorer(model, self.reference, self.cfg, fit_docs), self.store)
+            embed = model.get_input_embeddings().weight.numel()
+            self._flops_per_token = 4.0 * (sum(p.numel() for p in model.parameters()) - embed)
         self.inner.refresh(model, step)
+        fit = self._tokens(self.fit_ids) if self.cfg.preconditioner != "none" else 0
+        ref = sum(min(len(c) + len(t), self.cfg.max_len) for task in self.reference.values()
+                  for c, t in zip(task.contexts, task.continuations))
+        self.flops += self._flops_per_token * (fit + ref)
 
     def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
         if self.inner is None:
             raise ThresherError("influence rewards asked for before the first refresh(model)")
+        self.flops += self._flops_per_token * self._tokens(doc_ids)
+        self.scored_docs += len(doc_ids)
         return self.inner.rewards(doc_ids)
+
+    def _tokens(self, doc_ids: np.ndarray) -> int:
+        return int(np.minimum(np.asarray(self.store.lengths)[np.asarray(doc_ids)], self.cfg.max_len).sum())
 
     def provenance(self) -> dict:
         return self.inner.provenance() if self.inner is not None else {}
