@@ -15,7 +15,7 @@ import numpy as np
 
 from thresher.agents.base import Labels, SelectionContext
 from thresher.config import RunConfig, save_run_config
-from thresher.corpus.reference import ReferenceTask, read_reference_jsonl, tokenize_task
+from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_task
 from thresher.influence.rewards import RewardSource
 from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_write_text
@@ -73,7 +73,7 @@ def load_reference(cfg: RunConfig, tokenizer) -> tuple[dict[str, ReferenceTask],
         raise ThresherError("data.reference is empty: name at least one reference task JSONL")
     reward, evals = {}, {}
     for name, path in sorted(cfg.data.reference.items()):
-        pairs = read_reference_jsonl(path, limit=cfg.data.reference_max_examples or None)
+        pairs = read_reference(path, limit=cfg.data.reference_max_examples or None)
         task = tokenize_task(name, pairs, tokenizer)
         reward[name], evals[name] = task.split(cfg.data.reference_eval_fraction, seed=cfg.seed)
     return reward, evals
