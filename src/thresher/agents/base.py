@@ -78,8 +78,14 @@ class Selector(ABC):
         """Cumulative FLOPs spent selecting (the reward source's count; 0 when it keeps none).
 
         The trainer logs the difference per step next to its training FLOPs."""
+        if "_selection_flops" in self.__dict__:  # a selector that counts its own
+            return self.__dict__["_selection_flops"]
         rewards = getattr(getattr(self, "ctx", None), "rewards", None)
         return float(getattr(rewards, "flops", 0.0) or 0.0)
+
+    @selection_flops.setter
+    def selection_flops(self, value: float) -> None:
+        self.__dict__["_selection_flops"] = float(value)
 
     def selection(self) -> np.ndarray:
         """Doc ids (int64) of the current stage's training set D_k."""

@@ -60,7 +60,7 @@ class SyntheticLabeler(Labeler):
     name = "synthetic"
     needs = ("domain", "topic", "quality")
     _COLUMNS = {"domain": "category", "topic": "category", "quality_score": "float",
-                "quality_interval": "category", "synthetic_reason": "reason"}
+                "quality_interval": "category", "cluster": "category", "synthetic_reason": "reason"}
 
     def __init__(self, domain_noise: float = 0.0, topic_noise: float = 0.0, quality_noise: float = 0.0,
                  seed: int = 0, domains: list[str] | None = None, topics: list[str] | None = None, prefix: str = ""):
@@ -69,17 +69,24 @@ class SyntheticLabeler(Labeler):
         self.seed, self.prefix = seed, prefix
         self.columns = {prefix + c: k for c, k in self._COLUMNS.items()}
         cats = {"domain": list(domains or DOMAINS), "topic": list(topics or TOPIC_NAMES), "quality_interval": QUALITY_INTERVALS}
+        # Quad's arms: in the synthetic world the generating processes are the (domain, topic) cells, which
+        # is what k-means over good embeddings would recover; the cluster is the TRUE cell (before noise).
+        cats["cluster"] = [f"{d}/{t}" for d in cats["domain"] for t in cats["topic"]]
         self._names = cats
         self.categories = {prefix + c: v for c, v in cats.items()}
 
     def settings(self) -> dict[str, Any]:
         return {"domain_noise": self.domain_noise, "topic_noise": self.topic_noise,
                 "quality_noise": self.quality_noise, "seed": self.seed,
-                "domains": self._names["domain"], "topics": self._names["topic"]}
+                "domains": self._names["domain"], "topics": self._names["topic"], "cluster": "true-cell"}
 
     def label(self, batch: dict[str, list]) -> dict[str, np.ndarray | list]:
         ids = np.asarray(batch["doc_id"], dtype=np.int64)
         out: dict[str, np.ndarray | list] = {}
+        true_d = _to_codes(batch["domain"], self._names["domain"]).astype(np.int64)
+        true_t = _to_codes(batch["topic"], self._names["topic"]).astype(np.int64)
+        n_t = len(self._names["topic"])
+        out["cluster"] = np.where((true_d >= 0) & (true_t >= 0), true_d * n_t + true_t, -1).astype(np.int16)
         for col, p in (("domain", self.domain_noise), ("topic", self.topic_noise)):
             names = self._names[col]
             out[col] = flip_categories(_to_codes(batch[col], names), len(names), p, self.seed, col, ids)
