@@ -47,6 +47,10 @@ class SelectorConfig:
     unvisited: str = "inf"  # CS of a never-sampled cluster: inf (UCB1 reading) | initial-visit
     bandit_normalization: str = "auto"  # auto: raw for quad, `normalization` for the bandit agent
     bandit_rounds_per_update: int = 1  # rounds the bandit agent plays per console update
+    # quad: each stage refills D_k to the whole budget (the paper's single pass; scores about
+    # budget / keep-rate documents per stage), or, when set, to this many tokens: what the trainer
+    # consumes in U steps (update_every x global batch tokens), so scoring cost follows training
+    quad_stage_tokens: Optional[int] = None
 
     def validate(self) -> None:
         choices = {"normalization": ("raw", "zscore", "rank"), "missing": ("neutral", "exclude"),

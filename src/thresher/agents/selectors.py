@@ -212,6 +212,8 @@ class QuadSelector(_StagedSelector):
         perm: dict[int, list] = {}  # arm -> [docs in random order, cursor]; no doc is drawn twice a stage
         left = b.sizes.copy()
         chosen, room = [], self.budget_tokens if self.budget_tokens is not None else self.budget_docs
+        if self.cfg.quad_stage_tokens and step > 0 and self.budget_tokens is not None:
+            room = min(room, int(self.cfg.quad_stage_tokens))
         rounds = 0
         if self.cfg.unvisited == "initial-visit" and b.counts.sum() == 0:
             room = self._play(np.flatnonzero(left > 0), perm, left, chosen, room, initial=True)

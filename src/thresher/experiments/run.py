@@ -110,8 +110,12 @@ def build_run(cfg: RunConfig):
     return store, build_selector(cfg.selector, ctx), eval_tasks
 
 
-def run(cfg: RunConfig, resume: bool = False) -> dict:
-    """Train under ``cfg.selector.policy``; returns the trainer's summary."""
+def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
+    """Train under ``cfg.selector.policy``; returns the trainer's summary.
+
+    With ``resume`` the newest checkpoint in ``cfg.out`` restores the model, optimizer, schedule, RNG,
+    data position and the selector's whole state; the run then continues exactly as an
+    uninterrupted one would (tested). ``callbacks`` go to the trainer (e.g. train.callbacks.StopAt)."""
     from thresher.train.loop import train
 
     out = Path(cfg.out)
@@ -119,9 +123,21 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     save_run_config(cfg, out)
     store, selector, eval_tasks = build_run(cfg)
     print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model} for {cfg.train.steps} steps -> {out}")
-    summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume)
+    summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume, callbacks=callbacks,
+                    tokenizer=_hf_tokenizer(store))
     write_selector_log(selector.log, out / "selector_log.jsonl")
     return summary
+
+
+def _hf_tokenizer(store):
+    """The store's tokenizer as a transformers tokenizer, so the exported model folder is complete."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=store.tokenizer())
+    eos = tok.convert_ids_to_tokens(store.eos_id)
+    pad = tok.convert_ids_to_tokens(store.pad_id)
+    tok.eos_token, tok.pad_token = eos, pad
+    return tok
 
 
 def write_selector_log(log: list[dict], path: Path) -> None:
