@@ -18,6 +18,7 @@ from thresher.agents.config import SelectorConfig
 from thresher.config import DataConfig, RunConfig
 from thresher.influence.config import InfluenceConfig
 from thresher.train.config import TrainConfig
+from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_json, read_json
 from thresher.utils.log import print0
 
@@ -49,7 +50,11 @@ def _gather(out: Path, cfg: DemoConfig) -> tuple[dict, Path, Path]:
     from thresher.labels.base import TokenStoreSource
     from thresher.labels.config import LabelConfig, run_from_config
 
-    world = generate(SynthConfig(seed=cfg.seed, n_docs=cfg.n_docs), out / "world")
+    try:
+        world = generate(SynthConfig(seed=cfg.seed, n_docs=cfg.n_docs), out / "world")
+    except SettingsMismatchError:
+        raise ThresherError(f"{out} holds a demo made with other settings (seed or size): "
+                            f"delete it or choose another --out") from None
     store = out / "store"
     ingest(world["shards"], store, world["tokenizer"], field_map={"domain": "domain", "topic": "topic",
                                                                   "quality": "quality"})
