@@ -5,6 +5,7 @@ Imports of heavy modules happen inside the commands so ``thresher --help`` stays
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -22,6 +23,18 @@ tokenizer_app = typer.Typer(no_args_is_help=True, help="Train or inspect tokeniz
 quality_app = typer.Typer(no_args_is_help=True, help="Quality classifiers for the quality agent.")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(quality_app, name="quality")
+
+
+def _overrides(set_: list[str], lists: dict | None = None, scalars: dict | None = None) -> list[str]:
+    """``--set`` items plus typed CLI options, as ``key=value`` config overrides (values as TOML)."""
+    out = list(set_)
+    for key, csv in (lists or {}).items():
+        if csv:
+            out.append(f"{key}=" + json.dumps([x.strip() for x in csv.split(",") if x.strip()]))
+    for key, value in (scalars or {}).items():
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")
+    return out
 
 
 def _parse_map(items: list[str] | None) -> dict[str, str]:
@@ -48,7 +61,7 @@ def synth(
     from thresher.corpus.synth_config import SynthConfig
     from thresher.utils.tomlio import load_config
 
-    overrides = list(set_) + [f"seed={seed}"] + ([f"n_docs={n_docs}"] if n_docs else [])
+    overrides = _overrides(set_, scalars={"seed": seed, "n_docs": n_docs})
     cfg = load_config(SynthConfig, config, overrides)
     info = generate(cfg, out)
     typer.echo(f"synthetic world written to {out}: {info}")
@@ -111,12 +124,8 @@ def label(
     from thresher.labels.config import LabelConfig, run_from_config
     from thresher.utils.tomlio import load_config
 
-    overrides = list(set_)
-    if labelers:
-        overrides.append("labelers=[" + ", ".join(f'"{x.strip()}"' for x in labelers.split(",")) + "]")
-    for key, value in (("executor", executor), ("workers", workers), ("kmeans_k", kmeans_k)):
-        if value is not None:
-            overrides.append(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}")
+    overrides = _overrides(set_, {"labelers": labelers},
+                           {"executor": executor, "workers": workers, "kmeans_k": kmeans_k})
     cfg = load_config(LabelConfig, config, overrides)
     table = run_from_config(TokenStoreSource(store), cfg, out)
     typer.echo(f"label table written to {out}: {table.n_docs} documents, columns {table.columns}")
@@ -180,15 +189,7 @@ def eval_downstream(
     from thresher.evaluate.downstream import results_table_markdown
     from thresher.utils.tomlio import load_config
 
-    overrides = list(set_)
-    if tasks:
-        overrides.append("tasks=[" + ", ".join(f'"{t.strip()}"' for t in tasks.split(",")) + "]")
-    if limit is not None:
-        overrides.append(f"limit={limit}")
-    if data_root:
-        overrides.append(f'data_root="{data_root}"')
-    if device:
-        overrides.append(f'device="{device}"')
+    overrides = _overrides(set_, {"tasks": tasks}, {"limit": limit, "data_root": data_root, "device": device})
     results = run_eval(load_config(EvalConfig, config, overrides), model_dir, out)
     typer.echo(results_table_markdown(results))
 

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from thresher.labels.base import resolve_device
+from thresher.labels.base import model_version, resolve_device
 from thresher.utils.errors import ThresherError
 
 
@@ -47,3 +47,30 @@ def classify_logits(tok, net, dev: str, texts: list[str], max_length: int, batch
             return net(**enc).logits.float().cpu().numpy()
 
     return run_batches(texts, batch_size, fn) if texts else np.zeros((0, net.config.num_labels), np.float32)
+
+
+class HFModelLabeler:
+    """Plumbing shared by labelers that run a Hugging Face model (quality, topic, perplexity): the
+    settings recorded as provenance, lazy loading in the worker, pickling without the weights."""
+
+    hf_kind = "classification"  # or "causal"
+
+    def _init_hf(self, model: str, max_length: int, batch_size: int, device: str, max_chars: int | None) -> None:
+        self.model, self.max_length, self.batch_size = model, max_length, batch_size
+        self.device, self.max_chars = device, max_chars
+        self._net = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_net": None, "_tok": None}
+
+    def settings(self) -> dict:
+        return {**model_version(self.model), "max_length": self.max_length, "max_chars": self.max_chars}
+
+    def setup(self) -> None:
+        if self._net is None:
+            self._tok, self._net, self._dev = load_hf(self.model, self.hf_kind, self.device)
+            self._loaded()
+
+    def _loaded(self) -> None:
+        """Hook after loading (e.g. the padding side)."""
+

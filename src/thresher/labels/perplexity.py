@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
-from thresher.labels.base import Labeler, fill_float, model_version, ok_indices, screen_texts
+from thresher.labels._hf import HFModelLabeler
+from thresher.labels.base import Labeler, fill_float, ok_indices, screen_texts
 
 
-class PerplexityLabeler(Labeler):
+class PerplexityLabeler(HFModelLabeler, Labeler):
+    hf_kind = "causal"
     """``perplexity`` = exp(mean next-token NLL) over the first ``max_length`` tokens (float32)."""
 
     name = "perplexity"
@@ -17,22 +18,10 @@ class PerplexityLabeler(Labeler):
 
     def __init__(self, model: str, max_length: int = 512, batch_size: int = 16, device: str = "auto",
                  max_chars: int | None = 1_000_000):
-        self.model, self.max_length, self.batch_size = model, max_length, batch_size
-        self.device, self.max_chars = device, max_chars
-        self._net = None
+        self._init_hf(model, max_length, batch_size, device, max_chars)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_net": None, "_tok": None}
-
-    def settings(self) -> dict[str, Any]:
-        return {**model_version(self.model), "max_length": self.max_length, "max_chars": self.max_chars}
-
-    def setup(self) -> None:
-        from thresher.labels._hf import load_hf
-
-        if self._net is None:
-            self._tok, self._net, self._dev = load_hf(self.model, "causal", self.device)
-            self._tok.padding_side = "right"
+    def _loaded(self) -> None:
+        self._tok.padding_side = "right"
 
     def mean_nll(self, texts: list[str]) -> np.ndarray:
         """(B,) float64 mean next-token NLL; NaN for docs with fewer than 2 tokens."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from thresher.labels._hf import HFModelLabeler
 from thresher.labels.base import Labeler, fill_float, model_version, ok_indices, screen_texts
 from thresher.labels.intervals import QUALITY_INTERVALS, quality_interval
 from thresher.utils.errors import ThresherError
@@ -43,27 +44,13 @@ class _QualityLabeler(Labeler):
         return {"quality_score": score, "quality_interval": quality_interval(score), "quality_reason": reasons}
 
 
-class HFQualityLabeler(_QualityLabeler):
+class HFQualityLabeler(HFModelLabeler, _QualityLabeler):
     """Regression head output (logit 0), clipped to [0, 5]; texts truncated to ``max_length`` tokens
     like FineWeb-Edu does; texts longer than ``max_chars`` characters are refused ('too_long')."""
 
     def __init__(self, model: str = "HuggingFaceFW/fineweb-edu-classifier", max_length: int = 512,
                  batch_size: int = 32, device: str = "auto", max_chars: int | None = 1_000_000):
-        self.model, self.max_length, self.batch_size = model, max_length, batch_size
-        self.device, self.max_chars = device, max_chars
-        self._net = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_net": None, "_tok": None}
-
-    def settings(self) -> dict[str, Any]:
-        return {**model_version(self.model), "max_length": self.max_length, "max_chars": self.max_chars}
-
-    def setup(self) -> None:
-        from thresher.labels._hf import load_hf
-
-        if self._net is None:
-            self._tok, self._net, self._dev = load_hf(self.model, "classification", self.device)
+        self._init_hf(model, max_length, batch_size, device, max_chars)
 
     def scores(self, texts: list[str]) -> np.ndarray:
         from thresher.labels._hf import classify_logits

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from thresher.labels.base import Labeler, fill_codes, fill_float, model_version, ok_indices, screen_texts
+from thresher.labels._hf import HFModelLabeler
+from thresher.labels.base import Labeler, fill_codes, fill_float, ok_indices, screen_texts
 from thresher.labels.embed import Embedder
 from thresher.utils.errors import ThresherError
 
@@ -72,7 +73,7 @@ class ZeroShotTopicLabeler(Labeler):
                 "topic_score": fill_float(n, idx, sim.max(1) if len(idx) else []), "topic_reason": reasons}
 
 
-class HFTopicLabeler(Labeler):
+class HFTopicLabeler(HFModelLabeler, Labeler):
     """``topic_score`` = softmax probability of the argmax class."""
 
     name = "topic"
@@ -80,13 +81,8 @@ class HFTopicLabeler(Labeler):
 
     def __init__(self, model: str, max_length: int = 512, batch_size: int = 32, device: str = "auto",
                  max_chars: int | None = 1_000_000):
-        self.model, self.max_length, self.batch_size = model, max_length, batch_size
-        self.device, self.max_chars = device, max_chars
-        self._net = None
+        self._init_hf(model, max_length, batch_size, device, max_chars)
         self.categories = {"topic": self._label_names()}
-
-    def __getstate__(self):
-        return {**self.__dict__, "_net": None, "_tok": None}
 
     def _label_names(self) -> list[str]:
         from transformers import AutoConfig
@@ -96,15 +92,6 @@ class HFTopicLabeler(Labeler):
         except OSError as e:
             raise ThresherError(f"cannot load topic model {self.model!r}: {str(e).splitlines()[0]}") from None
         return [str(cfg.id2label[i]) for i in range(cfg.num_labels)]
-
-    def settings(self) -> dict[str, Any]:
-        return {**model_version(self.model), "max_length": self.max_length, "max_chars": self.max_chars}
-
-    def setup(self) -> None:
-        from thresher.labels._hf import load_hf
-
-        if self._net is None:
-            self._tok, self._net, self._dev = load_hf(self.model, "classification", self.device)
 
     def label(self, batch: dict[str, list]) -> dict[str, np.ndarray | list]:
         from thresher.labels._hf import classify_logits
