@@ -200,12 +200,14 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the world, the selection and the models."),
     steps: Optional[int] = typer.Option(None, help="Training steps per policy (default: the demo's)."),
     policies: str = typer.Option("random,multi-agent", help="Comma-separated policies to compare."),
+    projection: str = typer.Option("gaussian", help="Influence gradient projection: gaussian, rademacher, "
+                                   "or none (exact rewards)."),
 ):
     """The whole pipeline on the built-in synthetic world, on CPU, in minutes: synth -> ingest -> labels ->
     train under each policy -> report (Markdown + PNG)."""
     from thresher.experiments.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(seed=seed, policies=[p.strip() for p in policies.split(",") if p.strip()])
+    cfg = DemoConfig(seed=seed, policies=[p.strip() for p in policies.split(",") if p.strip()], projection=projection)
     if steps:
         cfg.steps = steps
     report = run_demo(cfg, out)

@@ -38,6 +38,7 @@ class DemoConfig:
     seq_len: int = 128
     micro_batch: int = 16
     lr: float = 3e-3
+    projection: str = "gaussian"  # "none": exact gradients (affordable for the tiny model)
     projection_dim: int = 1024
     preconditioner: str = "ekfac"
 
@@ -77,7 +78,7 @@ def run_config(cfg: DemoConfig, policy: str, world: dict, store: Path, labels: P
                                 budget_tokens=int(cfg.budget_fraction * n_tokens), samples_per_category=24,
                                 eta_agent=0.5, eta_console=1.0,
                                 quad_stage_tokens=cfg.update_every * cfg.seq_len * cfg.micro_batch),
-        influence=InfluenceConfig(projection_dim=cfg.projection_dim, preconditioner=cfg.preconditioner,
+        influence=InfluenceConfig(projection=cfg.projection, projection_dim=cfg.projection_dim, preconditioner=cfg.preconditioner,
                                   batch_size=32, max_len=cfg.seq_len, fit_docs_max=128, seed=cfg.seed),
         train=TrainConfig(model="tiny", seq_len=cfg.seq_len, micro_batch=cfg.micro_batch,
                           global_batch_tokens=cfg.seq_len * cfg.micro_batch, steps=cfg.steps, lr=cfg.lr,
