@@ -7,7 +7,6 @@ checkpoints/, final/ (a Hugging Face model folder).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from thresher.config import RunConfig, save_run_config
 from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_task
 from thresher.influence.rewards import RewardSource
 from thresher.utils.errors import ThresherError
-from thresher.utils.io import atomic_write_text
+from thresher.utils.io import atomic_write_jsonl
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 
@@ -80,15 +79,12 @@ def load_reference(cfg: RunConfig, tokenizer) -> tuple[dict[str, ReferenceTask],
 
 
 def agent_labels(cfg: RunConfig, table) -> Labels:
-    """Label-table columns under the names the agents use (``data.label_columns``)."""
-    codes, cats = {}, {}
-    for agent_name, column in cfg.data.label_columns.items():
-        if column in table.columns and table.kind(column) == "category":
-            codes[agent_name] = np.asarray(table.codes(column))
-            cats[agent_name] = table.categories(column)
-    if not codes:
+    """Label-table columns under the names the agents use (``data.label_columns``); absent ones skipped."""
+    present = {name: col for name, col in cfg.data.label_columns.items()
+               if col in table.columns and table.kind(col) == "category"}
+    if not present:
         raise ThresherError(f"none of the label columns {list(cfg.data.label_columns.values())} are in the label table")
-    return Labels(codes=codes, categories=cats)
+    return table.to_agent_labels(present)
 
 
 def build_run(cfg: RunConfig):
@@ -141,12 +137,4 @@ def _hf_tokenizer(store):
 
 
 def write_selector_log(log: list[dict], path: Path) -> None:
-    atomic_write_text(path, "".join(json.dumps(row, default=_plain) + "\n" for row in log))
-
-
-def _plain(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    atomic_write_jsonl(path, log)

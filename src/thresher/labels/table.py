@@ -105,11 +105,14 @@ class LabelTable:
             return arr.to_numpy(zero_copy_only=False).astype(np.float32)
         return arr.to_pylist()
 
-    def to_agent_labels(self, columns: list[str] | None = None):
+    def to_agent_labels(self, columns: list[str] | dict[str, str] | None = None):
+        """agents.base.Labels of categorical columns; a dict {agent name: column} renames them."""
         from thresher.agents.base import Labels
 
         cols = columns or [c for c in self.columns if self.kind(c) == "category"]
-        return Labels(codes={c: np.asarray(self.codes(c)) for c in cols}, categories={c: self.categories(c) for c in cols})
+        names = cols if isinstance(cols, dict) else {c: c for c in cols}
+        return Labels(codes={n: np.asarray(self.codes(c)) for n, c in names.items()},
+                      categories={n: self.categories(c) for n, c in names.items()})
 
     # ------------------------------------------------------------------ writing
     @staticmethod

@@ -42,6 +42,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def atomic_write_jsonl(path: str | os.PathLike, rows: Any) -> None:
+    """One JSON object per line; numpy values become plain numbers, anything else unknown its str()."""
+    atomic_write_text(path, "".join(json.dumps(r, default=_lenient_default) + "\n" for r in rows))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -57,3 +62,11 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _lenient_default(o: Any) -> Any:
+    try:
+        return _json_default(o)
+    except TypeError:
+        return str(o)
+
