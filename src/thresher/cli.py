@@ -214,6 +214,34 @@ def demo(
     typer.echo(f"report: {report}")
 
 
+@app.command()
+def experiment(
+    config: Path = typer.Argument(..., help="Experiment TOML: an [experiment] table + the base run config."),
+    set_: List[str] = typer.Option([], "--set", help="Override any field, e.g. experiment.seeds=[0,1,2] or "
+                                   "train.steps=200 (repeatable)."),
+    only: Optional[str] = typer.Option(None, help="Comma-separated policies to run now (default: all)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds to run now (default: the config's)."),
+    report_only: bool = typer.Option(False, help="Rebuild results.md from finished runs; train nothing."),
+):
+    """Compare policies x seeds on one pool: resumable run by run, then a results table with confidence
+    intervals, curves, agent weights, influence per category and selection compute."""
+    from thresher.experiments.experiment import load_experiment, run_experiment, write_results
+
+    exp, base = load_experiment(config, list(set_))
+    if report_only:
+        typer.echo(f"results: {write_results(exp)}")
+        return
+    if seeds:  # run a subset now (e.g. one process per seed); the table still covers experiment.seeds
+        picked = [int(s) for s in seeds.split(",") if s.strip()]
+        unknown = sorted(set(picked) - set(exp.seeds))
+        if unknown:
+            raise ThresherError(f"--seeds {unknown} are not in experiment.seeds {exp.seeds}")
+    else:
+        picked = None
+    only_list = [p.strip() for p in only.split(",") if p.strip()] if only else None
+    typer.echo(f"results: {run_experiment(exp, base, only=only_list, seeds=picked)}")
+
+
 def main() -> None:
     try:
         app()

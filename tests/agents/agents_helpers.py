@@ -28,7 +28,10 @@ def make_labels(n: int, seed: int = 0, sizes: dict = SIZES, missing: float = 0.0
 def make_ctx(n: int = 5000, seed: int = 0, budget_docs=500, budget_tokens=None, rewards=None, **kw) -> SelectionContext:
     labels = make_labels(n, seed, **kw)
     lengths = rng(seed, "lengths").integers(10, 200, size=n).astype(np.int64)
-    return SelectionContext(lengths, labels, rewards, budget_docs, budget_tokens, seed)
+    g = rng(seed, "numeric")  # float label columns and embeddings for the score baselines
+    scores = {"perplexity": g.lognormal(3.0, 0.5, n).astype(np.float32), "dsir_logw": g.normal(size=n).astype(np.float32)}
+    emb = g.normal(size=(n, 8)).astype(np.float16)
+    return SelectionContext(lengths, labels, rewards, budget_docs, budget_tokens, seed, embeddings=emb, scores=scores)
 
 
 class FakeRewards(RewardSource):

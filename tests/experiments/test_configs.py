@@ -8,7 +8,9 @@ from thresher.config import RunConfig, load_run_config
 from thresher.utils.errors import ThresherError
 from thresher.utils.tomlio import dumps, from_dict
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+ALL = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+CONFIGS = [p for p in ALL if not p.stem.startswith("experiment")]
+EXPERIMENTS = [p for p in ALL if p.stem.startswith("experiment")]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -27,3 +29,17 @@ def test_overrides_and_unknown_keys():
         load_run_config(CONFIGS[0], ["selector.polcy=quad"])
     with pytest.raises(ThresherError):
         load_run_config(CONFIGS[0], ["train.schedule=linear"])
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_shipped_experiment_resolves_every_run(path):
+    from thresher.experiments.experiment import load_experiment, run_config_for
+
+    exp, base = load_experiment(path)
+    for name in exp.policies:
+        for seed in exp.seeds:
+            cfg = run_config_for(exp, base, name, seed)
+            assert (cfg.seed, cfg.selector.seed, cfg.train.seed, cfg.influence.seed) == (seed,) * 4
+            assert cfg.out.endswith(f"{name}/seed{seed}")
+            if name in exp.variants:
+                assert cfg.selector.policy == exp.variants[name]["policy"]

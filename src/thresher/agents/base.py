@@ -46,6 +46,7 @@ class SelectionContext:
     budget_tokens: int | None = None  # a token budget for D_k
     seed: int = 0
     embeddings: np.ndarray | None = None  # (n_docs, d) float16, for embedding-based policies
+    scores: Mapping[str, np.ndarray] | None = None  # float label columns by name (len n_docs; NaN = missing)
 
     @property
     def n_docs(self) -> int:

@@ -51,6 +51,15 @@ class SelectorConfig:
     # budget / keep-rate documents per stage), or, when set, to this many tokens: what the trainer
     # consumes in U steps (update_every x global batch tokens), so scoring cost follows training
     quad_stage_tokens: Optional[int] = None
+    # score baselines (agents/score_top.py, agents/mates.py); label columns named as in data.label_columns
+    perplexity_column: str = "perplexity"  # perplexity: float label column (labels/perplexity.py)
+    perplexity_band: str = "high"  # high | medium | low (Ankner et al. 2024: high best on the Pile)
+    dsir_column: str = "dsir_logw"  # dsir: log importance weights (labels/dsir.py)
+    embedding_column: str = "embedding"  # mates: (N, d) embeddings (labels/embed.py)
+    mates_samples: int = 4096  # docs scored with influence per update to fit the ridge model
+    mates_alpha: float = 1.0  # ridge penalty on the embedding weights (standardised targets)
+    mates_holdout: float = 0.2  # fraction of the samples held out for the logged fit R^2
+    mates_temperature: float = 0.5  # tau of Gumbel-top-k on predicted standardised rewards
 
     def validate(self) -> None:
         choices = {"normalization": ("raw", "zscore", "rank"), "missing": ("neutral", "exclude"),

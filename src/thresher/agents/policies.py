@@ -10,6 +10,9 @@ Policies (the multi-agent paper's baselines and ablations, Tables 1-2, and Quad)
     multi-agent                  Algorithm 1 with quality, domain and topic agents
     quad                         Quad's cluster bandit with threshold acceptance
     multi-agent+quad             Algorithm 1 with the bandit as a 4th agent (beyond both papers)
+    perplexity                   a band (high | medium | low) of a reference LM's perplexity (Ankner et al. 2024)
+    dsir                         DSIR importance resampling: Gumbel-top-k on log importance weights (Xie et al. 2023)
+    mates                        MATES: ridge data-influence model on embeddings, refit every U steps (Yu et al. 2024)
 ``cfg.agents`` overrides the label columns of the agent policies (e.g. a user label column).
 """
 
@@ -20,6 +23,8 @@ from typing import Callable
 
 from thresher.agents.base import RandomSelector, SelectionContext, Selector
 from thresher.agents.config import SelectorConfig
+from thresher.agents.mates import MatesSelector
+from thresher.agents.score_top import DsirSelector, PerplexitySelector
 from thresher.agents.selectors import MultiAgentSelector, QuadSelector, StaticMixtureSelector
 from thresher.utils.errors import ThresherError
 
@@ -48,6 +53,9 @@ POLICIES: dict[str, Callable[[SelectorConfig, str], Selector]] = {
     "multi-agent": _agents(THREE),
     "quad": lambda cfg, name: QuadSelector(cfg, name),
     "multi-agent+quad": _agents(THREE, bandit=True),
+    "perplexity": lambda cfg, name: PerplexitySelector(cfg, name),  # Ankner et al. 2024 (score_top.py)
+    "dsir": lambda cfg, name: DsirSelector(cfg, name),  # Xie et al. 2023 (score_top.py)
+    "mates": lambda cfg, name: MatesSelector(cfg, name),  # Yu et al. 2024, ridge departure (mates.py)
 }
 
 

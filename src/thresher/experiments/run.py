@@ -78,10 +78,16 @@ def load_reference(cfg: RunConfig, tokenizer) -> tuple[dict[str, ReferenceTask],
     return reward, evals
 
 
+# policies that read numeric scores or embeddings, not category labels
+_SCORE_POLICIES = ("perplexity", "dsir", "mates")
+
+
 def agent_labels(cfg: RunConfig, table) -> Labels:
     """Label-table columns under the names the agents use (``data.label_columns``); absent ones skipped."""
     present = {name: col for name, col in cfg.data.label_columns.items()
                if col in table.columns and table.kind(col) == "category"}
+    if not present and cfg.selector.policy in _SCORE_POLICIES:
+        return Labels()
     if not present:
         raise ThresherError(f"none of the label columns {list(cfg.data.label_columns.values())} are in the label table")
     return table.to_agent_labels(present)
@@ -90,6 +96,7 @@ def agent_labels(cfg: RunConfig, table) -> Labels:
 def build_run(cfg: RunConfig):
     """Open the data and build (store, selector, eval tasks) for ``cfg``."""
     from thresher.agents.policies import build_selector
+    from thresher.agents.score_top import numeric_context_fields
     from thresher.corpus.store import TokenStore
     from thresher.labels.table import LabelTable
 
@@ -101,8 +108,9 @@ def build_run(cfg: RunConfig):
     cfg.influence.pad_id = store.pad_id
     fit_ids = np.sort(rng(cfg.seed, "influence-fit").choice(store.n_docs, min(cfg.data.influence_fit_docs, store.n_docs), replace=False))
     rewards = LazyInfluenceRewards(cfg.influence, reward_tasks, store, fit_ids)
+    scores, embeddings = numeric_context_fields(cfg.data, table, cfg.selector)
     ctx = SelectionContext(doc_lengths=np.asarray(store.lengths), labels=agent_labels(cfg, table), rewards=rewards,
-                           seed=cfg.seed)
+                           seed=cfg.seed, scores=scores, embeddings=embeddings)
     return store, build_selector(cfg.selector, ctx), eval_tasks
 
 

@@ -1,0 +1,359 @@
+"""``thresher experiment CONFIG``: several policies x several seeds on the same pool, one results table.
+
+One TOML file holds the base run config (the ``[data]``, ``[selector]``, ``[influence]``, ``[train]``
+tables of ``thresher train``) and an ``[experiment]`` table:
+
+    [experiment]
+    out = "runs/pool-exp"
+    seeds = [0, 1]
+    policies = ["random", "doremi", "quad", "multi-agent"]   # POLICIES names or variant names
+    [experiment.variants.doremi]                              # a named policy + overrides
+    policy = "static-mixture"
+    set = ["selector.mixture=doremi"]
+
+Every (policy, seed) trains under ``<out>/runs/<policy>/seed<k>`` with the seed set everywhere (run,
+selector, influence, trainer). A finished run (``summary.json``) is never redone; an interrupted one
+resumes from its newest checkpoint. The report (``results.md``/``results.json``, plots) is rebuilt from
+the runs' own files after every run, so it holds measured numbers only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thresher.agents.policies import POLICIES
+from thresher.config import RunConfig
+from thresher.utils.errors import SettingsMismatchError, ThresherError
+from thresher.utils.io import atomic_write_json, read_json
+from thresher.utils.log import print0
+from thresher.utils.tomlio import apply_overrides, dumps, from_dict, load_toml
+
+SUMMARY = "summary.json"
+
+
+@dataclass
+class ExperimentConfig:
+    out: str = "runs/experiment"
+    seeds: list = field(default_factory=lambda: [0, 1])
+    policies: list = field(default_factory=lambda: ["random", "multi-agent"])
+    # name -> {"policy": a POLICIES name, "set": ["section.key=value", ...]}
+    variants: dict = field(default_factory=dict)
+    # build the synthetic world (``thresher demo``'s) with this many documents and use it as [data];
+    # 0 = use the [data] table as given
+    synthetic_docs: int = 0
+    downstream: bool = False  # lm-evaluation-harness on every final model (settings: [experiment.eval])
+    eval: dict = field(default_factory=dict)  # EvalConfig fields
+    confidence: float = 0.95  # of the t-interval over seeds in the results table
+    baseline: str = "random"  # the row the table's differences are taken against
+
+    def validate(self) -> None:
+        if not self.seeds or not self.policies:
+            raise ThresherError("experiment.seeds and experiment.policies must not be empty")
+        if len(set(self.policies)) != len(self.policies):
+            raise ThresherError("experiment.policies lists a policy twice")
+        for name in self.policies:
+            v = self.variants.get(name)
+            policy = v.get("policy") if isinstance(v, dict) else name
+            if policy not in POLICIES:
+                raise ThresherError(f"experiment policy {name!r} is neither a policy ({', '.join(POLICIES)}) "
+                                    f"nor a variant with a known `policy`")
+        if not 0 < self.confidence < 1:
+            raise ThresherError("experiment.confidence must be in (0, 1)")
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict]:
+    """(experiment settings, the base run config as a plain dict) from one TOML file + ``--set`` overrides."""
+    data = apply_overrides(load_toml(path) if path else {}, list(overrides or []))
+    exp = from_dict(ExperimentConfig, data.pop("experiment", {}), "experiment")
+    exp.validate()
+    return exp, data
+
+
+def run_config_for(exp: ExperimentConfig, base: dict, name: str, seed: int) -> RunConfig:
+    """The resolved RunConfig of one (policy or variant, seed)."""
+    data = copy.deepcopy(base)
+    variant = exp.variants.get(name, {})
+    apply_overrides(data, list(variant.get("set", [])))
+    data["out"] = str(Path(exp.out) / "runs" / name / f"seed{seed}")
+    data["seed"] = seed
+    for section in ("selector", "influence", "train"):
+        data.setdefault(section, {})["seed"] = seed
+    data["selector"]["policy"] = variant.get("policy", name)
+    cfg = from_dict(RunConfig, data)
+    cfg.selector.validate()
+    cfg.train.validate()
+    return cfg
+
+
+def _prepare_synthetic(exp: ExperimentConfig, base: dict) -> dict:
+    """Build (or reuse) the demo's synthetic world under ``<out>/world`` and point [data] at it."""
+    from thresher.experiments.demo import DemoConfig, _gather
+
+    world, store, labels = _gather(Path(exp.out) / "world", DemoConfig(seed=0, n_docs=exp.synthetic_docs))
+    base = copy.deepcopy(base)
+    base.setdefault("data", {}).update(store=str(store), labels=str(labels), reference=dict(world["reference"]))
+    return base
+
+
+def _check_same_settings(cfg: RunConfig, run_dir: Path) -> None:
+    saved = run_dir / "config.toml"
+    if saved.exists() and saved.read_text(encoding="utf-8") != dumps(cfg):
+        raise SettingsMismatchError(f"{run_dir} was made with other settings than this experiment's; delete it "
+                                    f"or choose another experiment.out")
+
+
+def run_experiment(exp: ExperimentConfig, base: dict, callbacks=(), only: list[str] | None = None,
+                   seeds: list[int] | None = None) -> Path:
+    """Run every missing (policy, seed), then write the report; returns the path of results.md.
+
+    ``only`` / ``seeds`` restrict what trains now (e.g. one process per seed on one GPU); the report
+    always covers every finished run of the experiment."""
+    from thresher.experiments.run import run
+
+    out = Path(exp.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if exp.synthetic_docs:
+        base = _prepare_synthetic(exp, base)
+    names = [n for n in exp.policies if not only or n in only]
+    unknown = sorted(set(only or []) - set(exp.policies))
+    if unknown:
+        raise ThresherError(f"--only {unknown}: not in experiment.policies {exp.policies}")
+    todo = [(n, s) for s in (seeds or exp.seeds) for n in names]
+    for i, (name, seed) in enumerate(todo, 1):
+        cfg = run_config_for(exp, base, name, seed)
+        run_dir = Path(cfg.out)
+        _check_same_settings(cfg, run_dir)
+        if (run_dir / SUMMARY).exists():
+            print0(f"[experiment {i}/{len(todo)}] {name} seed {seed}: finished earlier, kept")
+        else:
+            print0(f"[experiment {i}/{len(todo)}] {name} seed {seed} -> {run_dir}")
+            t = time.perf_counter()
+            summary = run(cfg, resume=(run_dir / "checkpoints").exists(), callbacks=callbacks)
+            if not summary.get("finished"):
+                raise ThresherError(f"{name} seed {seed} stopped at step {summary.get('step')}; rerun to resume")
+            summary = {k: v for k, v in summary.items() if k != "losses"} | {"wall_seconds": time.perf_counter() - t}
+            atomic_write_json(run_dir / SUMMARY, summary)
+        if exp.downstream:
+            _downstream(exp, run_dir)
+        write_results(exp)
+    return write_results(exp)
+
+
+def _downstream(exp: ExperimentConfig, run_dir: Path) -> None:
+    from thresher.evaluate.config import EvalConfig, run_eval
+    from thresher.evaluate.downstream import RESULTS_FILE
+
+    if (run_dir / "downstream" / RESULTS_FILE).exists():
+        return
+    model_dir = read_json(run_dir / SUMMARY).get("model_dir")
+    if not model_dir:
+        raise ThresherError(f"{run_dir} exported no model (train.export = false); downstream evaluation needs it")
+    run_eval(from_dict(EvalConfig, dict(exp.eval), "experiment.eval"), model_dir, run_dir / "downstream")
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+def collect(exp: ExperimentConfig) -> dict:
+    """name -> seed -> {ref: {task: loss}, summary, curve: (steps, mean ref loss), downstream?} of finished runs."""
+    from thresher.evaluate.downstream import RESULTS_FILE
+    from thresher.evaluate.report import final_ref_losses, read_jsonl, ref_curves
+
+    runs: dict = {}
+    for name in exp.policies:
+        for seed in exp.seeds:
+            d = Path(exp.out) / "runs" / name / f"seed{seed}"
+            if not (d / SUMMARY).exists():
+                continue
+            metrics = read_jsonl(d / "metrics.jsonl")
+            ref = final_ref_losses(metrics)
+            curves = ref_curves(metrics)
+            steps = sorted(set.intersection(*(set(s) for s, _ in curves.values()))) if curves else []
+            by_step = {t: dict(zip(s, v)) for t, (s, v) in curves.items()}
+            mean_curve = [sum(by_step[t][st] for t in by_step) / len(by_step) for st in steps]
+            row = {"dir": str(d), "ref": ref, "summary": read_json(d / SUMMARY), "curve": [steps, mean_curve]}
+            ds = d / "downstream" / RESULTS_FILE
+            if ds.exists():
+                row["downstream"] = json.loads(ds.read_text(encoding="utf-8"))
+            runs.setdefault(name, {})[seed] = row
+    return runs
+
+
+def mean_ci(values: list[float], confidence: float) -> tuple[float, float | None]:
+    """Mean and the half-width of the Student-t interval (None for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+
+
+def _fmt(mean: float, half: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{mean * scale:.{digits}f}" + ("" if half is None else f" ± {half * scale:.{digits}f}")
+
+
+def ref_table(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
+    """Markdown rows of the reference-loss table + its numbers (per task and mean over tasks)."""
+    tasks = sorted({t for seeds in runs.values() for r in seeds.values() for t in r["ref"]})
+    numbers: dict = {}
+    for name, seeds in runs.items():
+        per = {t: [r["ref"][t] for r in seeds.values() if t in r["ref"]] for t in tasks}
+        per["mean"] = [sum(r["ref"].values()) / len(r["ref"]) for r in seeds.values() if r["ref"]]
+        numbers[name] = {k: {"values": v, "mean_ci": mean_ci(v, exp.confidence) if v else None}
+                         for k, v in per.items()} | {"seeds": sorted(seeds)}
+    base = numbers.get(exp.baseline)
+    head = ["policy", "seeds", *tasks, "mean", f"Δ mean vs {exp.baseline}", "seed range"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(tasks) + 3)]
+    for name, num in numbers.items():
+        cells = [name, str(len(num["seeds"]))]
+        cells += [_fmt(*num[t]["mean_ci"]) if num[t]["mean_ci"] else "-" for t in tasks + ["mean"]]
+        vals = num["mean"]["values"]
+        delta = "-"
+        if base and base["mean"]["values"] and vals and name != exp.baseline:
+            d = num["mean"]["mean_ci"][0] - base["mean"]["mean_ci"][0]
+            noise = max(_range(vals), _range(base["mean"]["values"]))
+            delta = f"{d:+.3f}" + (" *" if len(vals) > 1 and abs(d) > noise else "")
+            num["delta_vs_baseline"] = d
+            num["exceeds_seed_range"] = bool(len(vals) > 1 and abs(d) > noise)
+        cells += [delta, f"{_range(vals):.3f}" if len(vals) > 1 else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, numbers
+
+
+def _range(values: list[float]) -> float:
+    return max(values) - min(values) if values else 0.0
+
+
+def downstream_table(exp: ExperimentConfig, runs: dict, metric: str = "acc") -> list[str]:
+    """Paper Table 1 layout: categories + average (percent), mean ± CI over seeds."""
+    have = {n: [r["downstream"] for r in s.values() if "downstream" in r] for n, s in runs.items()}
+    have = {n: v for n, v in have.items() if v}
+    if not have:
+        return []
+    cats = list(dict.fromkeys(c for res in have.values() for r in res for c in r["categories"]))
+    tasks = list(dict.fromkeys(t for res in have.values() for r in res for t in r["tasks"]))
+    head = ["policy", *cats, "Average", *tasks]
+    lines = [f"## Downstream accuracy ({metric}, %, mean ± {exp.confidence:.0%} CI over seeds)", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, res in have.items():
+        def cell(get):
+            vals = [v for v in (get(r) for r in res) if v is not None]
+            return _fmt(*mean_ci(vals, exp.confidence), scale=100, digits=1) if vals else "-"
+        cells = [cell(lambda r, c=c: r["categories"].get(c, {}).get(metric)) for c in cats]
+        cells.append(cell(lambda r: r["average"].get(metric)))
+        cells += [cell(lambda r, t=t: (r["tasks"].get(t) or {}).get(metric)) for t in tasks]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return lines + [""]
+
+
+def compute_rows(runs: dict) -> list[str]:
+    """Selection against training, per policy (means over seeds)."""
+    lines = ["## Compute: selection against training (mean over seeds)", "",
+             "| policy | train s | selection s | selection/train time | selection/train FLOPs |",
+             "|---|---:|---:|---:|---:|"]
+    for name, seeds in runs.items():
+        s = [r["summary"] for r in seeds.values()]
+        avg = {k: sum(float(x.get(k) or 0.0) for x in s) / len(s)
+               for k in ("train_seconds", "selection_seconds", "train_flops", "selection_flops")}
+        ts, ss, tf, sf = avg["train_seconds"], avg["selection_seconds"], avg["train_flops"], avg["selection_flops"]
+        lines.append(f"| {name} | {ts:.1f} | {ss:.1f} | {ss / ts if ts else 0:.1%} | {sf / tf if tf else 0:.1%} |")
+    return lines + [""]
+
+
+def plot_curves(runs: dict, path: Path) -> None:
+    """Figure 4: mean reference loss over training steps, mean over seeds, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from thresher.evaluate.report import _savefig
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, seeds in runs.items():
+        curves = [r["curve"] for r in seeds.values() if r["curve"][0]]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(c[0]) for c in curves)))
+        ys = [sum(dict(zip(*c))[s] for c in curves) / len(curves) for s in steps]
+        ax.plot(steps, ys, marker="o", ms=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reference loss (mean over tasks and seeds)")
+    ax.legend(fontsize=7)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def plot_influence_by_category(log: list[dict], path: Path) -> bool:
+    """Figures 8-10: each agent's per-category mean reward (Eq. 4) at every update."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from thresher.evaluate.report import _named, _savefig
+
+    series: dict = {}
+    for row in log:
+        for up in row.get("agents") or []:
+            rewards = up.get("mean_rewards")
+            if not rewards or len(rewards) > 64:
+                continue
+            for cat, r in _named(rewards, up.get("categories")).items():
+                steps, vals = series.setdefault(up["agent"], {}).setdefault(cat, ([], []))
+                steps.append(int(row["step"]))
+                vals.append(r)
+    if not series:
+        return False
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.8), squeeze=False)
+    for ax, (agent, cats) in zip(axes[0], series.items()):
+        for cat, (steps, vals) in cats.items():
+            ax.plot(steps, vals, marker=".", label=cat)
+        ax.set_title(f"{agent}: mean reward per category")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6, ncol=2)
+    _savefig(fig, path)
+    plt.close(fig)
+    return True
+
+
+def write_results(exp: ExperimentConfig) -> Path:
+    """results.md, results.json and the plots, from the finished runs' files alone."""
+    from thresher.evaluate.report import plot_agent_weights, read_jsonl
+    from thresher.utils.io import atomic_write_text
+
+    out = Path(exp.out)
+    runs = collect(exp)
+    lines = ["# thresher experiment", "",
+             f"Final reference loss (mean NLL per continuation token on the held-out halves; lower is better), "
+             f"mean ± {exp.confidence:.0%} Student-t interval over seeds. `*`: the difference to {exp.baseline} "
+             f"is larger than both policies' seed ranges (max - min over seeds).", ""]
+    table, numbers = ref_table(exp, runs) if runs else ([], {})
+    lines += table + [""]
+    if runs:
+        plot_curves(runs, out / "curves.png")
+        lines += ["![reference loss over training](curves.png)", ""]
+    lines += downstream_table(exp, runs)
+    lines += compute_rows(runs) if runs else []
+    for name, seeds in runs.items():
+        log = read_jsonl(Path(seeds[min(seeds)]["dir"]) / "selector_log.jsonl")
+        if plot_agent_weights(log, out / f"weights_{name}.png"):
+            lines += [f"## {name}: agent weights and theta (seed {min(seeds)})", "", f"![](weights_{name}.png)", ""]
+        if plot_influence_by_category(log, out / f"influence_{name}.png"):
+            lines += [f"## {name}: influence per category over training (seed {min(seeds)})", "",
+                      f"![](influence_{name}.png)", ""]
+    missing = [f"{n}/seed{s}" for n in exp.policies for s in exp.seeds if s not in runs.get(n, {})]
+    if missing:
+        lines += ["Not finished yet: " + ", ".join(missing), ""]
+    atomic_write_json(out / "results.json", {"reference_loss": numbers, "runs": {
+        n: {str(s): {k: r[k] for k in ("dir", "ref", "summary", "curve", "downstream") if k in r}
+            for s, r in seeds.items()} for n, seeds in runs.items()}})
+    path = out / "results.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

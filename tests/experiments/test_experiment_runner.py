@@ -1,0 +1,82 @@
+"""`thresher experiment`: policies x seeds, resumable run by run, a results table from the runs' own files."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import thresher.experiments.run as run_module
+from thresher.evaluate.report import final_ref_losses, read_jsonl
+from thresher.experiments.experiment import load_experiment, mean_ci, run_experiment
+from thresher.train.callbacks import StopAt
+from thresher.utils.errors import SettingsMismatchError, ThresherError
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiment_synthetic.toml"
+
+
+def _load(out: Path, *extra: str):
+    return load_experiment(CONFIG, [
+        f"experiment.out={json.dumps(str(out))}", "experiment.synthetic_docs=2500",
+        'experiment.policies=["random", "multi-agent"]', "experiment.seeds=[0, 1]",
+        "train.steps=24", "train.eval_every=12", "train.ckpt_every=12", "train.warmup_steps=2",
+        "selector.update_every=12", "selector.samples_per_category=8", "selector.budget_tokens=60000",
+        "data.reference_max_examples=60", "data.influence_fit_docs=32", "influence.fit_docs_max=32",
+        "influence.projection_dim=256", *extra])
+
+
+def test_mean_ci_against_hand_computed():
+    mean, half = mean_ci([1.0, 2.0, 3.0], 0.95)
+    assert mean == 2.0
+    assert half == pytest.approx(4.302652729911275 / math.sqrt(3), rel=1e-9)  # t(0.975, 2) * sd / sqrt(n)
+    assert mean_ci([5.0], 0.95) == (5.0, None)
+
+
+def test_runner_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, monkeypatch):
+    calls = []
+    real = run_module.run
+
+    def spy(cfg, resume=False, callbacks=()):
+        calls.append((Path(cfg.out).relative_to(tmp_path / "exp" / "runs").as_posix(), resume))
+        return real(cfg, resume=resume, callbacks=callbacks)
+
+    monkeypatch.setattr(run_module, "run", spy)
+    exp, base = _load(tmp_path / "exp")
+    # 1st invocation: random/seed0 finishes, multi-agent/seed0 is killed after its step-12 checkpoint
+    stop = StopAt(18)
+    first = [c for c in [None]]  # noqa: F841 (readability: the kill happens in the second run only)
+    monkeypatch.setattr(run_module, "run", lambda cfg, resume=False, callbacks=(): spy(
+        cfg, resume, [stop] if "multi-agent" in cfg.out else callbacks))
+    with pytest.raises(ThresherError, match="multi-agent seed 0 stopped at step 18"):
+        run_experiment(exp, base)
+    assert calls == [("random/seed0", False), ("multi-agent/seed0", False)]
+    # 2nd invocation: random/seed0 is kept, multi-agent/seed0 resumes from its checkpoint, seed 1 runs
+    monkeypatch.setattr(run_module, "run", spy)
+    calls.clear()
+    results = run_experiment(exp, base)
+    assert calls == [("multi-agent/seed0", True), ("random/seed1", False), ("multi-agent/seed1", False)]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "exp/runs/multi-agent/seed0/metrics.jsonl") if "loss" in r]
+    assert steps[-1] == 24 and len(set(steps)) == len(steps)  # continued, no step trained twice in the log
+    # 3rd invocation: nothing left to train
+    calls.clear()
+    run_experiment(exp, base)
+    assert calls == []
+    # the table holds the runs' own final reference losses, averaged over seeds
+    table = json.loads((tmp_path / "exp" / "results.json").read_text())["reference_loss"]
+    for policy in ("random", "multi-agent"):
+        finals = [final_ref_losses(read_jsonl(tmp_path / f"exp/runs/{policy}/seed{s}/metrics.jsonl")) for s in (0, 1)]
+        means = [sum(f.values()) / len(f) for f in finals]
+        assert table[policy]["mean"]["values"] == pytest.approx(means)
+        assert table[policy]["mean"]["mean_ci"][0] == pytest.approx(sum(means) / 2)
+    md = results.read_text()
+    assert "| multi-agent | 2 |" in md and "| random | 2 |" in md
+    assert (tmp_path / "exp" / "curves.png").exists() and (tmp_path / "exp" / "weights_multi-agent.png").exists()
+    # a changed setting is refused for runs that already exist
+    exp2, base2 = _load(tmp_path / "exp", "train.lr=0.01")
+    with pytest.raises(SettingsMismatchError):
+        run_experiment(exp2, base2)
+
+
+def test_unknown_policy_is_a_one_line_error(tmp_path):
+    with pytest.raises(ThresherError, match="neither a policy"):
+        _load(tmp_path, 'experiment.policies=["random", "nope"]')
