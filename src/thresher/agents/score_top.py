@@ -50,6 +50,8 @@ def numeric_context_fields(cfg_data, table, selector: SelectorConfig | None = No
     emb_name = selector.embedding_column if selector is not None else "embedding"
     emb_col = rename.get(emb_name, emb_name)
     present = emb_col in table.columns and table.kind(emb_col) == "embedding"
+    if selector is not None and selector.policy != "mates":
+        present = False  # only MATES reads embeddings; other policies run without the (large) file
     return scores, (table.embeddings(emb_col) if present else None)
 
 
