@@ -200,7 +200,7 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the world, the selection and the models."),
     steps: Optional[int] = typer.Option(None, help="Training steps per policy (default: the demo's)."),
     policies: str = typer.Option("random,multi-agent", help="Comma-separated policies to compare."),
-    projection: str = typer.Option("gaussian", help="Influence gradient projection: gaussian, rademacher, "
+    projection: str = typer.Option("none", help="Influence gradient projection: gaussian, rademacher, "
                                    "or none (exact rewards)."),
 ):
     """The whole pipeline on the built-in synthetic world, on CPU, in minutes: synth -> ingest -> labels ->

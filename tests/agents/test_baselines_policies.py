@@ -248,6 +248,8 @@ def test_numeric_context_fields_from_a_label_table(tmp_path):
     scores, e = numeric_context_fields(data, table, SelectorConfig(policy="perplexity"))
     assert list(scores) == ["perplexity"]
     np.testing.assert_array_equal(scores["perplexity"], ppl)
+    assert e is None  # only MATES reads the embeddings
+    _, e = numeric_context_fields(data, table, SelectorConfig(policy="mates"))
     np.testing.assert_array_equal(np.asarray(e), emb)
     scores, _ = numeric_context_fields(DataConfig(label_columns={}), table)
     assert sorted(scores) == ["dsir_logw", "ppl_gpt2"]

@@ -37,12 +37,19 @@ def normalise_rewards(r: np.ndarray, mode: str) -> np.ndarray:
     raise ThresherError(f"unknown reward normalization {mode!r}; choose raw, zscore or rank")
 
 
-def category_means(cat: np.ndarray, r: np.ndarray, n_cat: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 4: per-category mean reward (NaN where no doc was sampled) and sample counts."""
+def category_means(cat: np.ndarray, r: np.ndarray, n_cat: int,
+                   weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 4: per-category mean reward (NaN where no doc was sampled) and sample counts.
+
+    With ``weights`` (1 / inclusion probability, see ``pooled_weights``) the mean is the weighted
+    (Hajek) mean sum_i r_i / pi_i / sum_i 1 / pi_i: the category's population mean from a pooled sample.
+    """
     n = np.bincount(cat, minlength=n_cat)
-    s = np.bincount(cat, weights=r, minlength=n_cat)
+    w = np.ones(len(cat)) if weights is None else np.asarray(weights, dtype=np.float64)
+    s = np.bincount(cat, weights=w * r, minlength=n_cat)
+    z = np.bincount(cat, weights=w, minlength=n_cat)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan), n
+        return np.where(n > 0, s / np.where(z > 0, z, 1.0), np.nan), n
 
 
 def agent_reward(weights: np.ndarray, mean_rewards: np.ndarray) -> float:
@@ -102,6 +109,34 @@ class Agent(ABC):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def category_sizes(index: CellIndex, column: str, n_cat: int) -> np.ndarray:
+    """(n_cat,) documents per category of ``column`` (missing codes not counted)."""
+    codes = index.codes[:, index.col(column)]
+    ok = codes >= 0
+    return np.bincount(codes[ok], weights=index.counts[ok], minlength=n_cat).astype(np.int64)
+
+
+def doc_codes(index: CellIndex, column: str, docs: np.ndarray) -> np.ndarray:
+    """(len(docs),) each doc's code in ``column`` (-1 = missing)."""
+    return index.codes[index.cell_id[docs], index.col(column)]
+
+
+def pooled_weights(agents: list["CategoricalAgent"], index: CellIndex, docs: np.ndarray) -> np.ndarray:
+    """1 / pi(x) for docs drawn by the agents' independent designs (``share_samples``).
+
+    Agent A draws n_A docs without replacement from each of its categories, so a doc of category j
+    is in A's draw with probability pi_A = min(1, n_A / |D_A^j|); the draws are independent, so
+    pi(x) = 1 - prod_A (1 - pi_A(x)). Docs missing A's label are never in A's draw.
+    """
+    miss = np.ones(len(docs))
+    for a in agents:
+        sizes = category_sizes(index, a.column, len(a.categories)).astype(np.float64)
+        c = doc_codes(index, a.column, docs)
+        pi = np.where(c >= 0, np.minimum(1.0, a.n / np.maximum(sizes[np.maximum(c, 0)], 1.0)), 0.0)
+        miss *= 1.0 - pi
+    return 1.0 / (1.0 - miss)
+
+
 def sample_category(index: CellIndex, column: str, code: int, n: int, g: np.random.Generator) -> np.ndarray:
     """n docs uniformly without replacement from all docs whose ``column`` is ``code``."""
     cells = index.cells_with(column, code)
@@ -133,10 +168,13 @@ class CategoricalAgent(Agent):
             cats.append(np.full(len(d), j, dtype=np.int64))
         return np.concatenate(docs), np.concatenate(cats)
 
-    def learn(self, cats: np.ndarray, rewards: np.ndarray) -> AgentUpdate:
-        """Eq. 4, 5 and 8 from the sampled docs' categories and (raw) rewards."""
+    def learn(self, cats: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None) -> AgentUpdate:
+        """Eq. 4, 5 and 8 from the sampled docs' categories (-1: not this agent's) and (raw) rewards;
+        ``weights``: 1 / inclusion probability of each doc when samples are pooled (``share_samples``)."""
         r = normalise_rewards(rewards, self.normalization)
-        means, counts = category_means(cats, r, len(self.categories))
+        ok = cats >= 0
+        w = None if weights is None else np.asarray(weights)[ok]
+        means, counts = category_means(cats[ok], r[ok], len(self.categories), w)
         ok = ~np.isnan(means)
         self.weights[ok] += self.eta * means[ok]
         up = AgentUpdate(self.name, means, counts, agent_reward(self.weights, means), self.weights.copy(),

@@ -21,6 +21,9 @@ class SelectorConfig:
     theta_init: float = 1.0  # initial collaborative weight of every agent
     samples_per_category: int = 64  # n docs sampled per category per update (Algorithm 1 line 6)
     normalization: str = "rank"  # raw (the paper) | zscore | rank: rewards within one agent's sample
+    # beyond the paper: score the union of all categorical agents' samples once and let every agent
+    # learn from all of it (inverse-inclusion weighted Eq. 4); same influence cost, more samples each
+    share_samples: bool = False
     missing: str = "neutral"  # a doc without a label: neutral (mean weight) | exclude (never selected)
     # selection of D_k
     selection: str = "top-k"  # top-k (the paper) | gumbel (Gumbel-top-k, MATES)

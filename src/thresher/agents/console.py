@@ -4,23 +4,29 @@
     R_A   = (1/n_A) sum_j w_A^j * Rbar_A^j                 (Eq. 8, reported by each agent)
     Rbar  = mean_A R_A                                     (Eq. 8; the paper's 1/k counts agents)
     theta_A <- theta_A + eta * (R_A - Rbar)                (Eq. 9)
+
+``share_samples`` (beyond the paper, off by default): the categorical agents still draw their own
+uniform samples (Algorithm 1 line 6), but every drawn doc is scored once and each agent learns from
+the whole pool, weighting each doc by 1 / its inclusion probability so Eq. 4 still estimates the
+category's population mean (``pooled_weights``). Same influence cost, several times the samples
+per category (a doc drawn by the topic agent also has a quality and a domain).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from thresher.agents.agent import Agent, AgentUpdate
+from thresher.agents.agent import Agent, AgentUpdate, CategoricalAgent, doc_codes, pooled_weights
 from thresher.agents.cells import CellIndex
 from thresher.influence.rewards import RewardSource
 
 
 class AgentConsole:
     def __init__(self, agents: list[Agent], theta_init: float = 1.0, eta: float = 0.1,
-                 update_theta: bool = True) -> None:
+                 update_theta: bool = True, share_samples: bool = False) -> None:
         self.agents = agents
         self.theta = np.full(len(agents), float(theta_init))
-        self.eta, self.update_theta = eta, update_theta
+        self.eta, self.update_theta, self.share_samples = eta, update_theta, share_samples
 
     def cell_scores(self, index: CellIndex, missing: str = "neutral") -> np.ndarray:
         """Eq. 7 for every cell, (n_cells,) float64."""
@@ -39,8 +45,19 @@ class AgentConsole:
 
     def update(self, index: CellIndex, source: RewardSource, g: np.random.Generator) -> tuple[list[AgentUpdate], dict]:
         """Algorithm 1 lines 5-11: every agent updates, then the collaborative weights."""
-        ups = [agent.update(index, source, g) for agent in self.agents]
+        shared = [a for a in self.agents if isinstance(a, CategoricalAgent)] if self.share_samples else []
+        pooled = self.pooled_updates(shared, index, source, g) if shared else {}
+        ups = [pooled[id(a)] if id(a) in pooled else a.update(index, source, g) for a in self.agents]
         return ups, self.collaborate(np.array([u.reward for u in ups]))
+
+    @staticmethod
+    def pooled_updates(agents: list[CategoricalAgent], index: CellIndex, source: RewardSource,
+                       g: np.random.Generator) -> dict[int, AgentUpdate]:
+        """``share_samples``: every agent draws its sample, the union is scored once, every agent
+        learns from the union with inverse-inclusion weights. -> {id(agent): its update}."""
+        docs = np.unique(np.concatenate([a.sample(index, g)[0] for a in agents]))
+        rewards, w = source.rewards(docs), pooled_weights(agents, index, docs)
+        return {id(a): a.learn(doc_codes(index, a.column, docs), rewards, w) for a in agents}
 
     def state_dict(self) -> dict:
         return {"theta": self.theta.copy(), "agents": {a.name: a.state_dict() for a in self.agents}}

@@ -106,7 +106,8 @@ class MultiAgentSelector(_StagedSelector):
         agents = [self._agent(c) for c in self.columns]
         if self.with_bandit:
             agents.append(self._bandit_agent())
-        self.console = AgentConsole(agents, self.cfg.theta_init, self.cfg.eta_console, self.update_theta)
+        self.console = AgentConsole(agents, self.cfg.theta_init, self.cfg.eta_console, self.update_theta,
+                                    share_samples=self.cfg.share_samples)
         self.trained = np.zeros(ctx.n_docs, dtype=bool) if self.cfg.reuse_penalty > 0 else None
 
     def _agent(self, column: str) -> Agent:
