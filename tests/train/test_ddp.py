@@ -1,4 +1,5 @@
-"""2 gloo processes on CPU train exactly what 1 process trains at the same global batch."""
+"""2 gloo processes on CPU train exactly what 1 process trains at the same global batch (DDP and FSDP),
+and an FSDP run killed and resumed continues exactly (sharded model and optimizer state)."""
 
 import json
 import os
@@ -33,9 +34,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from thresher.train.loop import train
 
+    from thresher.train.callbacks import StopAt
+
+    def selector():
+        return SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=2)
+
     for mode in ("ddp", "fsdp"):
-        selector = SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=2)
-        train(_cfg(fsdp=mode == "fsdp"), pattern_store(), selector, os.path.join(out, mode))
+        train(_cfg(fsdp=mode == "fsdp"), pattern_store(), selector(), os.path.join(out, mode))
+    # FSDP killed after step 4 (last checkpoint: step 3), then resumed by fresh objects
+    train(_cfg(fsdp=True), pattern_store(), selector(), os.path.join(out, "fsdp-resumed"), callbacks=[StopAt(4)])
+    train(_cfg(fsdp=True), pattern_store(), selector(), os.path.join(out, "fsdp-resumed"), resume=True)
     dist.destroy_process_group()
 
 
@@ -52,3 +60,4 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     for mode in ("ddp", "fsdp"):
         assert _losses(tmp_path / mode) == pytest.approx(one, rel=1e-5, abs=1e-5), mode
         assert (tmp_path / mode / "checkpoints" / "step_000006" / "trainer.pt").exists()
+    assert _losses(tmp_path / "fsdp-resumed") == _losses(tmp_path / "fsdp")  # bit-exact after the resume
