@@ -21,14 +21,22 @@ class InfluenceConfig:
     modules: list = field(default_factory=list)
     grouping: str = "qkv"  # "qkv" | "independent" | "mlp_only"
     groups: list = field(default_factory=lambda: [list(g) for g in DEFAULT_GROUPS])
-    # random projection of per-block gradients (JL): "gaussian" | "rademacher" | "none" (exact)
-    projection: str = "gaussian"
-    projection_dim: int = 8192  # total over blocks; per block k_in = k_out = floor(sqrt(dim / n_blocks))
+    # random projection of per-block gradients (JL): "orthogonal" (Gaussian made orthonormal, scaled
+    # sqrt(d/k): lower variance) | "gaussian" | "rademacher" | "none" (exact)
+    projection: str = "orthogonal"
+    projection_dim: int = 8192  # total feature dimension over blocks
+    projection_alloc: str = "equal"  # per-block share of projection_dim: "equal" | "size" (by d_in * d_out)
+    projection_split: str = "balanced"  # (k_in, k_out) of a share k: "balanced" | "square" | "exact_side"
     k_in: int = 0  # > 0 overrides the per-block input-side dimension
     k_out: int = 0  # > 0 overrides the per-block output-side dimension
     seed: int = 0
     # preconditioner P in reward = g_ref^T P^-1 g_x: "none" | "kfac" | "ekfac"
     preconditioner: str = "ekfac"
+    # where (E)K-FAC is computed: "projected" (factors of the projected gradients; memory independent of
+    # width; measured closest to exact), "full" (true factors, whitened projections: exact without a
+    # projection, unbiased with one), "auto" = full when the full factors hold <= full_space_max_entries
+    precondition_space: str = "projected"
+    full_space_max_entries: int = 1 << 29
     damping: float = 0.1
     damping_mode: str = "relative"  # "relative": damping * mean eigenvalue of the block; "absolute"
     kfac_damping: str = "joint"  # "joint": (G (x) A + d I)^-1; "factored": (G + dG I)^-1 (x) (A + dA I)^-1
@@ -45,8 +53,11 @@ class InfluenceConfig:
     def __post_init__(self) -> None:
         choices = {
             "grouping": ("qkv", "independent", "mlp_only"),
-            "projection": ("gaussian", "rademacher", "none"),
+            "projection": ("gaussian", "orthogonal", "rademacher", "none"),
             "preconditioner": ("none", "kfac", "ekfac"),
+            "precondition_space": ("auto", "full", "projected"),
+            "projection_alloc": ("size", "equal"),
+            "projection_split": ("exact_side", "balanced", "square"),
             "damping_mode": ("relative", "absolute"),
             "kfac_damping": ("joint", "factored"),
             "factor_dtype": ("float64", "float32"),

@@ -39,12 +39,43 @@ class BlockSeq:
     delta: torch.Tensor  # (B, T, k_out)
 
 
+def block_budgets(blocks: list[Block], cfg: InfluenceConfig) -> list[int]:
+    """Feature dimensions per block: projection_dim split evenly ("equal") or by d_in * d_out ("size")."""
+    sizes = [b.d_in * b.d_out for b in blocks]
+    if cfg.projection_alloc == "equal":
+        return [max(1, cfg.projection_dim // len(blocks))] * len(blocks)
+    return [max(1, cfg.projection_dim * s // sum(sizes)) for s in sizes]
+
+
+def split_budget(k: int, d_in: int, d_out: int, split: str) -> tuple[int, int]:
+    """(k_in, k_out) with k_in * k_out <= k, each capped at its true size.
+
+    "square": k_in = k_out = floor(sqrt(k)), capped. "balanced": the same, and what a capped side cannot
+    use goes to the other side. "exact_side": the smaller side is kept exact (unprojected) when
+    4 d <= k, the rest of the budget going to the other side; otherwise "balanced".
+    """
+    if k >= d_in * d_out:
+        return d_in, d_out
+    r = max(1, math.isqrt(k))
+    if split == "exact_side":
+        if d_in <= d_out and d_in * 4 <= k:
+            return d_in, min(d_out, k // d_in)
+        if d_out < d_in and d_out * 4 <= k:
+            return min(d_in, k // d_out), d_out
+    k_in, k_out = min(r, d_in), min(r, d_out)
+    if split != "square" and k_in < r:  # give the budget a capped side cannot use to the other side
+        k_out = min(d_out, k // k_in)
+    elif split != "square" and k_out < r:
+        k_in = min(d_in, k // k_out)
+    return k_in, k_out
+
+
 def block_dims(blocks: list[Block], cfg: InfluenceConfig) -> list[tuple[int, int]]:
-    """(k_in, k_out) per block: projection_dim split evenly, capped at the block's true sizes."""
+    """(k_in, k_out) per block (see block_budgets, split_budget); k_in / k_out override both sides."""
     if cfg.projection == "none":
         return [(b.d_in, b.d_out) for b in blocks]
-    k = max(1, math.isqrt(cfg.projection_dim // len(blocks)))
-    return [(min(cfg.k_in or k, b.d_in), min(cfg.k_out or k, b.d_out)) for b in blocks]
+    dims = [split_budget(k, b.d_in, b.d_out, cfg.projection_split) for k, b in zip(block_budgets(blocks, cfg), blocks)]
+    return [(min(cfg.k_in or ki, b.d_in), min(cfg.k_out or ko, b.d_out)) for (ki, ko), b in zip(dims, blocks)]
 
 
 def projection_matrix(cfg: InfluenceConfig, name: str, side: str, k: int, d: int) -> torch.Tensor | None:
@@ -52,8 +83,10 @@ def projection_matrix(cfg: InfluenceConfig, name: str, side: str, k: int, d: int
     if cfg.projection == "none" or k >= d:
         return None
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "influence-projection", name, side))
-    if cfg.projection == "gaussian":
+    if cfg.projection in ("gaussian", "orthogonal"):
         p = torch.randn(k, d, generator=g, dtype=torch.float64)
+        if cfg.projection == "orthogonal":  # orthonormal rows scaled sqrt(d/k): E[P^T P] = I, less variance
+            return torch.linalg.qr(p.T).Q.T * math.sqrt(d / k)
     else:
         p = torch.randint(0, 2, (k, d), generator=g).to(torch.float64) * 2 - 1
     return p / math.sqrt(k)
@@ -107,7 +140,18 @@ class GradientFeatures:
             (projection_matrix(cfg, b.name, "in", ki, b.d_in), projection_matrix(cfg, b.name, "out", ko, b.d_out))
             for b, (ki, ko) in zip(self.blocks, self.dims)
         ]
+        self._proj_raw = self._proj_cpu
         self._proj_cache: dict = {}
+
+    def set_whitening(self, whiteners: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+        """Fold per-block (W_in (d_in, d_in), W_out (d_out, d_out)) into the projections: features become
+        P_out W_out V W_in P_in^T (same cost per document). None restores the plain projections."""
+        if whiteners is None:
+            self._proj_cpu = self._proj_raw
+        else:
+            fold = lambda p, w: w if p is None else p @ w  # noqa: E731
+            self._proj_cpu = [(fold(pi, wi), fold(po, wo)) for (pi, po), (wi, wo) in zip(self._proj_raw, whiteners)]
+        self._proj_cache = {}
 
     @property
     def dim(self) -> int:
@@ -126,16 +170,26 @@ class GradientFeatures:
         key = (str(device), dtype)
         if key not in self._proj_cache:
             mv = lambda p: None if p is None else p.to(device=device, dtype=dtype)  # noqa: E731
-            self._proj_cache = {key: [(mv(pi), mv(po)) for pi, po in self._proj_cpu]}
+            self._proj_cache[key] = [(mv(pi), mv(po)) for pi, po in self._proj_cpu]
         return self._proj_cache[key]
 
-    def sequences(self, model: nn.Module, batch: dict) -> list[BlockSeq]:
-        """Forward + one backward to the tracked outputs; returns projected (a, delta) per block."""
+    def project_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per block (N, d_out, d_in) full-space matrices -> (N, k_out, k_in) = P_out V P_in^T (plain P)."""
+        out = []
+        for v, (p_in, p_out) in zip(blocks, self._proj_raw):
+            p_in, p_out = (None if p is None else p.to(device=v.device, dtype=v.dtype) for p in (p_in, p_out))
+            v = v if p_out is None else p_out @ v
+            out.append(v if p_in is None else v @ p_in.T)
+        return out
+
+    def sequences(self, model: nn.Module, batch: dict, project: bool = True) -> list[BlockSeq]:
+        """Forward + one backward to the tracked outputs; (a, delta) per block, projected unless
+        ``project=False`` (then (B, T, d_in), (B, T, d_out): the full space, for factors at refresh)."""
         dev = next(model.parameters()).device
         fdtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
         batch = {k: v.to(dev) for k, v in batch.items()}
         mask = batch["attention_mask"].unsqueeze(-1).to(fdtype)  # (B, T, 1)
-        projs = self.projections(dev, fdtype)
+        projs = self.projections(dev, fdtype) if project else [(None, None)] * len(self.blocks)
         acts: list = [None] * len(self.blocks)
         outs: list = []
         handles = [model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_())]

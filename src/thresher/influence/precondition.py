@@ -1,11 +1,14 @@
-"""Preconditioners P in reward = g_ref^T P^-1 g_x, one per kind, all in the projected space.
+"""Preconditioners P in reward = g_ref^T P^-1 g_x, one per kind, on per-block gradient matrices.
 
-Every factor lives in the projected space of its block, so memory does not depend on model width:
-  A = E_tokens[(P_in a)(P_in a)^T]  (k_in, k_in),   G = E_tokens[(P_out d)(P_out d)^T]  (k_out, k_out).
-With a projection, K-FAC therefore approximates (P_out (x) P_in) F (P_out (x) P_in)^T by
-(P_out G_full P_out^T) (x) (P_in A_full P_in^T); without one it is the usual K-FAC.
+A preconditioner does not know which space its matrices live in; the scorer decides
+(``InfluenceConfig.precondition_space``):
+  full       A = E_tokens[a a^T] (d_in, d_in), G = E_tokens[d d^T] (d_out, d_out): the usual (E)K-FAC,
+             applied to the reference gradient in full space, which is projected afterwards.
+  projected  A = E_tokens[(P_in a)(P_in a)^T] (k_in, k_in), G likewise (k_out, k_out): memory independent
+             of the model width, but (P_out G P_out^T)^-1 is not P_out G^-1 P_out^T, so this is the
+             preconditioner of the projected problem, not a projection of the true one.
 
-Inverses act on a block's gradient V (k_out, k_in) in the eigenbases A = Q_A diag(e_A) Q_A^T,
+Inverses act on a block's gradient V (r, c) in the eigenbases A = Q_A diag(e_A) Q_A^T,
 G = Q_G diag(e_G) Q_G^T:   P^-1 V = Q_G [ (Q_G^T V Q_A) / S ] Q_A^T   with S (k_out, k_in):
   kfac, joint     S = e_G e_A^T + d                  i.e. (G (x) A + d I)^-1 exactly (kronfluence's K-FAC)
   kfac, factored  S = (e_G + d_G)(e_A + d_A)^T      i.e. (G + d_G I)^-1 V (A + d_A I)^-1
@@ -17,7 +20,7 @@ kronfluence heuristic when damping = 0.1); for "factored", d_A and d_G are relat
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -32,12 +35,11 @@ class FactorStats:
     A: torch.Tensor  # (k_in, k_in) sum over tokens of a a^T
     G: torch.Tensor  # (k_out, k_out) sum over tokens of d d^T
     n_tokens: torch.Tensor  # () number of non-padding tokens
-    docs: list = field(default_factory=list)  # per batch (B, k_out, k_in) document gradients (EK-FAC only)
 
 
 class Preconditioner(ABC):
     needs_factors = True
-    needs_doc_grads = False
+    needs_lambda = False  # EK-FAC: a second pass over the fit documents (see EKFAC.accumulate)
 
     def __init__(self, cfg: InfluenceConfig):
         self.cfg = cfg
@@ -74,21 +76,22 @@ class _Eigen(Preconditioner):
     """Shared eigenbasis machinery; subclasses give the inverse scale 1/S per block."""
 
     def fit(self, names, stats, reduce) -> None:
-        qa, qg, inv = [], [], []
+        qa, qg, inv, ea, eg = [], [], [], [], []
         for name, st in zip(names, stats):
             n = reduce(st.n_tokens.clone()).clamp(min=1)
             A, G = reduce(st.A.clone()) / n, reduce(st.G.clone()) / n
             _check_finite(name, "A", A), _check_finite(name, "G", G)
             e_a, q_a = torch.linalg.eigh(A)
             e_g, q_g = torch.linalg.eigh(G)
-            s_inv = self._inverse_scale(name, e_a.clamp(min=0), e_g.clamp(min=0), q_a, q_g, st, reduce)
-            _check_finite(name, "inverse eigenvalues", s_inv)
-            qa.append(q_a), qg.append(q_g), inv.append(s_inv)
-        self.state = {"Q_A": qa, "Q_G": qg, "inv": inv}
+            s_inv = self._inverse_scale(e_a.clamp(min=0), e_g.clamp(min=0))
+            if s_inv is not None:
+                _check_finite(name, "inverse eigenvalues", s_inv)
+            qa.append(q_a), qg.append(q_g), inv.append(s_inv), ea.append(e_a.clamp(min=0)), eg.append(e_g.clamp(min=0))
+        self.state = {"Q_A": qa, "Q_G": qg, "inv": inv, "e_A": ea, "e_G": eg}
 
     @abstractmethod
-    def _inverse_scale(self, name, e_a, e_g, q_a, q_g, st: FactorStats, reduce) -> torch.Tensor:
-        """(k_out, k_in) elementwise 1/S in the eigenbasis."""
+    def _inverse_scale(self, e_a, e_g) -> torch.Tensor | None:
+        """(r, c) elementwise 1/S in the eigenbasis (None: set later from Lambda)."""
 
     def _damp(self, s: torch.Tensor) -> float:
         return self.cfg.damping * float(s.mean()) if self.cfg.damping_mode == "relative" else self.cfg.damping
@@ -101,8 +104,37 @@ class _Eigen(Preconditioner):
         return out
 
 
+    def whiteners(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block (W_A, W_G) = (A + d_A I)^-1/2, (G + d_G I)^-1/2, float64 on CPU.
+
+        Documents are projected as P_out W_G V W_A P_in^T and the reference as P_out R P_in^T with
+        R = Q_G [(Q_G^T g Q_A) S^-1 / (w_G w_A^T)] Q_A^T, so their dot product is exactly g^T P^-1 V
+        without projection, and with one the JL error is that of two whitened vectors (balanced norms)
+        rather than of P^-1 g (huge in low-curvature directions) against V. d = sqrt(damping) x mean
+        eigenvalue of the factor: any d > 0 keeps the result exact, it only changes the variance.
+        """
+        return [(self._whiten(q_a, e_a), self._whiten(q_g, e_g))
+                for q_a, q_g, e_a, e_g in zip(self.state["Q_A"], self.state["Q_G"], self.state["e_A"], self.state["e_G"])]
+
+    def _white_scale(self, e: torch.Tensor) -> torch.Tensor:
+        d = max(self.cfg.damping, 1e-6) ** 0.5 * float(e.mean()) + 1e-30
+        return (e + d).rsqrt()
+
+    def _whiten(self, q: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return ((q * self._white_scale(e)) @ q.T).cpu().double()
+
+    def apply_for_whitened(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The reference-side matrix R above, per block (N, r, c)."""
+        out = []
+        for v, q_a, q_g, s_inv, e_a, e_g in zip(blocks, *(self.state[k] for k in ("Q_A", "Q_G", "inv", "e_A", "e_G"))):
+            q_a, q_g, s_inv = (t.to(device=v.device, dtype=v.dtype) for t in (q_a, q_g, s_inv))
+            w = torch.outer(self._white_scale(e_g), self._white_scale(e_a)).to(device=v.device, dtype=v.dtype)
+            out.append(q_g @ ((q_g.T @ v @ q_a) * (s_inv / w)) @ q_a.T)
+        return out
+
+
 class KFAC(_Eigen):
-    def _inverse_scale(self, name, e_a, e_g, q_a, q_g, st, reduce):
+    def _inverse_scale(self, e_a, e_g):
         if self.cfg.kfac_damping == "factored":
             return torch.outer(1.0 / (e_g + self._damp(e_g)), 1.0 / (e_a + self._damp(e_a)))
         s = torch.outer(e_g, e_a)
@@ -110,17 +142,27 @@ class KFAC(_Eigen):
 
 
 class EKFAC(_Eigen):
-    needs_doc_grads = True
+    """Lambda_ij = E_docs[(Q_G^T V_doc Q_A)_ij^2], summed over a second pass of the fit documents:
+    after ``fit``, call ``accumulate`` on each batch's rotated per-document gradients, then ``fit_lambda``."""
 
-    def _inverse_scale(self, name, e_a, e_g, q_a, q_g, st, reduce):
-        lam = torch.zeros(len(e_g), len(e_a), dtype=q_a.dtype, device=q_a.device)
-        n_docs = torch.zeros((), dtype=q_a.dtype, device=q_a.device)
-        for v in st.docs:  # (B, k_out, k_in)
-            lam += ((q_g.T @ v.to(q_a.dtype) @ q_a) ** 2).sum(0)
-            n_docs += v.shape[0]
-        lam = reduce(lam) / reduce(n_docs).clamp(min=1)
-        _check_finite(name, "Lambda", lam)
-        return 1.0 / (lam + self._damp(lam))
+    needs_lambda = True
+
+    def _inverse_scale(self, e_a, e_g):
+        return None
+
+    def rotate_sequences(self, bi: int, a: torch.Tensor, delta: torch.Tensor):
+        """(B, T, c), (B, T, r) -> the same in the eigenbases (a Q_A, delta Q_G)."""
+        q_a, q_g = (self.state[k][bi].to(device=a.device, dtype=a.dtype) for k in ("Q_A", "Q_G"))
+        return a @ q_a, delta @ q_g
+
+    def fit_lambda(self, names, lam_sums: list[torch.Tensor], n_docs: torch.Tensor, reduce) -> None:
+        n = reduce(n_docs.clone()).clamp(min=1)
+        inv = []
+        for name, lam in zip(names, lam_sums):
+            lam = reduce(lam.clone()) / n
+            _check_finite(name, "Lambda", lam)
+            inv.append(1.0 / (lam + self._damp(lam)))
+        self.state["inv"] = inv
 
 
 def _check_finite(block: str, what: str, t: torch.Tensor) -> None:

@@ -53,11 +53,33 @@ class InfluenceScorer:
         if model is not None and model is not self.model:
             self.feats.attach(model)
             self.model = model
+        full = self.full_space()
+        self.feats.set_whitening(None)
         if self.pre.needs_factors:
-            self.pre.fit([b.name for b in self.feats.blocks], self._factor_stats(), hdist.all_reduce_sum)
-        self.ref_raw = torch.stack([self._reference_gradient(t) for t in self.reference.values()])
-        self.ref_pre = self._precondition(self.ref_raw)
+            names = [b.name for b in self.feats.blocks]
+            self.pre.fit(names, self._factor_stats(full), hdist.all_reduce_sum)
+            if self.pre.needs_lambda:
+                self.pre.fit_lambda(names, *self._lambda_sums(full), hdist.all_reduce_sum)
+        refs = [self._reference_gradient(t, project=not full) for t in self.reference.values()]  # per block (n, r, c)
+        refs = [torch.stack(parts) for parts in zip(*refs)]
+        if full:  # documents: P W_G g_x W_A P^T (whitened); reference: see _Eigen.whiteners
+            self.ref_raw = self._flat(self.feats.project_blocks(refs))
+            self.ref_pre = self._flat(self.feats.project_blocks(self.pre.apply_for_whitened(refs)))
+            self.feats.set_whitening(self.pre.whiteners())
+        else:
+            self.ref_raw = self._flat(refs)
+            self.ref_pre = self._precondition(self.ref_raw)
         self.step = step
+
+    def full_space(self) -> bool:
+        """Whether (E)K-FAC runs in the full space of each block (see InfluenceConfig.precondition_space)."""
+        space = self.cfg.precondition_space
+        if not self.pre.needs_factors or self.cfg.projection == "none" or space == "projected":
+            return space == "full" and self.pre.needs_factors
+        if space == "full":
+            return True
+        n = sum(b.d_in**2 + b.d_out**2 + (b.d_in * b.d_out if self.pre.needs_lambda else 0) for b in self.feats.blocks)
+        return n <= self.cfg.full_space_max_entries
 
     def _fit_sample(self) -> list[np.ndarray]:
         docs = self.fit_docs or []
@@ -66,42 +88,56 @@ class InfluenceScorer:
             docs = [docs[i] for i in idx]
         return hdist.shard(docs)
 
-    def _factor_stats(self) -> list[FactorStats]:
+    def _dims(self, full: bool) -> list[tuple[int, int]]:
+        return [(b.d_in, b.d_out) for b in self.feats.blocks] if full else self.feats.dims
+
+    def _factor_stats(self, full: bool) -> list[FactorStats]:
+        """Per block token sums of a a^T, d d^T over the fit documents (full or projected space)."""
         fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
         dev = next(self.model.parameters()).device
-        stats = [
-            FactorStats(torch.zeros(ki, ki, dtype=fdt, device=dev), torch.zeros(ko, ko, dtype=fdt, device=dev),
-                        torch.zeros((), dtype=fdt, device=dev))
-            for ki, ko in self.feats.dims
-        ]
-        docs = self._fit_sample()
-        for batch in progress(self._batches(docs), desc="influence factors", unit="batch"):
-            seqs = self.feats.sequences(self.model, batch)
+        zeros = lambda *shape: torch.zeros(*shape, dtype=fdt, device=dev)  # noqa: E731
+        stats = [FactorStats(zeros(ki, ki), zeros(ko, ko), zeros(())) for ki, ko in self._dims(full)]
+        for batch in progress(self._batches(self._fit_sample()), desc="influence factors", unit="batch"):
             n_tok = batch["attention_mask"].sum().to(device=dev, dtype=fdt)
-            for st, s, f in zip(stats, seqs, GradientFeatures.block_features(seqs)):
+            for st, s in zip(stats, self.feats.sequences(self.model, batch, project=not full)):
                 a, d = s.a.flatten(0, 1).to(fdt), s.delta.flatten(0, 1).to(fdt)
                 st.A += a.T @ a
                 st.G += d.T @ d
                 st.n_tokens += n_tok
-                if self.pre.needs_doc_grads:
-                    st.docs.append(f.to(fdt))
         return stats
 
-    def _reference_gradient(self, task: ReferenceTask) -> torch.Tensor:
-        """(D,) mean over the task's examples of each example's gradient (continuation scored)."""
+    def _lambda_sums(self, full: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """EK-FAC second pass: per block sum over fit documents of (Q_G^T V_doc Q_A)^2, and the count."""
+        fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
+        dev = next(self.model.parameters()).device
+        sums = [torch.zeros(ko, ki, dtype=fdt, device=dev) for ki, ko in self._dims(full)]
+        n_docs = torch.zeros((), dtype=fdt, device=dev)
+        for batch in progress(self._batches(self._fit_sample()), desc="influence eigenvalues", unit="batch"):
+            for bi, s in enumerate(self.feats.sequences(self.model, batch, project=not full)):
+                a, d = self.pre.rotate_sequences(bi, s.a.to(fdt), s.delta.to(fdt))
+                sums[bi] += (torch.bmm(d.transpose(1, 2), a) ** 2).sum(0)  # (r, c)
+            n_docs += batch["input_ids"].shape[0]
+        return sums, n_docs
+
+    def _reference_gradient(self, task: ReferenceTask, project: bool) -> list[torch.Tensor]:
+        """Per block (r, c) float64 mean over the task's examples of each example's gradient."""
         ex = task.examples()
         if self.cfg.ref_max_examples:
             ex = ex[: self.cfg.ref_max_examples]
         total = None
         for i in range(0, len(ex), self.cfg.batch_size):
             batch = pad_examples(ex[i : i + self.cfg.batch_size], self.cfg.max_len, self.cfg.pad_id)
-            f = self.feats.features(self.model, batch).double().sum(0)
-            total = f if total is None else total + f
-        return total / len(ex)
+            seqs = self.feats.sequences(self.model, batch, project=project)
+            g = [s.delta.flatten(0, 1).double().T @ s.a.flatten(0, 1).double() for s in seqs]  # sum over examples
+            total = g if total is None else [t + x for t, x in zip(total, g)]
+        return [t / len(ex) for t in total]
+
+    @staticmethod
+    def _flat(blocks: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([b.flatten(1) for b in blocks], dim=1)
 
     def _precondition(self, flat: torch.Tensor) -> torch.Tensor:
-        parts = self.pre.apply(self.feats.split(flat))
-        return torch.cat([p.flatten(1) for p in parts], dim=1)
+        return self._flat(self.pre.apply(self.feats.split(flat)))
 
     # ---- scoring ----------------------------------------------------------------------------
     def features(self, batch: dict) -> torch.Tensor:
@@ -158,6 +194,7 @@ class InfluenceScorer:
         s = self.cfg.to_dict()
         s.pop("batch_size")
         s["blocks"] = [[b.name, ki, ko] for b, (ki, ko) in zip(self.feats.blocks, self.feats.dims)]
+        s["full_space"] = self.full_space()
         s["tasks"] = {n: len(t) for n, t in self.reference.items()}
         return s
 
@@ -175,6 +212,7 @@ class InfluenceScorer:
         self.step = state["step"]
         self.pre.load_state_dict(state["preconditioner"])
         self.ref_raw, self.ref_pre = state["ref_raw"], state["ref_pre"]
+        self.feats.set_whitening(self.pre.whiteners() if self.full_space() and self.ref_pre is not None else None)
 
     def provenance(self) -> dict:
         return {"step": self.step, "tasks": list(self.reference), "settings": self.settings()}
