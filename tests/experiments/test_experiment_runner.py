@@ -80,3 +80,19 @@ def test_runner_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, mon
 def test_unknown_policy_is_a_one_line_error(tmp_path):
     with pytest.raises(ThresherError, match="neither a policy"):
         _load(tmp_path, 'experiment.policies=["random", "nope"]')
+
+
+@pytest.mark.shared_data
+def test_downstream_evaluation_of_every_run_lands_in_the_table(tmp_path):
+    from thresher.evaluate.config import EvalConfig
+
+    if not EvalConfig().resolved_data_root().exists():
+        pytest.skip("../shared/data is absent")
+    exp, base = _load(tmp_path / "exp", 'experiment.policies=["random"]', "experiment.seeds=[0]",
+                      "experiment.downstream=true", 'experiment.eval={tasks=["arc_easy"], limit=8}',
+                      "train.steps=12")
+    results = run_experiment(exp, base)
+    ds = json.loads((tmp_path / "exp/runs/random/seed0/downstream/downstream_results.json").read_text())
+    acc = ds["tasks"]["arc_easy"]["acc"]
+    assert 0.0 <= acc <= 1.0
+    assert "## Downstream accuracy" in results.read_text() and f"{100 * acc:.1f}" in results.read_text()
