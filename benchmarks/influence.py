@@ -1,6 +1,7 @@
 """Influence engine throughput vs training throughput, on one model and one set of documents.
 
     python benchmarks/influence.py                          # tiny model on CPU, < 1 min
+    python benchmarks/influence.py --model 20m --seq-len 512 --docs 16   # ~19M block params, CPU, minutes
     python benchmarks/influence.py --model 125m --seq-len 1024 --docs 64 --batch-size 8   # GPU
 """
 
@@ -21,6 +22,7 @@ from thresher.influence import InfluenceConfig, InfluenceScorer
 
 MODELS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=172, vocab_size=512),
+    "20m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1376, vocab_size=8192),
     "125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048, vocab_size=32000),
 }
 
@@ -86,7 +88,8 @@ def naive_time(model, docs, dev):
 def scorer_for(model, docs, args, **kw):
     r = np.random.default_rng(1)
     V = model.config.vocab_size
-    ref = {"ref": ReferenceTask("ref", [r.integers(1, V, 64) for _ in range(8)], [r.integers(1, V, 8) for _ in range(8)])}
+    ref = {f"ref{i}": ReferenceTask(f"ref{i}", [r.integers(1, V, 64) for _ in range(8)], [r.integers(1, V, 8) for _ in range(8)])
+           for i in range(args.tasks)}
     cfg = InfluenceConfig(batch_size=args.batch_size, max_len=args.seq_len, autocast=args.autocast, fit_docs_max=len(docs), **kw)
     s = InfluenceScorer(model, ref, cfg, fit_docs=docs)
     t = time.perf_counter()
@@ -103,7 +106,10 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--autocast", default="", choices=["", "bf16", "fp16"])
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s in TFLOP/s (default 800 on CUDA, measured on CPU)")
-    ap.add_argument("--proj-dims", default="512,2048,8192")
+    ap.add_argument("--proj-dims", default="512,2048,8192", help="'' skips the projection-size sweep")
+    ap.add_argument("--tasks", type=int, default=1, help="reference tasks (exact mode: one target per task)")
+    ap.add_argument("--preconditioners", default="none,kfac,ekfac")
+    ap.add_argument("--modes", default="features,exact", help="InfluenceConfig.reward_mode values to time")
     args = ap.parse_args()
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,21 +132,22 @@ def main() -> None:
     rows.append(("train (eager)", t_train, None))
     if args.compile:
         rows.append(("train (compiled)", train_time(model, batches, dev, True), None))
-    for pc in ("none", "kfac", "ekfac"):
-        s, t_fit = scorer_for(model, docs, args, preconditioner=pc)
-        rows.append((f"score {pc}", timed(lambda: s.score_docs(docs), dev), t_fit))
+    for pc in args.preconditioners.split(","):
+        for mode in args.modes.split(","):
+            s, t_fit = scorer_for(model, docs, args, preconditioner=pc, reward_mode=mode)
+            rows.append((f"score {pc} {mode}", timed(lambda: s.score_docs(docs), dev), t_fit))
     if args.model == "tiny" or args.docs <= 16:
         rows.append(("naive per-example loop", naive_time(model, docs[: min(8, len(docs))], dev) * len(docs) / min(8, len(docs)), None))
 
-    print(f"{'what':<24}{'tok/s':>12}{'docs/s':>10}{'vs train':>10}{'FLOP-limit frac':>17}{'refresh s':>11}")
+    print(f"{'what':<26}{'tok/s':>12}{'docs/s':>10}{'vs train':>10}{'FLOP-limit frac':>17}{'refresh s':>11}")
     for name, t, fit in rows:
         frac = f"{limit_s / t:.3f}" if name.startswith("score") or name.startswith("naive") else ""
-        print(f"{name:<24}{n_tok / t:>12.0f}{args.docs / t:>10.1f}{t_train / t:>10.3f}{frac:>17}{(f'{fit:.2f}' if fit else ''):>11}")
+        print(f"{name:<26}{n_tok / t:>12.0f}{args.docs / t:>10.1f}{t_train / t:>10.3f}{frac:>17}{(f'{fit:.2f}' if fit else ''):>11}")
     print(f"peak memory: {peak_mem_gb(dev):.2f} GB ({'CUDA allocated' if dev.type == 'cuda' else 'process max RSS'})")
 
     print("cost vs projection size (ekfac):")
-    for pd in [int(x) for x in args.proj_dims.split(",")]:
-        s, t_fit = scorer_for(model, docs, args, preconditioner="ekfac", projection_dim=pd)
+    for pd in [int(x) for x in args.proj_dims.split(",") if x]:
+        s, t_fit = scorer_for(model, docs, args, preconditioner="ekfac", projection_dim=pd, reward_mode="features")
         t = timed(lambda: s.score_docs(docs), dev)
         print(f"  projection_dim={pd:<6} D={s.feats.dim:<6} score tok/s={n_tok / t:>10.0f} refresh={t_fit:.2f}s")
 

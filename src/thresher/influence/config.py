@@ -37,6 +37,11 @@ class InfluenceConfig:
     # projection, unbiased with one), "auto" = full when the full factors hold <= full_space_max_entries
     precondition_space: str = "projected"
     full_space_max_entries: int = 1 << 29
+    # how rewards are computed: "exact" = <H^-1 g_ref, g_x> in the full space with no projection and no
+    # per-document gradient (one extra forward of the tracked Linears per task, see scorer.py);
+    # "features" = dot products of (projected) per-document features; "auto" = exact when the full factors
+    # plus one full-size reference per task hold <= full_space_max_entries numbers, else features
+    reward_mode: str = "auto"
     damping: float = 0.1
     damping_mode: str = "relative"  # "relative": damping * mean eigenvalue of the block; "absolute"
     kfac_damping: str = "joint"  # "joint": (G (x) A + d I)^-1; "factored": (G + dG I)^-1 (x) (A + dA I)^-1
@@ -56,6 +61,7 @@ class InfluenceConfig:
             "projection": ("gaussian", "orthogonal", "rademacher", "none"),
             "preconditioner": ("none", "kfac", "ekfac"),
             "precondition_space": ("auto", "full", "projected"),
+            "reward_mode": ("auto", "exact", "features"),
             "projection_alloc": ("size", "equal"),
             "projection_split": ("exact_side", "balanced", "square"),
             "damping_mode": ("relative", "absolute"),

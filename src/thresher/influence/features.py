@@ -113,6 +113,25 @@ def summed_doc_loss(logits: torch.Tensor, labels: torch.Tensor, doc_loss: str) -
     return (nll.sum(1) * w).sum()
 
 
+# exact_contract materialises per-document gradients (B, d_out, d_in) only up to this many numbers
+MATERIALISE_MAX = 1 << 26
+
+
+def exact_contract(a: torch.Tensor, delta: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, T, d_in), (B, T, d_out), (K, d_out, d_in) -> (B, K) float64: sum_t delta_t^T U_k a_t.
+
+    Two orders, same result. Per document, materialising G = sum_t delta_t a_t^T and dotting it with
+    every U_k costs (T + K) d_in d_out multiply-adds and B d_out d_in memory; contracting the sequence
+    with each U_k (a U_k^T: one more forward of the Linear, (B, T, d_out) memory) costs K T d_in d_out.
+    The first wins when K > 1 (and T > 1) and the gradients are small enough to hold."""
+    B, T, d_in = a.shape
+    K, d_out, _ = u.shape
+    if K * T > T + K and B * d_out * d_in <= MATERIALISE_MAX:
+        g = torch.bmm(delta.transpose(1, 2), a)  # (B, d_out, d_in)
+        return (g.flatten(1) @ u.flatten(1).T).double()
+    return torch.stack([torch.einsum("bto,bto->b", a @ u[k].T, delta) for k in range(K)], 1).double()
+
+
 @contextlib.contextmanager
 def frozen(model: nn.Module):
     """Weights need no grad and dropout is off while scoring; both restored afterwards."""
@@ -205,6 +224,51 @@ class GradientFeatures:
             for h in handles:
                 h.remove()
         return self._project_grads(acts, outs, grads, projs, mask)
+
+    def exact_rewards(self, model: nn.Module, batch: dict, targets: list[torch.Tensor]) -> torch.Tensor:
+        """(B, K) float64 rewards sum_blocks sum_t delta_t^T U_k a_t; ``targets[block][member]`` is that
+        member's rows of U, (K, d_out_member, d_in), on the model's device in the feature dtype. No projection, no weight gradient: a tensor hook on each
+        tracked output contracts its gradient with U a as soon as backward produces it (exact_contract)."""
+        dev = next(model.parameters()).device
+        fdtype = targets[0][0].dtype
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        mask = batch["attention_mask"].unsqueeze(-1).to(fdtype)  # (B, T, 1)
+        out = torch.zeros(batch["input_ids"].shape[0], targets[0][0].shape[0], dtype=torch.float64, device=dev)
+        acts: list = [None] * len(self.blocks)
+        fired: list = []
+        emb: list = []
+        handles = [model.get_input_embeddings().register_forward_hook(lambda m, i, o: emb.append(o.requires_grad_()))]
+        for bi, blk in enumerate(self.blocks):
+            for mi, mod in enumerate(blk.modules):
+                hook = self._exact_capture(bi, mi, targets[bi][mi], acts, mask, out, fired)
+                handles.append(mod.register_forward_hook(hook))
+        try:
+            with frozen(model), torch.enable_grad(), self._autocast(dev):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = summed_doc_loss(logits, batch["labels"], self.cfg.doc_loss)
+                torch.autograd.grad(loss, emb[:1])  # the hooks fire on every tracked output on the way
+        finally:
+            for h in handles:
+                h.remove()
+        if len(fired) != sum(len(b.modules) for b in self.blocks):
+            raise ThresherError("influence: some tracked Linear was not run by the model's forward and backward")
+        return out
+
+    def _exact_capture(self, bi, mi, u, acts, mask, out, fired):
+        def grad_hook(g):
+            with torch.no_grad():
+                out.add_(exact_contract(acts[bi][1], g.to(u.dtype), u))
+            fired.append((bi, mi))
+
+        def hook(mod, inputs, output):
+            x = inputs[0]
+            if mi == 0:
+                acts[bi] = (x, x.detach().to(u.dtype) * mask)
+            elif acts[bi] is None or acts[bi][0] is not x:
+                raise ThresherError(f"influence: block {self.blocks[bi].name} members do not share one input")
+            output.register_hook(grad_hook)
+
+        return hook
 
     def _capture(self, bi, mi, acts, outs, projs, mask):
         def hook(mod, inputs, output):

@@ -2,7 +2,13 @@
 
 refresh(model): estimate the factors on a seeded sample of training documents, take each reference
 task's mean gradient (continuation tokens only) and precondition it once. score(batch): one forward +
-one backward to the tracked outputs, then a (B, D) @ (D, n_tasks) product.
+one backward to the tracked outputs, then
+
+  reward_mode="exact"     per block U_k = H^-1 g_ref,k (d_out, d_in) in the full space, and a document's
+                          reward sum_blocks sum_t delta_t^T U_k a_t, contracted in a tensor hook as the
+                          backward produces delta (features.exact_contract): exact, no projection, no
+                          per-document gradient; memory one copy of the tracked weights per task.
+  reward_mode="features"  a (B, D) @ (D, n_tasks) product of (projected) per-document features.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class InfluenceScorer:
             raise ThresherError(f"influence: preconditioner {self.cfg.preconditioner!r} needs fit_docs")
         self.ref_pre: torch.Tensor | None = None  # (n_tasks, D) preconditioned reference gradients
         self.ref_raw: torch.Tensor | None = None  # (n_tasks, D)
+        self.ref_exact: list[list[torch.Tensor]] | None = None  # per block, per member (n_tasks, d_out_m, d_in)
         self.step: int | None = None
 
     # ---- refresh ----------------------------------------------------------------------------
@@ -53,7 +60,8 @@ class InfluenceScorer:
         if model is not None and model is not self.model:
             self.feats.attach(model)
             self.model = model
-        full = self.full_space()
+        exact = self.exact()
+        full = exact or self.full_space()  # the exact path preconditions in the full space
         self.feats.set_whitening(None)
         if self.pre.needs_factors:
             names = [b.name for b in self.feats.blocks]
@@ -62,7 +70,9 @@ class InfluenceScorer:
                 self.pre.fit_lambda(names, *self._lambda_sums(full), hdist.all_reduce_sum)
         refs = [self._reference_gradient(t, project=not full) for t in self.reference.values()]  # per block (n, r, c)
         refs = [torch.stack(parts) for parts in zip(*refs)]
-        if full:  # documents: P W_G g_x W_A P^T (whitened); reference: see _Eigen.whiteners
+        if exact:
+            self.ref_exact = self._member_targets(self.pre.apply(refs))
+        elif full:  # documents: P W_G g_x W_A P^T (whitened); reference: see _Eigen.whiteners
             self.ref_raw = self._flat(self.feats.project_blocks(refs))
             self.ref_pre = self._flat(self.feats.project_blocks(self.pre.apply_for_whitened(refs)))
             self.feats.set_whitening(self.pre.whiteners())
@@ -80,6 +90,27 @@ class InfluenceScorer:
             return True
         n = sum(b.d_in**2 + b.d_out**2 + (b.d_in * b.d_out if self.pre.needs_lambda else 0) for b in self.feats.blocks)
         return n <= self.cfg.full_space_max_entries
+
+    def exact(self) -> bool:
+        """Whether rewards take the exact path (see InfluenceConfig.reward_mode): under "auto", when the
+        full factors and one (d_out, d_in) target per task and block hold <= full_space_max_entries."""
+        if self.cfg.reward_mode != "auto":
+            return self.cfg.reward_mode == "exact"
+        k = len(self.reference)
+        n = 0
+        for b in self.feats.blocks:
+            n += k * b.d_in * b.d_out
+            if self.pre.needs_factors:
+                n += b.d_in**2 + b.d_out**2 + (b.d_in * b.d_out if self.pre.needs_lambda else 0)
+        return n <= self.cfg.full_space_max_entries
+
+    def _member_targets(self, blocks: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per block (K, d_out, d_in) -> per member (K, d_out_m, d_in), contiguous, on the model's device in
+        the feature dtype (float64 for a float64 model, else float32)."""
+        p = next(self.model.parameters())
+        dt = torch.float64 if p.dtype == torch.float64 else torch.float32
+        return [[m.to(device=p.device, dtype=dt).contiguous() for m in u.split(b.d_outs, dim=1)]
+                for u, b in zip(blocks, self.feats.blocks)]
 
     def _fit_sample(self) -> list[np.ndarray]:
         docs = self.fit_docs or []
@@ -146,10 +177,18 @@ class InfluenceScorer:
 
     def _task_matrix(self, batch: dict) -> torch.Tensor:
         """(B, n_tasks) float64 per-task rewards."""
+        if self.ref_exact is not None:
+            return self.feats.exact_rewards(self.model, batch, self._member_targets_on_device())
         if self.ref_pre is None:
             raise ThresherError("influence: call refresh(model) before scoring")
         f = self.features(batch).double()
         return f @ self.ref_pre.to(f.device).T
+
+    def _member_targets_on_device(self) -> list[list[torch.Tensor]]:
+        p = next(self.model.parameters())
+        if self.ref_exact[0][0].device != p.device:  # e.g. after load_state_dict: move once, keep one copy
+            self.ref_exact = [[m.to(p.device) for m in ms] for ms in self.ref_exact]
+        return self.ref_exact
 
     def _combine(self, per_task: torch.Tensor) -> torch.Tensor:
         names = list(self.reference)
@@ -195,6 +234,7 @@ class InfluenceScorer:
         s.pop("batch_size")
         s["blocks"] = [[b.name, ki, ko] for b, (ki, ko) in zip(self.feats.blocks, self.feats.dims)]
         s["full_space"] = self.full_space()
+        s["reward_mode"] = "exact" if self.exact() else "features"
         s["tasks"] = {n: len(t) for n, t in self.reference.items()}
         return s
 
@@ -205,13 +245,14 @@ class InfluenceScorer:
             "preconditioner": self.pre.state_dict(),
             "ref_raw": None if self.ref_raw is None else self.ref_raw.cpu(),
             "ref_pre": None if self.ref_pre is None else self.ref_pre.cpu(),
+            "ref_exact": None if self.ref_exact is None else [[m.cpu() for m in ms] for ms in self.ref_exact],
         }
 
     def load_state_dict(self, state: dict) -> None:
         check_same_settings(state["settings"], self.settings(), "influence scorer state")
         self.step = state["step"]
         self.pre.load_state_dict(state["preconditioner"])
-        self.ref_raw, self.ref_pre = state["ref_raw"], state["ref_pre"]
+        self.ref_raw, self.ref_pre, self.ref_exact = state["ref_raw"], state["ref_pre"], state.get("ref_exact")
         self.feats.set_whitening(self.pre.whiteners() if self.full_space() and self.ref_pre is not None else None)
 
     def provenance(self) -> dict:
