@@ -32,14 +32,21 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def timed(fn, dev, reps=1):
-    fn()  # warm-up (compilation, allocator)
-    sync(dev)
-    t = time.perf_counter()
-    for _ in range(reps):
+REPS = 1
+
+
+def timed(fn, dev, reps=None):
+    """Fastest of ``reps`` runs after one warm-up (compilation, allocator); the minimum resists noise
+    from other processes on a shared machine."""
+    fn()
+    best = float("inf")
+    for _ in range(reps or REPS):
+        sync(dev)
+        t = time.perf_counter()
         fn()
-    sync(dev)
-    return (time.perf_counter() - t) / reps
+        sync(dev)
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def peak_mem_gb(dev):
@@ -110,7 +117,13 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=1, help="reference tasks (exact mode: one target per task)")
     ap.add_argument("--preconditioners", default="none,kfac,ekfac")
     ap.add_argument("--modes", default="features,exact", help="InfluenceConfig.reward_mode values to time")
+    ap.add_argument("--reps", type=int, default=3, help="timed runs per row (the fastest is reported)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default); use 1 on a busy machine")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    global REPS
+    REPS = args.reps
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

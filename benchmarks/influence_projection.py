@@ -6,6 +6,7 @@ tasks are the world's synth_cloze and synth_qa. For each preconditioner, the exa
 
     python benchmarks/influence_projection.py                      # none, kfac, ekfac at 1024, 8192, 32768
     python benchmarks/influence_projection.py --dims 8192 --set precondition_space=projected
+    python benchmarks/influence_projection.py --dims 8192 --seeds 1 --exact-mode   # + reward_mode="exact"
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def synthetic_setup(n_world: int = 600, n_docs: int = 160, steps: int = 60, seq_
 
 
 def rewards(model, ref, fit, docs, **kw) -> np.ndarray:
+    kw.setdefault("reward_mode", "features")
     s = InfluenceScorer(model, ref, InfluenceConfig(max_len=128, batch_size=16, **kw), fit)
     s.refresh(model, 0)
     return s.score_docs(docs)
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--preconditioners", default="none,kfac,ekfac")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--n-fit", type=int, default=64)
+    ap.add_argument("--exact-mode", action="store_true", help="also score with reward_mode='exact'")
     ap.add_argument("--set", action="append", default=[], help="InfluenceConfig field=value for the projected runs")
     args = ap.parse_args()
     kw = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -79,7 +82,12 @@ def main() -> None:
     fit, cand = docs[: args.n_fit], docs[args.n_fit :]
     print(f"setup {time.perf_counter() - t0:.1f}s; {len(cand)} candidates; projected runs with {kw}")
     for pc in args.preconditioners.split(","):
-        exact = rewards(model, ref, fit, cand, projection="none", preconditioner=pc)
+        exact = rewards(model, ref, fit, cand, projection="none", preconditioner=pc, reward_mode="features")
+        if args.exact_mode:  # reward_mode="exact": no projection, no per-document gradient
+            t = time.perf_counter()
+            r = rewards(model, ref, fit, cand, preconditioner=pc, reward_mode="exact")
+            print(f"{pc:<6} reward_mode=exact spearman {spearmanr(exact, r).statistic:.6f} "
+                  f"max rel err {np.abs(r - exact).max() / np.abs(exact).max():.1e} ({time.perf_counter() - t:.1f}s)", flush=True)
         for dim in [int(d) for d in args.dims.split(",")]:
             rho = [spearmanr(exact, rewards(model, ref, fit, cand, projection_dim=dim, preconditioner=pc, seed=s, **kw)).statistic
                    for s in range(args.seeds)]

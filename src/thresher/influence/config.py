@@ -41,7 +41,7 @@ class InfluenceConfig:
     # per-document gradient (one extra forward of the tracked Linears per task, see scorer.py);
     # "features" = dot products of (projected) per-document features; "auto" = exact when the full factors
     # plus one full-size reference per task hold <= full_space_max_entries numbers, else features
-    reward_mode: str = "auto"
+    reward_mode: str = "features"
     damping: float = 0.1
     damping_mode: str = "relative"  # "relative": damping * mean eigenvalue of the block; "absolute"
     kfac_damping: str = "joint"  # "joint": (G (x) A + d I)^-1; "factored": (G + dG I)^-1 (x) (A + dA I)^-1
