@@ -71,6 +71,14 @@ def test_runner_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, mon
     md = results.read_text()
     assert "| multi-agent | 2 |" in md and "| random | 2 |" in md
     assert (tmp_path / "exp" / "curves.png").exists() and (tmp_path / "exp" / "weights_multi-agent.png").exists()
+    # on the synthetic world: each agent's learned weights against the truth, per seed
+    from thresher.experiments.demo import agreement_with_truth
+    from thresher.utils.io import read_json
+
+    gt = read_json(tmp_path / "exp/world/world/ground_truth.json")
+    agree = agreement_with_truth(tmp_path / "exp/runs/multi-agent/seed1", gt)
+    assert set(agree) == {"quality", "domain", "topic"}
+    assert "| multi-agent | 1 | " + " | ".join(f"{v:.3f}" for v in agree.values()) + " |" in md
     # a changed setting is refused for runs that already exist
     exp2, base2 = _load(tmp_path / "exp", "train.lr=0.01")
     with pytest.raises(SettingsMismatchError):

@@ -252,6 +252,27 @@ def downstream_table(exp: ExperimentConfig, runs: dict, metric: str = "acc") -> 
     return lines + [""]
 
 
+def truth_agreement_rows(exp: ExperimentConfig, runs: dict) -> list[str]:
+    """On the synthetic world: Spearman of each agent's final weights against the world's true utilities."""
+    from thresher.experiments.demo import agreement_with_truth
+
+    gt_path = Path(exp.out) / "world" / "world" / "ground_truth.json"
+    if not exp.synthetic_docs or not gt_path.exists():
+        return []
+    gt = read_json(gt_path)
+    rows = [(name, seed, agreement_with_truth(Path(r["dir"]), gt)) for name, seeds in runs.items()
+            for seed, r in sorted(seeds.items())]
+    rows = [(n, s, a) for n, s, a in rows if a]
+    if not rows:
+        return []
+    agents = list(dict.fromkeys(k for _, _, a in rows for k in a))
+    lines = ["## Learned agent weights vs the synthetic world's truth (Spearman)", "",
+             "| policy | seed | " + " | ".join(agents) + " |", "|---|---:|" + "---:|" * len(agents)]
+    lines += [f"| {n} | {s} | " + " | ".join(f"{a[k]:.3f}" if k in a else "-" for k in agents) + " |"
+              for n, s, a in rows]
+    return lines + [""]
+
+
 def compute_rows(runs: dict) -> list[str]:
     """Selection against training, per policy (means over seeds)."""
     lines = ["## Compute: selection against training (mean over seeds)", "",
@@ -340,6 +361,7 @@ def write_results(exp: ExperimentConfig) -> Path:
         plot_curves(runs, out / "curves.png")
         lines += ["![reference loss over training](curves.png)", ""]
     lines += downstream_table(exp, runs)
+    lines += truth_agreement_rows(exp, runs)
     lines += compute_rows(runs) if runs else []
     for name, seeds in runs.items():
         log = read_jsonl(Path(seeds[min(seeds)]["dir"]) / "selector_log.jsonl")
