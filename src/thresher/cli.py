@@ -160,7 +160,7 @@ def quality_train(
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Option(None, help="Run config TOML ([data], [selector], [influence], [train])."),
+    config: Optional[Path] = typer.Option(None, help="Run config TOML (sections data, selector, influence, train)."),
     set_: List[str] = typer.Option([], "--set", help="Override any field: section.key=value, e.g. "
                                    "train.steps=200 or selector.policy=quad (repeatable)."),
     resume: bool = typer.Option(False, help="Continue from the newest checkpoint in the run's out folder."),
@@ -216,7 +216,7 @@ def demo(
 
 @app.command()
 def experiment(
-    config: Path = typer.Argument(..., help="Experiment TOML: an [experiment] table + the base run config."),
+    config: Path = typer.Argument(..., help="Experiment TOML: an \\[experiment] table + the base run config."),
     set_: List[str] = typer.Option([], "--set", help="Override any field, e.g. experiment.seeds=[0,1,2] or "
                                    "train.steps=200 (repeatable)."),
     only: Optional[str] = typer.Option(None, help="Comma-separated policies to run now (default: all)."),
