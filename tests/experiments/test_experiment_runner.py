@@ -40,11 +40,9 @@ def test_runner_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, mon
         calls.append((Path(cfg.out).relative_to(tmp_path / "exp" / "runs").as_posix(), resume))
         return real(cfg, resume=resume, callbacks=callbacks)
 
-    monkeypatch.setattr(run_module, "run", spy)
     exp, base = _load(tmp_path / "exp")
     # 1st invocation: random/seed0 finishes, multi-agent/seed0 is killed after its step-12 checkpoint
     stop = StopAt(18)
-    first = [c for c in [None]]  # noqa: F841 (readability: the kill happens in the second run only)
     monkeypatch.setattr(run_module, "run", lambda cfg, resume=False, callbacks=(): spy(
         cfg, resume, [stop] if "multi-agent" in cfg.out else callbacks))
     with pytest.raises(ThresherError, match="multi-agent seed 0 stopped at step 18"):
