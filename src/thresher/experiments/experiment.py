@@ -140,8 +140,8 @@ def run_experiment(exp: ExperimentConfig, base: dict, callbacks=(), only: list[s
             atomic_write_json(run_dir / SUMMARY, summary)
         if exp.downstream:
             _downstream(exp, run_dir)
-        write_results(exp)
-    return write_results(exp)
+        report = write_results(exp)  # after every run, so a kill leaves a table of what finished
+    return report if todo else write_results(exp)
 
 
 def _downstream(exp: ExperimentConfig, run_dir: Path) -> None:
