@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from thresher.influence.rewards import RewardSource
+from thresher.utils.errors import ThresherError
 from thresher.utils.seeding import rng
 
 
@@ -103,6 +104,16 @@ class Selector(ABC):
         self.version = int(state["version"])
         self._selection = np.asarray(state["selection"], dtype=np.int64)
         self.log = list(state["log"])
+
+
+def resolve_budget(cfg: Any, ctx: SelectionContext) -> tuple[int | None, int | None]:
+    """(budget_docs, budget_tokens), one of them None: a selector config's budget overrides the
+    context's; a token budget wins over a document budget."""
+    docs = cfg.budget_docs if cfg.budget_docs is not None else ctx.budget_docs
+    tokens = cfg.budget_tokens if cfg.budget_tokens is not None else ctx.budget_tokens
+    if docs is None and tokens is None:
+        raise ThresherError("selection needs a budget: set selector.budget_docs or selector.budget_tokens")
+    return (None, int(tokens)) if tokens is not None else (int(docs), None)
 
 
 def budget_count(ctx: SelectionContext, order: np.ndarray) -> int:

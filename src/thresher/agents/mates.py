@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from thresher.agents.base import SelectionContext, Selector
+from thresher.agents.base import SelectionContext, Selector, resolve_budget
 from thresher.agents.config import SelectorConfig
-from thresher.agents.score_top import budget_of, gumbel_keys, select_band
+from thresher.agents.score_top import gumbel_keys, select_band
 from thresher.utils.errors import ThresherError
 from thresher.utils.log import progress
 from thresher.utils.seeding import rng
@@ -121,7 +121,7 @@ class MatesSelector(Selector):
                                 "which is missing; run `thresher label <store> --out <labels> --labelers embed`")
         if ctx.embeddings.ndim != 2 or ctx.embeddings.shape[0] != ctx.n_docs:
             raise ThresherError(f"embeddings have shape {ctx.embeddings.shape}, the pool has {ctx.n_docs} docs")
-        self.budget_docs, self.budget_tokens = budget_of(self.cfg, ctx)
+        self.budget_docs, self.budget_tokens = resolve_budget(self.cfg, ctx)
 
     def initial_selection(self) -> np.ndarray:
         keys = gumbel_keys(None, self.ctx.n_docs, 1.0, rng(self.cfg.seed, "initial-selection"))

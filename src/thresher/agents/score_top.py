@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from thresher.agents.base import SelectionContext, Selector
+from thresher.agents.base import SelectionContext, Selector, resolve_budget
 from thresher.agents.config import SelectorConfig
 from thresher.utils.errors import ThresherError
 from thresher.utils.seeding import rng
@@ -49,9 +49,8 @@ def numeric_context_fields(cfg_data, table, selector: SelectorConfig | None = No
             scores[name] = np.asarray(table.column(col), dtype=np.float32)
     emb_name = selector.embedding_column if selector is not None else "embedding"
     emb_col = rename.get(emb_name, emb_name)
-    present = emb_col in table.columns and table.kind(emb_col) == "embedding"
-    if selector is not None and selector.policy != "mates":
-        present = False  # only MATES reads embeddings; other policies run without the (large) file
+    wanted = selector is None or selector.policy == "mates"  # only MATES reads the (large) embeddings
+    present = wanted and emb_col in table.columns and table.kind(emb_col) == "embedding"
     return scores, (table.embeddings(emb_col) if present else None)
 
 
@@ -64,15 +63,6 @@ def require_scores(ctx: SelectionContext, column: str, policy: str, labeler: str
     if v.shape != (ctx.n_docs,):
         raise ThresherError(f"label column {column!r} has shape {v.shape}, the pool has {ctx.n_docs} docs")
     return v
-
-
-def budget_of(cfg: SelectorConfig, ctx: SelectionContext) -> tuple[int | None, int | None]:
-    """(budget_docs, budget_tokens), one of them None: the config overrides the context; tokens win."""
-    docs = cfg.budget_docs if cfg.budget_docs is not None else ctx.budget_docs
-    tokens = cfg.budget_tokens if cfg.budget_tokens is not None else ctx.budget_tokens
-    if docs is None and tokens is None:
-        raise ThresherError("selection needs a budget: set selector.budget_docs or selector.budget_tokens")
-    return (None, int(tokens)) if tokens is not None else (int(docs), None)
 
 
 # ------------------------------------------------------------------------------------- selection
@@ -158,7 +148,7 @@ class PerplexitySelector(Selector):
     def setup(self, ctx: SelectionContext) -> None:
         self.ctx = ctx
         self.values = require_scores(ctx, self.cfg.perplexity_column, self.name, "perplexity")
-        self.budget_docs, self.budget_tokens = budget_of(self.cfg, ctx)
+        self.budget_docs, self.budget_tokens = resolve_budget(self.cfg, ctx)
 
     def initial_selection(self) -> np.ndarray:
         band = self.cfg.perplexity_band
@@ -181,7 +171,7 @@ class DsirSelector(Selector):
     def setup(self, ctx: SelectionContext) -> None:
         self.ctx = ctx
         self.logw = require_scores(ctx, self.cfg.dsir_column, self.name, "dsir")
-        self.budget_docs, self.budget_tokens = budget_of(self.cfg, ctx)
+        self.budget_docs, self.budget_tokens = resolve_budget(self.cfg, ctx)
 
     def initial_selection(self) -> np.ndarray:
         keys = gumbel_keys(self.logw, self.ctx.n_docs, 1.0, rng(self.cfg.seed, "selector", self.name))

@@ -8,7 +8,7 @@ import numpy as np
 
 from thresher.agents.agent import Agent, CategoricalAgent, normalise_rewards
 from thresher.agents.bandit import BanditAgent, ClusterBandit, arm_sizes
-from thresher.agents.base import SelectionContext, Selector, budget_count
+from thresher.agents.base import SelectionContext, Selector, budget_count, resolve_budget
 from thresher.agents.cells import CellIndex, build_cell_index, gather_cells
 from thresher.agents.config import SelectorConfig
 from thresher.agents.console import AgentConsole
@@ -16,14 +16,6 @@ from thresher.agents.presets import initial_weights, read_init_file
 from thresher.agents.select import make_groups, select_gumbel, select_top_k
 from thresher.utils.errors import ThresherError
 from thresher.utils.seeding import derive_seed, rng
-
-
-def _budget(cfg: SelectorConfig, ctx: SelectionContext) -> tuple[int | None, int | None]:
-    docs = cfg.budget_docs if cfg.budget_docs is not None else ctx.budget_docs
-    tokens = cfg.budget_tokens if cfg.budget_tokens is not None else ctx.budget_tokens
-    if docs is None and tokens is None:
-        raise ThresherError("selection needs a budget: set selector.budget_docs or selector.budget_tokens")
-    return (None, tokens) if tokens is not None else (docs, None)
 
 
 def _categories(ctx: SelectionContext, column: str) -> list[str]:
@@ -58,7 +50,7 @@ class _StagedSelector(Selector):
 
     def _index(self, ctx: SelectionContext, columns: list[str]) -> None:
         self.ctx = ctx
-        self.budget_docs, self.budget_tokens = _budget(self.cfg, ctx)
+        self.budget_docs, self.budget_tokens = resolve_budget(self.cfg, ctx)
         self.categories = {c: _categories(ctx, c) for c in columns}
         self.index = build_cell_index(ctx.labels, columns, np.asarray(ctx.doc_lengths))
 
