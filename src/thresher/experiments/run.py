@@ -47,7 +47,8 @@ class LazyInfluenceRewards(RewardSource):
             embed = model.get_input_embeddings().weight.numel()
             self._flops_per_token = 4.0 * (sum(p.numel() for p in model.parameters()) - embed)
         self.inner.refresh(model, step)
-        fit = self._tokens(self.fit_ids) if self.cfg.preconditioner != "none" else 0
+        fit_passes = {"none": 0, "kfac": 1, "ekfac": 2}[self.cfg.preconditioner]  # EK-FAC: factors, then eigenvalues
+        fit = fit_passes * self._tokens(self.fit_ids)
         ref = sum(min(len(c) + len(t), self.cfg.max_len) for task in self.reference.values()
                   for c, t in zip(task.contexts, task.continuations))
         self.flops += self._flops_per_token * (fit + ref)
