@@ -1,17 +1,21 @@
-"""Trainer throughput: tokens/s and MFU of thresher.train vs a plain LlamaForCausalLM + AdamW loop.
+"""Trainer throughput: tokens/s, MFU and peak memory of thresher.train vs a plain LlamaForCausalLM + AdamW loop.
 
     .venv/bin/python benchmarks/train.py                                   # tiny on CPU, eager + compiled
     .venv/bin/python benchmarks/train.py --models 125m,370m --seq-len 1024 --micro-batch 8   # on a GPU
+    .venv/bin/python benchmarks/train.py --models 370m --seq-len 1024 --micro-batch 16 --loss full,chunked
 
 Both sides train the same config on random tokens for --steps updates; the first --warmup updates
-(compilation, allocator warm-up) are excluded. The plain loop is the reference for the overhead of
-the selector hook, the packed loader, metrics and callbacks.
+(compilation, allocator warm-up) are excluded. The plain loop (full logits + F.cross_entropy) is the
+reference for the overhead of the selector hook, the packed loader, metrics and callbacks; with
+``--loss full,chunked`` thresher runs once per loss implementation (TrainConfig.loss_impl) against
+the same plain number. Peak memory is torch.cuda.max_memory_allocated of the thresher run (n/a on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import tempfile
 import time
@@ -51,11 +55,17 @@ class AllDocs(Selector):
         self.n = n
 
 
-def thresher_tps(cfg: TrainConfig, store, warmup: int) -> float:
+def thresher_tps(cfg: TrainConfig, store, warmup: int) -> tuple[float, float | None]:
+    """(tokens/s after warm-up, peak GiB allocated on the GPU or None on CPU)."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
         train(cfg, store, AllDocs(store.n_docs), out)
         lines = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl")][warmup:]
-    return sum(m["tokens_per_s"] ** -1 for m in lines) ** -1 * len(lines)  # tokens / total seconds
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return sum(m["tokens_per_s"] ** -1 for m in lines) ** -1 * len(lines), peak  # tokens / total seconds
 
 
 def plain_tps(cfg: TrainConfig, vocab: int, warmup: int) -> float:
@@ -93,21 +103,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--loss", default="full", help="comma list of TrainConfig.loss_impl values: full,chunked")
+    ap.add_argument("--chunk-tokens", type=int, default=4096, help="TrainConfig.loss_chunk_tokens")
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     store = RandomStore(2000, args.vocab)
     print(f"device={dev} threads={torch.get_num_threads()} seq_len={args.seq_len} micro_batch={args.micro_batch}")
-    print(f"{'model':>6} {'mode':>8} {'thresher tok/s':>15} {'plain tok/s':>12} {'ratio':>6} {'MFU':>6}")
+    print(f"{'model':>6} {'mode':>8} {'loss':>7} {'thresher tok/s':>15} {'plain tok/s':>12} {'ratio':>6} "
+          f"{'MFU':>6} {'peak GiB':>8}")
     for name in args.models.split(","):
         for mode in args.modes.split(","):
             cfg = TrainConfig(model=name, seq_len=args.seq_len, micro_batch=args.micro_batch,
                               global_batch_tokens=args.seq_len * args.micro_batch * args.accum, steps=args.steps,
-                              warmup_steps=2, compile=mode == "compiled", device=dev, export=False)
-            ours, plain = thresher_tps(cfg, store, args.warmup), plain_tps(cfg, args.vocab, args.warmup)
+                              warmup_steps=2, compile=mode == "compiled", device=dev, export=False,
+                              loss_chunk_tokens=args.chunk_tokens)
+            plain = plain_tps(cfg, args.vocab, args.warmup)
             peak = _peak_flops(cfg, torch.device(dev))
             fpt = count_flops_per_token(get_model_config(name), args.vocab, args.seq_len)
-            mfu = f"{fpt * ours / peak:.1%}" if peak else "n/a"
-            print(f"{name:>6} {mode:>8} {ours:>15,.0f} {plain:>12,.0f} {ours / plain:>6.2f} {mfu:>6}", flush=True)
+            for loss in args.loss.split(","):
+                ours, mem = thresher_tps(dataclasses.replace(cfg, loss_impl=loss), store, args.warmup)
+                mfu = f"{fpt * ours / peak:.1%}" if peak else "n/a"
+                mem_s = f"{mem:.2f}" if mem is not None else "n/a"
+                print(f"{name:>6} {mode:>8} {loss:>7} {ours:>15,.0f} {plain:>12,.0f} {ours / plain:>6.2f} {mfu:>6} "
+                      f"{mem_s:>8}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""2 gloo processes on CPU train exactly what 1 process trains at the same global batch (DDP and FSDP),
-and an FSDP run killed and resumed continues exactly (sharded model and optimizer state)."""
+"""2 gloo processes on CPU train exactly what 1 process trains at the same global batch (DDP, FSDP,
+DDP with the chunked loss), and an FSDP run killed and resumed continues exactly (sharded model and optimizer state)."""
 
 import json
 import os
@@ -41,6 +41,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     for mode in ("ddp", "fsdp"):
         train(_cfg(fsdp=mode == "fsdp"), pattern_store(), selector(), os.path.join(out, mode))
+    # DDP around the chunked-loss wrapper (train/loss.py)
+    chunked = _cfg(loss_impl="chunked", loss_chunk_tokens=48)
+    train(chunked, pattern_store(), selector(), os.path.join(out, "ddp-chunked"))
     # FSDP killed after step 4 (last checkpoint: step 3), then resumed by fresh objects
     train(_cfg(fsdp=True), pattern_store(), selector(), os.path.join(out, "fsdp-resumed"), callbacks=[StopAt(4)])
     train(_cfg(fsdp=True), pattern_store(), selector(), os.path.join(out, "fsdp-resumed"), resume=True)
@@ -57,7 +60,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     one = train(_cfg(), pattern_store(), SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=2),
                 tmp_path / "one")["losses"]
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    for mode in ("ddp", "fsdp"):
+    for mode in ("ddp", "fsdp", "ddp-chunked"):
         assert _losses(tmp_path / mode) == pytest.approx(one, rel=1e-5, abs=1e-5), mode
         assert (tmp_path / mode / "checkpoints" / "step_000006" / "trainer.pt").exists()
     assert _losses(tmp_path / "fsdp-resumed") == _losses(tmp_path / "fsdp")  # bit-exact after the resume

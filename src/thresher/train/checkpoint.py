@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from thresher.train.loss import CausalLMWithLoss
 from thresher.utils.errors import ThresherError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -72,8 +73,10 @@ def set_rng_state(state: dict) -> None:
 
 # --- model / optimizer state (plain, DDP or FSDP2) ------------------------------------------------------
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF model inside torch.compile, DDP and the chunked-loss wrapper (what checkpoints hold)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
+    model = getattr(model, "module", model)  # DDP
+    return model.lm if isinstance(model, CausalLMWithLoss) else model
 
 
 def _is_fsdp(model) -> bool:

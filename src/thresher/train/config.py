@@ -35,6 +35,10 @@ class TrainConfig:
     fsdp: bool = False  # under torchrun: FSDP2 (fully_shard per decoder layer) instead of DDP
     doc_positions: bool = False  # position_ids restart at every document piece (see docs/train.md)
     prefetch: int = 2  # micro-batches prepared ahead by a background thread; 0 = synchronous
+    # "full": cross-entropy on the (B, T, V) logits; "chunked": LM head + loss + their grads computed
+    # loss_chunk_tokens tokens at a time, never holding all logits (train/loss.py; not with fsdp)
+    loss_impl: str = "full"
+    loss_chunk_tokens: int = 4096
     # evaluation / logging / checkpoints
     eval_every: int = 0  # steps between reference-loss evaluations (0 = only at the end)
     eval_batch_size: int = 16
@@ -52,7 +56,11 @@ class TrainConfig:
             raise ThresherError(f"train.schedule must be cosine, wsd or constant, got {self.schedule!r}")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ThresherError(f"train.dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
-        for name in ("seq_len", "micro_batch", "global_batch_tokens", "steps"):
+        if self.loss_impl not in ("full", "chunked"):
+            raise ThresherError(f"train.loss_impl must be full or chunked, got {self.loss_impl!r}")
+        if self.loss_impl == "chunked" and self.fsdp:
+            raise ThresherError("train.loss_impl='chunked' does not support fsdp=true yet; use DDP or loss_impl='full'")
+        for name in ("seq_len", "micro_batch", "global_batch_tokens", "steps", "loss_chunk_tokens"):
             if getattr(self, name) <= 0:
                 raise ThresherError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.warmup_steps < 0 or not 0.0 <= self.decay_fraction <= 1.0:

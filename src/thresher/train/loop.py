@@ -28,6 +28,7 @@ from thresher.train.checkpoint import (
 from thresher.train.config import TrainConfig
 from thresher.train.data import PackedLoader
 from thresher.train.dist import Dist, all_reduce_mean, barrier, init_distributed, teardown, wrap_model
+from thresher.train.loss import CausalLMWithLoss
 from thresher.train.models import build_model, count_flops_per_token, get_model_config
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_json
@@ -49,7 +50,7 @@ class Run:
     dist: Dist
     out_dir: Path
     model: torch.nn.Module  # the raw HF model (what the selector and evaluation see)
-    engine: torch.nn.Module  # what trains: the model, DDP/FSDP-wrapped and/or compiled
+    engine: torch.nn.Module  # what trains: the model (in CausalLMWithLoss if chunked), DDP/FSDP-wrapped, compiled
     optimizer: torch.optim.Optimizer
     loader: PackedLoader
     selector: Any
@@ -132,7 +133,8 @@ def _setup(cfg: TrainConfig, store, selector, out_dir: Path, d: Dist) -> Run:
     _seed_all(derive_seed(cfg.seed, "model-init"))
     model = build_model(mcfg, store.vocab_size, pad_id=store.pad_id, eos_id=store.eos_id).to(d.device)
     _seed_all(derive_seed(cfg.seed, "train"))
-    engine = wrap_model(model, d, cfg.fsdp)
+    trainee = CausalLMWithLoss(model, cfg.loss_chunk_tokens) if cfg.loss_impl == "chunked" else model
+    engine = wrap_model(trainee, d, cfg.fsdp)
     optimizer = build_optimizer(engine, cfg, d.device)
     if cfg.compile:
         engine = torch.compile(engine)
@@ -175,9 +177,13 @@ def _micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
         run.model.set_requires_gradient_sync(sync)
     amp = torch.autocast(dev.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
     with no_sync:
-        with amp:
-            logits = run.engine(input_ids=ids, **kw).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        if run.cfg.loss_impl == "chunked":
+            with amp:
+                loss = run.engine(input_ids=ids, targets=targets, **kw)  # (): head + loss in chunks
+        else:
+            with amp:
+                logits = run.engine(input_ids=ids, **kw).logits  # (B, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         (loss / run.accum).backward()
     return loss.detach()
 
