@@ -3,6 +3,11 @@
     python benchmarks/influence.py                          # tiny model on CPU, < 1 min
     python benchmarks/influence.py --model 20m --seq-len 512 --docs 16   # ~19M block params, CPU, minutes
     python benchmarks/influence.py --model 125m --seq-len 1024 --docs 64 --batch-size 8   # GPU
+    python benchmarks/influence.py --compile --modes features,fused,fused-compiled   # hook-free path (fused.py)
+
+--modes: InfluenceScorer.score_docs with reward_mode "features" / "exact" and scoring_impl="hooks"
+(forward hooks: "features", "exact") or "fused" (fused.py, the default: "fused", "fused-exact"); a
+"-compiled" suffix sets compile_scoring (compiled once in the warm-up run).
 """
 
 from __future__ import annotations
@@ -97,11 +102,22 @@ def scorer_for(model, docs, args, **kw):
     V = model.config.vocab_size
     ref = {f"ref{i}": ReferenceTask(f"ref{i}", [r.integers(1, V, 64) for _ in range(8)], [r.integers(1, V, 8) for _ in range(8)])
            for i in range(args.tasks)}
+    kw = {"projection": args.projection, "full_space_max_entries": args.full_space_max_entries, **kw}
     cfg = InfluenceConfig(batch_size=args.batch_size, max_len=args.seq_len, autocast=args.autocast, fit_docs_max=len(docs), **kw)
     s = InfluenceScorer(model, ref, cfg, fit_docs=docs)
     t = time.perf_counter()
     s.refresh(model)
     return s, time.perf_counter() - t
+
+
+def score_row(model, docs, args, pc, mode, dev):
+    """(name, seconds, refresh seconds) of one scoring mode (see --modes): InfluenceScorer.score_docs
+    with reward_mode features/exact and scoring_impl hooks/fused (compile_scoring for "-compiled")."""
+    reward_mode = "exact" if "exact" in mode else "features"
+    impl = "fused" if mode.startswith("fused") else "hooks"
+    s, t_fit = scorer_for(model, docs, args, preconditioner=pc, reward_mode=reward_mode, scoring_impl=impl,
+                          compile_scoring=mode.endswith("-compiled"))
+    return f"score {pc} {mode} {s.cfg.projection[:4]}", timed(lambda: s.score_docs(docs), dev), t_fit
 
 
 def main() -> None:
@@ -116,7 +132,10 @@ def main() -> None:
     ap.add_argument("--proj-dims", default="512,2048,8192", help="'' skips the projection-size sweep")
     ap.add_argument("--tasks", type=int, default=1, help="reference tasks (exact mode: one target per task)")
     ap.add_argument("--preconditioners", default="none,kfac,ekfac")
-    ap.add_argument("--modes", default="features,exact", help="InfluenceConfig.reward_mode values to time")
+    ap.add_argument("--modes", default="features,fused,exact,fused-exact",
+                    help="features, exact (hooks), fused, fused-exact (fused.py), each with an optional -compiled suffix")
+    ap.add_argument("--projection", default="auto", help="InfluenceConfig.projection (auto, reference, orthogonal, ...)")
+    ap.add_argument("--full-space-max-entries", type=int, default=1 << 29, help="InfluenceConfig.full_space_max_entries")
     ap.add_argument("--reps", type=int, default=3, help="timed runs per row (the fastest is reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default); use 1 on a busy machine")
     args = ap.parse_args()
@@ -147,15 +166,16 @@ def main() -> None:
         rows.append(("train (compiled)", train_time(model, batches, dev, True), None))
     for pc in args.preconditioners.split(","):
         for mode in args.modes.split(","):
-            s, t_fit = scorer_for(model, docs, args, preconditioner=pc, reward_mode=mode)
-            rows.append((f"score {pc} {mode}", timed(lambda: s.score_docs(docs), dev), t_fit))
+            rows.append(score_row(model, docs, args, pc, mode, dev))
     if args.model == "tiny" or args.docs <= 16:
         rows.append(("naive per-example loop", naive_time(model, docs[: min(8, len(docs))], dev) * len(docs) / min(8, len(docs)), None))
 
-    print(f"{'what':<26}{'tok/s':>12}{'docs/s':>10}{'vs train':>10}{'FLOP-limit frac':>17}{'refresh s':>11}")
+    t_comp = dict((n, t) for n, t, _ in rows).get("train (compiled)")
+    print(f"{'what':<34}{'tok/s':>12}{'docs/s':>10}{'vs train':>10}{'vs train(c)':>12}{'FLOP-limit frac':>17}{'refresh s':>11}")
     for name, t, fit in rows:
         frac = f"{limit_s / t:.3f}" if name.startswith("score") or name.startswith("naive") else ""
-        print(f"{name:<26}{n_tok / t:>12.0f}{args.docs / t:>10.1f}{t_train / t:>10.3f}{frac:>17}{(f'{fit:.2f}' if fit else ''):>11}")
+        vs_c = f"{t_comp / t:.3f}" if t_comp else ""
+        print(f"{name:<34}{n_tok / t:>12.0f}{args.docs / t:>10.1f}{t_train / t:>10.3f}{vs_c:>12}{frac:>17}{(f'{fit:.2f}' if fit else ''):>11}")
     print(f"peak memory: {peak_mem_gb(dev):.2f} GB ({'CUDA allocated' if dev.type == 'cuda' else 'process max RSS'})")
 
     print("cost vs projection size (ekfac):")

@@ -21,9 +21,13 @@ class InfluenceConfig:
     modules: list = field(default_factory=list)
     grouping: str = "qkv"  # "qkv" | "independent" | "mlp_only"
     groups: list = field(default_factory=lambda: [list(g) for g in DEFAULT_GROUPS])
-    # random projection of per-block gradients (JL): "orthogonal" (Gaussian made orthonormal, scaled
-    # sqrt(d/k): lower variance) | "gaussian" | "rademacher" | "none" (exact)
-    projection: str = "orthogonal"
+    # projection of per-block gradients: "orthogonal" (random Gaussian made orthonormal, scaled sqrt(d/k):
+    # lower variance than "gaussian") | "gaussian" | "rademacher" (JL sketches) | "none" (exact) |
+    # "reference": per block the top singular subspaces of the (whitened) preconditioned reference gradients,
+    # rebuilt at every refresh (needs the full-space factors, like precondition_space="full") |
+    # "auto" (default): "reference" when the full factors + one target per task hold <= full_space_max_entries
+    # numbers, else "orthogonal"
+    projection: str = "auto"
     projection_dim: int = 8192  # total feature dimension over blocks
     projection_alloc: str = "equal"  # per-block share of projection_dim: "equal" | "size" (by d_in * d_out)
     projection_split: str = "balanced"  # (k_in, k_out) of a share k: "balanced" | "square" | "exact_side"
@@ -54,11 +58,17 @@ class InfluenceConfig:
     ref_max_examples: int = 0  # 0 = every example of each reference task
     task_weights: dict = field(default_factory=dict)  # {} = plain mean over tasks
     autocast: str = ""  # "" (model dtype) | "bf16" | "fp16": autocast on CUDA while scoring
+    # how scoring runs the backward: "fused" (each tracked Linear through an autograd.Function that adds its
+    # contribution to a per-block sink; no hooks, compilable; fused.py) | "hooks" (forward hooks +
+    # autograd.grad to the outputs; features.py). Same numbers; neither changes the settings.
+    scoring_impl: str = "fused"
+    compile_scoring: bool = False  # torch.compile the fused forward + loss (batches padded to batch_size rows)
+    compile_seq_multiple: int = 0  # compiled sequence buckets: 0 = powers of two from 64, else multiples of this
 
     def __post_init__(self) -> None:
         choices = {
             "grouping": ("qkv", "independent", "mlp_only"),
-            "projection": ("gaussian", "orthogonal", "rademacher", "none"),
+            "projection": ("auto", "reference", "orthogonal", "gaussian", "rademacher", "none"),
             "preconditioner": ("none", "kfac", "ekfac"),
             "precondition_space": ("auto", "full", "projected"),
             "reward_mode": ("auto", "exact", "features"),
@@ -69,6 +79,7 @@ class InfluenceConfig:
             "factor_dtype": ("float64", "float32"),
             "doc_loss": ("mean", "sum"),
             "autocast": ("", "bf16", "fp16"),
+            "scoring_impl": ("fused", "hooks"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

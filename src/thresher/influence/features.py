@@ -79,8 +79,9 @@ def block_dims(blocks: list[Block], cfg: InfluenceConfig) -> list[tuple[int, int
 
 
 def projection_matrix(cfg: InfluenceConfig, name: str, side: str, k: int, d: int) -> torch.Tensor | None:
-    """(k, d) float64 seeded by (seed, block name, side); None where the side is not projected."""
-    if cfg.projection == "none" or k >= d:
+    """(k, d) float64 seeded by (seed, block name, side); None where the side is not projected.
+    projection="reference" has no random matrix: its subspaces are built at refresh (reference_subspaces)."""
+    if cfg.projection in ("none", "reference") or k >= d:
         return None
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "influence-projection", name, side))
     if cfg.projection in ("gaussian", "orthogonal"):
@@ -90,6 +91,28 @@ def projection_matrix(cfg: InfluenceConfig, name: str, side: str, k: int, d: int
     else:
         p = torch.randint(0, 2, (k, d), generator=g).to(torch.float64) * 2 - 1
     return p / math.sqrt(k)
+
+
+def _top_eigvecs(gram: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, d): the eigenvectors of the k largest eigenvalues of a symmetric PSD (d, d) matrix, largest
+    first, each with its largest-magnitude entry positive (so the result does not depend on the solver)."""
+    _, q = torch.linalg.eigh(gram)
+    v = q[:, -k:].flip(1).T
+    sign = torch.sign(v.gather(1, v.abs().argmax(1, keepdim=True)))
+    return v * torch.where(sign == 0, 1.0, sign)
+
+
+def reference_subspaces(u: torch.Tensor, k_in: int, k_out: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Projections of projection="reference" for one block: u = (K, d_out, d_in) preconditioned reference
+    gradients P^-1 g_ref,k in the full space. P_out (k_out, d_out) spans the top left singular subspace
+    of [U_1 ... U_K], P_in (k_in, d_in) the top right one; rows orthonormal, a side with k >= d is None.
+    <P_out U_k P_in^T, P_out G P_in^T> = <U_k, G> exactly whenever U_k lies in those subspaces (K = 1 and
+    rank(U) <= min(k_in, k_out)); otherwise the error is that of U_k's best approximation in them."""
+    K, d_out, d_in = u.shape
+    u = u.double()
+    p_out = None if k_out >= d_out else _top_eigvecs(torch.einsum("kij,klj->il", u, u), k_out)
+    p_in = None if k_in >= d_in else _top_eigvecs(torch.einsum("kji,kjl->il", u, u), k_in)
+    return p_in, p_out
 
 
 def doc_weights(labels: torch.Tensor, doc_loss: str) -> torch.Tensor:
@@ -162,6 +185,22 @@ class GradientFeatures:
         ]
         self._proj_raw = self._proj_cpu
         self._proj_cache: dict = {}
+        self.built = cfg.projection != "reference"  # the reference subspaces come with the first refresh
+
+    def set_projections(self, projs: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+        """Replace the per-block (P_in, P_out) (projection="reference": built at every refresh)."""
+        if [(None if pi is None else pi.shape[0], None if po is None else po.shape[0]) for pi, po in projs] != [
+            (None if ki >= b.d_in else ki, None if ko >= b.d_out else ko) for b, (ki, ko) in zip(self.blocks, self.dims)
+        ]:
+            raise ThresherError("influence: projections do not match the blocks' (k_in, k_out)")
+        self._proj_cpu = self._proj_raw = [(None if pi is None else pi.cpu(), None if po is None else po.cpu()) for pi, po in projs]
+        self._proj_cache = {}
+        self.built = True
+
+    @property
+    def raw_projections(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """Per block (P_in, P_out) on the CPU, float64, without whitening (None = side unprojected)."""
+        return self._proj_raw
 
     def set_whitening(self, whiteners: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
         """Fold per-block (W_in (d_in, d_in), W_out (d_out, d_out)) into the projections: features become
@@ -187,6 +226,8 @@ class GradientFeatures:
         self.blocks = blocks
 
     def projections(self, device, dtype) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        if not self.built:
+            raise ThresherError("influence: projection='reference' is built from the reference at refresh; call refresh(model) first")
         key = (str(device), dtype)
         if key not in self._proj_cache:
             mv = lambda p: None if p is None else p.to(device=device, dtype=dtype)  # noqa: E731

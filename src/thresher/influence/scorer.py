@@ -9,10 +9,13 @@ one backward to the tracked outputs, then
                           backward produces delta (features.exact_contract): exact, no projection, no
                           per-document gradient; memory one copy of the tracked weights per task.
   reward_mode="features"  a (B, D) @ (D, n_tasks) product of (projected) per-document features.
+                          With projection="reference" the projections are rebuilt at every refresh from
+                          the full-space P^-1 g_ref (features.reference_subspaces).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -23,12 +26,25 @@ from thresher.corpus.batching import pad_docs, pad_examples
 from thresher.corpus.reference import ReferenceTask
 from thresher.influence import distributed as hdist
 from thresher.influence.config import InfluenceConfig
-from thresher.influence.features import GradientFeatures
+from thresher.influence.features import GradientFeatures, reference_subspaces
+from thresher.influence.fused import FusedFeatures
+from thresher.influence.modules import build_blocks
 from thresher.influence.precondition import FactorStats, build_preconditioner
 from thresher.influence.results import check_same_settings
 from thresher.utils.errors import ThresherError
 from thresher.utils.log import progress
 from thresher.utils.seeding import rng
+
+
+def full_space_entries(blocks, cfg: InfluenceConfig, n_tasks: int) -> int:
+    """Numbers held in the full space by the exact path / projection="reference": per block the factors
+    A (d_in^2), G (d_out^2), EK-FAC's Lambda (d_out d_in) and one (d_out, d_in) target per task."""
+    n = 0
+    for b in blocks:
+        n += n_tasks * b.d_in * b.d_out
+        if cfg.preconditioner != "none":
+            n += b.d_in**2 + b.d_out**2 + (b.d_in * b.d_out if cfg.preconditioner == "ekfac" else 0)
+    return n
 
 
 class InfluenceScorer:
@@ -46,7 +62,12 @@ class InfluenceScorer:
         if missing:
             raise ThresherError(f"influence.task_weights must name exactly the reference tasks; differs on {missing}")
         self.model, self.reference, self.fit_docs = model, reference, fit_docs
+        if self.cfg.projection == "auto":  # resolved once, so settings() records what ran
+            fits = full_space_entries(build_blocks(model, self.cfg), self.cfg, len(reference)) <= self.cfg.full_space_max_entries
+            self.cfg = dataclasses.replace(self.cfg, projection="reference" if fits else "orthogonal")
         self.feats = GradientFeatures(model, self.cfg)
+        self.fused = (FusedFeatures(self.feats, compile=self.cfg.compile_scoring, seq_multiple=self.cfg.compile_seq_multiple)
+                      if self.cfg.scoring_impl == "fused" else None)  # the scoring path; refresh uses feats' hooks
         self.pre = build_preconditioner(self.cfg)
         if self.pre.needs_factors and not fit_docs:
             raise ThresherError(f"influence: preconditioner {self.cfg.preconditioner!r} needs fit_docs")
@@ -61,7 +82,8 @@ class InfluenceScorer:
             self.feats.attach(model)
             self.model = model
         exact = self.exact()
-        full = exact or self.full_space()  # the exact path preconditions in the full space
+        reference = self.cfg.projection == "reference" and not exact
+        full = exact or reference or self.full_space()  # these precondition in the full space
         self.feats.set_whitening(None)
         if self.pre.needs_factors:
             names = [b.name for b in self.feats.blocks]
@@ -72,6 +94,13 @@ class InfluenceScorer:
         refs = [torch.stack(parts) for parts in zip(*refs)]
         if exact:
             self.ref_exact = self._member_targets(self.pre.apply(refs))
+        elif reference:  # subspaces of the whitened reference R (see _Eigen.whiteners); documents P W_G g_x W_A P^T
+            white = self.pre.apply_for_whitened(refs) if self.pre.needs_factors else refs
+            self.feats.set_projections([reference_subspaces(u, ki, ko) for u, (ki, ko) in zip(white, self.feats.dims)])
+            self.ref_raw = self._flat(self.feats.project_blocks(refs))
+            self.ref_pre = self._flat(self.feats.project_blocks(white))
+            if self.pre.needs_factors:
+                self.feats.set_whitening(self.pre.whiteners())
         elif full:  # documents: P W_G g_x W_A P^T (whitened); reference: see _Eigen.whiteners
             self.ref_raw = self._flat(self.feats.project_blocks(refs))
             self.ref_pre = self._flat(self.feats.project_blocks(self.pre.apply_for_whitened(refs)))
@@ -84,6 +113,8 @@ class InfluenceScorer:
     def full_space(self) -> bool:
         """Whether (E)K-FAC runs in the full space of each block (see InfluenceConfig.precondition_space)."""
         space = self.cfg.precondition_space
+        if self.cfg.projection == "reference":
+            return self.pre.needs_factors
         if not self.pre.needs_factors or self.cfg.projection == "none" or space == "projected":
             return space == "full" and self.pre.needs_factors
         if space == "full":
@@ -96,13 +127,7 @@ class InfluenceScorer:
         full factors and one (d_out, d_in) target per task and block hold <= full_space_max_entries."""
         if self.cfg.reward_mode != "auto":
             return self.cfg.reward_mode == "exact"
-        k = len(self.reference)
-        n = 0
-        for b in self.feats.blocks:
-            n += k * b.d_in * b.d_out
-            if self.pre.needs_factors:
-                n += b.d_in**2 + b.d_out**2 + (b.d_in * b.d_out if self.pre.needs_lambda else 0)
-        return n <= self.cfg.full_space_max_entries
+        return full_space_entries(self.feats.blocks, self.cfg, len(self.reference)) <= self.cfg.full_space_max_entries
 
     def _member_targets(self, blocks: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Per block (K, d_out, d_in) -> per member (K, d_out_m, d_in), contiguous, on the model's device in
@@ -173,12 +198,12 @@ class InfluenceScorer:
     # ---- scoring ----------------------------------------------------------------------------
     def features(self, batch: dict) -> torch.Tensor:
         """(B, D) projected per-document gradients (unpreconditioned)."""
-        return self.feats.features(self.model, batch)
+        return (self.fused or self.feats).features(self.model, batch)
 
     def _task_matrix(self, batch: dict) -> torch.Tensor:
         """(B, n_tasks) float64 per-task rewards."""
         if self.ref_exact is not None:
-            return self.feats.exact_rewards(self.model, batch, self._member_targets_on_device())
+            return (self.fused or self.feats).exact_rewards(self.model, batch, self._member_targets_on_device())
         if self.ref_pre is None:
             raise ThresherError("influence: call refresh(model) before scoring")
         f = self.features(batch).double()
@@ -231,7 +256,8 @@ class InfluenceScorer:
     def settings(self) -> dict:
         """Everything that changes the numbers (not batch size): config, blocks, projection sizes, tasks."""
         s = self.cfg.to_dict()
-        s.pop("batch_size")
+        for speed_only in ("batch_size", "scoring_impl", "compile_scoring", "compile_seq_multiple"):
+            s.pop(speed_only)
         s["blocks"] = [[b.name, ki, ko] for b, (ki, ko) in zip(self.feats.blocks, self.feats.dims)]
         s["full_space"] = self.full_space()
         s["reward_mode"] = "exact" if self.exact() else "features"
@@ -246,6 +272,7 @@ class InfluenceScorer:
             "ref_raw": None if self.ref_raw is None else self.ref_raw.cpu(),
             "ref_pre": None if self.ref_pre is None else self.ref_pre.cpu(),
             "ref_exact": None if self.ref_exact is None else [[m.cpu() for m in ms] for ms in self.ref_exact],
+            "projections": self.feats.raw_projections if self.cfg.projection == "reference" and self.feats.built else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -253,6 +280,8 @@ class InfluenceScorer:
         self.step = state["step"]
         self.pre.load_state_dict(state["preconditioner"])
         self.ref_raw, self.ref_pre, self.ref_exact = state["ref_raw"], state["ref_pre"], state.get("ref_exact")
+        if state.get("projections") is not None:
+            self.feats.set_projections(state["projections"])
         self.feats.set_whitening(self.pre.whiteners() if self.full_space() and self.ref_pre is not None else None)
 
     def provenance(self) -> dict:
