@@ -44,7 +44,8 @@ def test_padding_does_not_change_rewards(scorer):
     np.testing.assert_allclose(padded, tight, rtol=1e-9, atol=1e-12 * np.abs(tight).max())
 
 
-def test_default_projection_keeps_ranking():
+@pytest.mark.parametrize("projection", ["auto", "orthogonal"])  # auto = "reference" here (the full space fits)
+def test_default_projection_keeps_ranking(projection):
     """Default projection_dim, hidden-32 model (output sides really projected: 96 -> 32, 128 -> 32),
     a reference task built from motifs, candidates = random docs, docs of those motifs, other patterns."""
     model = R.tiny_llama(hidden=32, layers=2, heads=4, inter=64, seed=1)
@@ -59,7 +60,7 @@ def test_default_projection_keeps_ranking():
     exact.refresh(model)
     want = exact.score_docs(docs)
     for seed in range(3):
-        s = InfluenceScorer(model, ref, InfluenceConfig(preconditioner="none", seed=seed))
+        s = InfluenceScorer(model, ref, InfluenceConfig(preconditioner="none", seed=seed, projection=projection))
         s.refresh(model)
         assert any(ko < d for (ki, ko), d in zip(s.feats.dims, [b.d_out for b in s.feats.blocks]))
         rho = spearmanr(s.score_docs(docs), want).statistic

@@ -110,3 +110,15 @@ def test_auto_is_reference_only_when_the_full_space_fits(model):
     assert _scorer(model, preconditioner="ekfac", full_space_max_entries=n - 1).cfg.projection == "orthogonal"
     blocks = s.feats.blocks  # factors A, G, Lambda and two targets per block, counted by hand
     assert n == sum(b.d_in**2 + b.d_out**2 + 3 * b.d_in * b.d_out for b in blocks)
+
+
+def test_linalg_flops_count_the_factor_space(model):
+    """Hand-counted: full-space blocks (d_in, d_out) for "reference", k x k blocks for a projected-space
+    orthogonal EK-FAC, nothing for an orthogonal dot product."""
+    ref = _scorer(model, preconditioner="ekfac", projection="reference", projection_dim=48)
+    want = sum(100 * (2 * (b.d_in**2 + b.d_out**2) + 2 * (b.d_in**2 + b.d_out**2 + b.d_in * b.d_out))
+               + 2 * 10 * (b.d_in**3 + b.d_out**3) + 2 * 2 * b.d_in * b.d_out * (b.d_in + b.d_out) for b in ref.feats.blocks)
+    assert ref.linalg_flops(100) == want
+    orth = _scorer(model, preconditioner="ekfac", projection="orthogonal", projection_dim=48)
+    assert orth.linalg_flops(100) == sum(100 * (4 * (ki**2 + ko**2) + 2 * ki * ko) + 10 * (ki**3 + ko**3) for ki, ko in orth.feats.dims)
+    assert _scorer(model, preconditioner="none", projection="orthogonal").linalg_flops(100) == 0

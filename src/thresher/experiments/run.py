@@ -27,7 +27,8 @@ class LazyInfluenceRewards(RewardSource):
 
     It also counts the compute selection spends, so the trainer can log it against training:
     ``flops`` = 4 x (parameters doing matmuls) x tokens through the frozen-weight forward + backward
-    (factor fitting, reference gradients, scored documents).
+    (factor fitting, reference gradients, scored documents), plus the refresh's linear algebra
+    (InfluenceScorer.linalg_flops: factor sums, eigendecompositions, reference subspaces).
     """
 
     def __init__(self, cfg, reference: dict[str, ReferenceTask], store, fit_ids: np.ndarray):
@@ -52,6 +53,7 @@ class LazyInfluenceRewards(RewardSource):
         ref = sum(min(len(c) + len(t), self.cfg.max_len) for task in self.reference.values()
                   for c, t in zip(task.contexts, task.continuations))
         self.flops += self._flops_per_token * (fit + ref)
+        self.flops += self.inner.scorer.linalg_flops(self._tokens(self.fit_ids))  # factors, eigh, subspaces
 
     def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
         if self.inner is None:

@@ -129,6 +129,23 @@ class InfluenceScorer:
             return self.cfg.reward_mode == "exact"
         return full_space_entries(self.feats.blocks, self.cfg, len(self.reference)) <= self.cfg.full_space_max_entries
 
+    def linalg_flops(self, fit_tokens: int) -> float:
+        """Estimated FLOPs of one refresh beyond its forward/backward passes (those are the caller's to
+        count): factor sums 2 (c^2 + r^2) per fit token and block, EK-FAC's rotations and per-document
+        products in its second pass, ~10 n^3 per symmetric eigendecomposition, and projection="reference"'s
+        Gram matrices and their eigendecompositions; (c, r) = the factor space's block sizes."""
+        exact, reference = self.exact(), self.cfg.projection == "reference"
+        full = exact or reference or self.full_space()
+        k, total = len(self.reference), 0.0
+        for c, r in self._dims(full):
+            if self.pre.needs_factors:
+                total += fit_tokens * 2.0 * (c * c + r * r) + 10.0 * (c**3 + r**3)
+            if self.pre.needs_lambda:
+                total += fit_tokens * 2.0 * (c * c + r * r + c * r)
+            if reference and not exact:
+                total += 2.0 * k * c * r * (c + r) + 10.0 * (c**3 + r**3)
+        return total
+
     def _member_targets(self, blocks: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Per block (K, d_out, d_in) -> per member (K, d_out_m, d_in), contiguous, on the model's device in
         the feature dtype (float64 for a float64 model, else float32)."""
