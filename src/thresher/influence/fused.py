@@ -40,14 +40,19 @@ from thresher.influence.modules import Block
 from thresher.utils.errors import ThresherError
 
 
-class _FeatureLinear(torch.autograd.Function):
-    """y = F.linear(x, W, b); sink's gradient = sum_t (P_out_m delta_t)(a_p,t)^T, (B, k_out, k_in)."""
+class _SinkLinear(torch.autograd.Function):
+    """y = F.linear(x, W, b), saving W, the block's input a (projected or not) and the member's aux;
+    subclasses define what the backward adds to ``sink``'s gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, a_p, p_out, sink):
-        ctx.save_for_backward(weight, a_p, p_out)
+    def forward(ctx, x, weight, bias, a, aux, sink):
+        ctx.save_for_backward(weight, a, aux)
         ctx.x_dtype = x.dtype
         return F.linear(x, weight, bias)
+
+
+class _FeatureLinear(_SinkLinear):
+    """sink's gradient = sum_t (P_out_m delta_t)(a_p,t)^T, (B, k_out, k_in); aux = P_out_m or None."""
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -58,14 +63,8 @@ class _FeatureLinear(torch.autograd.Function):
         return _input_grad(ctx, grad_out, weight), None, None, None, None, contrib
 
 
-class _ExactLinear(torch.autograd.Function):
-    """y = F.linear(x, W, b); sink's gradient = sum_t delta_t^T U_k a_t, (B, K) float64."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, a, u, sink):
-        ctx.save_for_backward(weight, a, u)
-        ctx.x_dtype = x.dtype
-        return F.linear(x, weight, bias)
+class _ExactLinear(_SinkLinear):
+    """sink's gradient = sum_t delta_t^T U_k a_t, (B, K) float64; aux = the member's U (K, d_out_m, d_in)."""
 
     @staticmethod
     def backward(ctx, grad_out):
