@@ -322,8 +322,3 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     p = next(model.parameters())
     return p.device, (torch.float64 if p.dtype == torch.float64 else torch.float32)
 
-
-def fused_block_features(model: nn.Module, gf: GradientFeatures, batch: dict, compile: bool = False) -> list[torch.Tensor]:
-    """One-shot form of FusedFeatures(gf, compile).block_features(model, batch) (no compiled cache:
-    keep a FusedFeatures to reuse compiled graphs)."""
-    return FusedFeatures(gf, compile=compile).block_features(model, batch)

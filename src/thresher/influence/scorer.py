@@ -81,9 +81,7 @@ class InfluenceScorer:
         if model is not None and model is not self.model:
             self.feats.attach(model)
             self.model = model
-        exact = self.exact()
-        reference = self.cfg.projection == "reference" and not exact
-        full = exact or reference or self.full_space()  # these precondition in the full space
+        exact, full = self.exact(), self._full_space_refresh()
         self.feats.set_whitening(None)
         if self.pre.needs_factors:
             names = [b.name for b in self.feats.blocks]
@@ -94,21 +92,23 @@ class InfluenceScorer:
         refs = [torch.stack(parts) for parts in zip(*refs)]
         if exact:
             self.ref_exact = self._member_targets(self.pre.apply(refs))
-        elif reference:  # subspaces of the whitened reference R (see _Eigen.whiteners); documents P W_G g_x W_A P^T
+        elif full:  # documents: P W_G g_x W_A P^T (whitened); reference: P R P^T, see _Eigen.whiteners
             white = self.pre.apply_for_whitened(refs) if self.pre.needs_factors else refs
-            self.feats.set_projections([reference_subspaces(u, ki, ko) for u, (ki, ko) in zip(white, self.feats.dims)])
+            if self.cfg.projection == "reference":  # P = top singular subspaces of the whitened reference R
+                self.feats.set_projections([reference_subspaces(u, ki, ko) for u, (ki, ko) in zip(white, self.feats.dims)])
             self.ref_raw = self._flat(self.feats.project_blocks(refs))
             self.ref_pre = self._flat(self.feats.project_blocks(white))
             if self.pre.needs_factors:
                 self.feats.set_whitening(self.pre.whiteners())
-        elif full:  # documents: P W_G g_x W_A P^T (whitened); reference: see _Eigen.whiteners
-            self.ref_raw = self._flat(self.feats.project_blocks(refs))
-            self.ref_pre = self._flat(self.feats.project_blocks(self.pre.apply_for_whitened(refs)))
-            self.feats.set_whitening(self.pre.whiteners())
         else:
             self.ref_raw = self._flat(refs)
             self.ref_pre = self._precondition(self.ref_raw)
         self.step = step
+
+    def _full_space_refresh(self) -> bool:
+        """Whether refresh works on full-space sequences: exact rewards, the reference projection (both
+        need P^-1 g_ref in the full space) or full-space (E)K-FAC."""
+        return self.exact() or self.cfg.projection == "reference" or self.full_space()
 
     def full_space(self) -> bool:
         """Whether (E)K-FAC runs in the full space of each block (see InfluenceConfig.precondition_space)."""
@@ -135,9 +135,8 @@ class InfluenceScorer:
         products in its second pass, ~10 n^3 per symmetric eigendecomposition, and projection="reference"'s
         Gram matrices and their eigendecompositions; (c, r) = the factor space's block sizes."""
         exact, reference = self.exact(), self.cfg.projection == "reference"
-        full = exact or reference or self.full_space()
         k, total = len(self.reference), 0.0
-        for c, r in self._dims(full):
+        for c, r in self._dims(self._full_space_refresh()):
             if self.pre.needs_factors:
                 total += fit_tokens * 2.0 * (c * c + r * r) + 10.0 * (c**3 + r**3)
             if self.pre.needs_lambda:
