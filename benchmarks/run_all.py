@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["ingest", "labels", "selection", "train", "influence", "influence_projection", "synth_selection_gap"]
+ORDER = ["ingest", "labels", "selection", "train", "influence", "influence_projection", "influence_refresh",
+         "synth_selection_gap"]
 
 
 def main(names: list[str]) -> int:

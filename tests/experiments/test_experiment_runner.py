@@ -81,6 +81,13 @@ def test_runner_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, mon
     exp2, base2 = _load(tmp_path / "exp", "train.lr=0.01")
     with pytest.raises(SettingsMismatchError):
         run_experiment(exp2, base2)
+    # a run folder saved before an option existed (the line is absent) ran with its default: accepted
+    saved = tmp_path / "exp/runs/random/seed0/config.toml"
+    lines = saved.read_text().splitlines(keepends=True)
+    saved.write_text("".join(line for line in lines if not line.startswith("factor_refresh_every = 1")))
+    assert len(saved.read_text().splitlines()) == len(lines) - 1
+    run_experiment(exp, base)
+    assert calls == []
 
 
 def test_unknown_policy_is_a_one_line_error(tmp_path):

@@ -47,3 +47,24 @@ def test_killed_and_resumed_run_equals_uninterrupted(world, tmp_path, policy):
     assert resumed[0] == full[0]  # bit-exact losses, step by step
     assert resumed[1] == full[1]  # the same agent updates, weights, theta and selections
     assert sum(1 for r in full[1] if r["step"] > 0) == 2  # updates at steps 12 and 24
+
+
+def test_resume_reuses_the_checkpointed_influence_factors(world, tmp_path):
+    """influence.factor_refresh_every = 2: the update at step 24 reuses the factors fit at step 12. A run
+    killed in between resumes from the step-18 checkpoint, which carries those factors (a refit on the
+    resumed model would change the rewards, the agents' weights and the selection)."""
+    def cfg(out):
+        rc = _config(world, "multi-agent", out)
+        rc.influence = dataclasses.replace(rc.influence, factor_refresh_every=2)
+        rc.selector = dataclasses.replace(rc.selector, normalization="raw")  # the log holds the raw mean rewards
+        rc.train = dataclasses.replace(rc.train, ckpt_every=6)
+        return rc
+
+    run(cfg(tmp_path / "full"))
+    run(cfg(tmp_path / "killed"), callbacks=[StopAt(20)])  # dies after the step-18 checkpoint
+    run(cfg(tmp_path / "killed"), resume=True)
+    full, resumed = _trace(tmp_path / "full"), _trace(tmp_path / "killed")
+    updates = [r for r in full[1] if r["step"] > 0]
+    assert [r["step"] for r in updates] == [12, 24]
+    assert [r["rewards"]["factors_step"] for r in updates] == [12, 12]
+    assert resumed == full

@@ -100,6 +100,28 @@ def test_subspaces_are_orthonormal_and_sign_fixed():
     torch.testing.assert_close(flipped, p_in)
 
 
+def test_subspaces_are_the_top_eigenspaces_of_the_gram_matrices():
+    """Reference: eigenvectors of sum_k U_k U_k^T (left) and sum_k U_k^T U_k (right) from a dense eigh."""
+    g = torch.Generator().manual_seed(1)
+    for K, d_out, d_in in [(1, 30, 6), (3, 9, 14), (2, 11, 11)]:
+        u = torch.randn(K, d_out, d_in, generator=g, dtype=torch.float64)
+        p_in, p_out = reference_subspaces(u, 4, 5)
+        for p, gram in ((p_out, torch.einsum("kij,klj->il", u, u)), (p_in, torch.einsum("kji,kjl->il", u, u))):
+            q = torch.linalg.eigh(gram).eigenvectors[:, -p.shape[0]:]
+            torch.testing.assert_close(p.T @ p, q @ q.T, rtol=0, atol=1e-10)  # same subspace
+            torch.testing.assert_close(p.abs(), q.flip(1).T.abs(), rtol=0, atol=1e-10)  # same order
+
+
+def test_subspaces_of_a_rank_deficient_reference_hold_it():
+    """Fewer nonzero singular values than k (the SVD fallback): orthonormal rows that contain the range."""
+    g = torch.Generator().manual_seed(2)
+    u = (torch.randn(40, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 8, generator=g, dtype=torch.float64))[None]
+    p_in, p_out = reference_subspaces(u, 4, 5)
+    torch.testing.assert_close(p_out @ p_out.T, torch.eye(5, dtype=torch.float64))
+    torch.testing.assert_close(p_out.T @ (p_out @ u[0]), u[0])  # the projector keeps the whole reference
+    torch.testing.assert_close((u[0] @ p_in.T) @ p_in, u[0])
+
+
 def test_auto_is_reference_only_when_the_full_space_fits(model):
     from thresher.influence.scorer import full_space_entries
 
@@ -116,8 +138,16 @@ def test_linalg_flops_count_the_factor_space(model):
     """Hand-counted: full-space blocks (d_in, d_out) for "reference", k x k blocks for a projected-space
     orthogonal EK-FAC, nothing for an orthogonal dot product."""
     ref = _scorer(model, preconditioner="ekfac", projection="reference", projection_dim=48)
-    want = sum(100 * (2 * (b.d_in**2 + b.d_out**2) + 2 * (b.d_in**2 + b.d_out**2 + b.d_in * b.d_out))
-               + 2 * 10 * (b.d_in**3 + b.d_out**3) + 2 * 2 * b.d_in * b.d_out * (b.d_in + b.d_out) for b in ref.feats.blocks)
+    want = 0
+    for b, (ki, ko) in zip(ref.feats.blocks, ref.feats.dims):
+        c, r = b.d_in, b.d_out
+        want += 100 * (2 * (c**2 + r**2) + 2 * (c**2 + r**2 + c * r)) + 10 * (c**3 + r**3)  # factors, Lambda, eigh
+        # subspaces, 2 tasks: left from [R_1 R_2] (r, 2c), right from [R_1^T R_2^T] (c, 2r); Gram of the
+        # smaller side (2 d n m), its eigh (10 m^3), and m q (2 d n k) when the Gram was n x n
+        for d, n, k in ((r, 2 * c, ko), (c, 2 * r, ki)):
+            if k < d:
+                m = min(d, n)
+                want += 2 * d * n * m + 10 * m**3 + (2 * d * n * k if d > n else 0)
     assert ref.linalg_flops(100) == want
     orth = _scorer(model, preconditioner="ekfac", projection="orthogonal", projection_dim=48)
     assert orth.linalg_flops(100) == sum(100 * (4 * (ki**2 + ko**2) + 2 * ki * ko) + 10 * (ki**3 + ko**3) for ki, ko in orth.feats.dims)

@@ -82,8 +82,7 @@ class Selector(ABC):
         The trainer logs the difference per step next to its training FLOPs."""
         if "_selection_flops" in self.__dict__:  # a selector that counts its own
             return self.__dict__["_selection_flops"]
-        rewards = getattr(getattr(self, "ctx", None), "rewards", None)
-        return float(getattr(rewards, "flops", 0.0) or 0.0)
+        return float(getattr(self._reward_source(), "flops", 0.0) or 0.0)
 
     @selection_flops.setter
     def selection_flops(self, value: float) -> None:
@@ -98,12 +97,22 @@ class Selector(ABC):
         self.version += 1
 
     def state_dict(self) -> dict:
-        return {"version": self.version, "selection": self._selection.copy(), "log": list(self.log)}
+        state = {"version": self.version, "selection": self._selection.copy(), "log": list(self.log)}
+        rewards = self._reward_source()
+        if rewards is not None and rewards.state_dict():  # e.g. influence factors reused across refreshes
+            state["rewards"] = rewards.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.version = int(state["version"])
         self._selection = np.asarray(state["selection"], dtype=np.int64)
         self.log = list(state["log"])
+        rewards = self._reward_source()
+        if rewards is not None and "rewards" in state:
+            rewards.load_state_dict(state["rewards"])
+
+    def _reward_source(self) -> RewardSource | None:
+        return getattr(getattr(self, "ctx", None), "rewards", None)
 
 
 def resolve_budget(cfg: Any, ctx: SelectionContext) -> tuple[int | None, int | None]:

@@ -101,8 +101,16 @@ def _prepare_synthetic(exp: ExperimentConfig, base: dict) -> dict:
 
 
 def _check_same_settings(cfg: RunConfig, run_dir: Path) -> None:
+    """The run folder's config.toml, read back (fields it lacks take their defaults: a run saved before an
+    option existed ran with its default), must equal this experiment's config for that run."""
     saved = run_dir / "config.toml"
-    if saved.exists() and saved.read_text(encoding="utf-8") != dumps(cfg):
+    if not saved.exists():
+        return
+    try:
+        same = dumps(from_dict(RunConfig, load_toml(saved))) == dumps(cfg)
+    except ThresherError:  # a field this version no longer has, or a value it refuses
+        same = False
+    if not same:
         raise SettingsMismatchError(f"{run_dir} was made with other settings than this experiment's; delete it "
                                     f"or choose another experiment.out")
 

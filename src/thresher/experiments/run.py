@@ -34,6 +34,7 @@ class LazyInfluenceRewards(RewardSource):
     def __init__(self, cfg, reference: dict[str, ReferenceTask], store, fit_ids: np.ndarray):
         self.cfg, self.reference, self.store, self.fit_ids = cfg, reference, store, fit_ids
         self.inner = None
+        self._pending_state: dict | None = None  # a checkpoint's factor state, loaded once the scorer exists
         self.flops = 0.0
         self.scored_docs = 0
         self._flops_per_token = 0.0
@@ -45,11 +46,14 @@ class LazyInfluenceRewards(RewardSource):
 
             fit_docs = self.store.docs(self.fit_ids) if self.cfg.preconditioner != "none" else None
             self.inner = InfluenceRewards(InfluenceScorer(model, self.reference, self.cfg, fit_docs), self.store)
+            if self._pending_state is not None:
+                self.inner.scorer.load_factor_state_dict(self._pending_state)
+                self._pending_state = None
             embed = model.get_input_embeddings().weight.numel()
             self._flops_per_token = 4.0 * (sum(p.numel() for p in model.parameters()) - embed)
         self.inner.refresh(model, step)
         fit_passes = {"none": 0, "kfac": 1, "ekfac": 2}[self.cfg.preconditioner]  # EK-FAC: factors, then eigenvalues
-        fit = fit_passes * self._tokens(self.fit_ids)
+        fit = fit_passes * self._tokens(self.fit_ids) if self.inner.scorer.last_refit else 0
         ref = sum(min(len(c) + len(t), self.cfg.max_len) for task in self.reference.values()
                   for c, t in zip(task.contexts, task.continuations))
         self.flops += self._flops_per_token * (fit + ref)
@@ -61,6 +65,21 @@ class LazyInfluenceRewards(RewardSource):
         self.flops += self._flops_per_token * self._tokens(doc_ids)
         self.scored_docs += len(doc_ids)
         return self.inner.rewards(doc_ids)
+
+    def state_dict(self) -> dict:
+        """The scorer's factors, only when later refreshes reuse them (influence.factor_refresh_every > 1):
+        otherwise every refresh recomputes all it needs and checkpoints stay small."""
+        if self.cfg.factor_refresh_every == 1 or self.inner is None:
+            return {}
+        return {"scorer": self.inner.scorer.factor_state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "scorer" not in state:
+            return
+        if self.inner is None:
+            self._pending_state = state["scorer"]
+        else:
+            self.inner.scorer.load_factor_state_dict(state["scorer"])
 
     def _tokens(self, doc_ids: np.ndarray) -> int:
         return int(np.minimum(np.asarray(self.store.lengths)[np.asarray(doc_ids)], self.cfg.max_len).sum())

@@ -51,6 +51,11 @@ class InfluenceConfig:
     kfac_damping: str = "joint"  # "joint": (G (x) A + d I)^-1; "factored": (G + dG I)^-1 (x) (A + dA I)^-1
     factor_dtype: str = "float64"  # "float64" | "float32"
     fit_docs_max: int = 256  # training documents sampled to estimate the factors
+    # re-estimate the (E)K-FAC factors (A, G, their eigendecompositions, EK-FAC's Lambda, the whiteners) at
+    # every n-th refresh only (the first always); the refreshes between reuse them with the current model's
+    # reference gradients (and new reference subspaces). 1 = every refresh. The papers do not say; the
+    # factors are most of a refresh's cost (docs/influence.md, "Refresh cost").
+    factor_refresh_every: int = 1
     doc_loss: str = "mean"  # per-document loss: "mean" NLL over its scored tokens | "sum"
     batch_size: int = 8
     max_len: int = 1024
@@ -86,6 +91,8 @@ class InfluenceConfig:
                 raise ThresherError(f"influence.{name} = {getattr(self, name)!r}; expected one of {allowed}")
         if self.damping < 0 or self.projection_dim < 1 or self.batch_size < 1 or self.max_len < 2:
             raise ThresherError("influence: damping >= 0, projection_dim >= 1, batch_size >= 1, max_len >= 2")
+        if self.factor_refresh_every < 1:
+            raise ThresherError(f"influence.factor_refresh_every = {self.factor_refresh_every}; expected an integer >= 1")
 
     def module_patterns(self) -> list[str]:
         if self.grouping == "mlp_only":

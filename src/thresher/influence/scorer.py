@@ -75,6 +75,10 @@ class InfluenceScorer:
         self.ref_raw: torch.Tensor | None = None  # (n_tasks, D)
         self.ref_exact: list[list[torch.Tensor]] | None = None  # per block, per member (n_tasks, d_out_m, d_in)
         self.step: int | None = None
+        self.refreshes = 0  # refreshes done; factors are refit when refreshes % factor_refresh_every == 0
+        self.last_refit = False  # whether the last refresh re-estimated the factors
+        self.factor_step: int | None = None  # the model step the current factors were fit at
+        self._whiteners: list | None = None  # of the current factors (full space), computed once per refit
 
     # ---- refresh ----------------------------------------------------------------------------
     def refresh(self, model: nn.Module | None = None, step: int | None = None) -> None:
@@ -83,11 +87,15 @@ class InfluenceScorer:
             self.model = model
         exact, full = self.exact(), self._full_space_refresh()
         self.feats.set_whitening(None)
-        if self.pre.needs_factors:
+        self.last_refit = self.pre.needs_factors and (self.refreshes % self.cfg.factor_refresh_every == 0
+                                                      or not self.pre.state)
+        if self.last_refit:
             names = [b.name for b in self.feats.blocks]
             self.pre.fit(names, self._factor_stats(full), hdist.all_reduce_sum)
             if self.pre.needs_lambda:
                 self.pre.fit_lambda(names, *self._lambda_sums(full), hdist.all_reduce_sum)
+            self._whiteners = None
+            self.factor_step = step
         refs = [self._reference_gradient(t, project=not full) for t in self.reference.values()]  # per block (n, r, c)
         refs = [torch.stack(parts) for parts in zip(*refs)]
         if exact:
@@ -99,11 +107,18 @@ class InfluenceScorer:
             self.ref_raw = self._flat(self.feats.project_blocks(refs))
             self.ref_pre = self._flat(self.feats.project_blocks(white))
             if self.pre.needs_factors:
-                self.feats.set_whitening(self.pre.whiteners())
+                self.feats.set_whitening(self.whiteners())
         else:
             self.ref_raw = self._flat(refs)
             self.ref_pre = self._precondition(self.ref_raw)
         self.step = step
+        self.refreshes += 1
+
+    def whiteners(self):
+        """The preconditioner's whiteners, computed once per set of factors."""
+        if self._whiteners is None:
+            self._whiteners = self.pre.whiteners()
+        return self._whiteners
 
     def _full_space_refresh(self) -> bool:
         """Whether refresh works on full-space sequences: exact rewards, the reference projection (both
@@ -131,18 +146,22 @@ class InfluenceScorer:
 
     def linalg_flops(self, fit_tokens: int) -> float:
         """Estimated FLOPs of one refresh beyond its forward/backward passes (those are the caller's to
-        count): factor sums 2 (c^2 + r^2) per fit token and block, EK-FAC's rotations and per-document
-        products in its second pass, ~10 n^3 per symmetric eigendecomposition, and projection="reference"'s
-        Gram matrices and their eigendecompositions; (c, r) = the factor space's block sizes."""
+        count): when the last refresh refit the factors, factor sums 2 (c^2 + r^2) per fit token and block,
+        EK-FAC's rotations and per-document products in its second pass and ~10 n^3 per symmetric
+        eigendecomposition; always projection="reference"'s Gram matrices of the smaller side, their
+        eigendecompositions and the map back to the larger side; (c, r) = the factor space's block sizes."""
         exact, reference = self.exact(), self.cfg.projection == "reference"
         k, total = len(self.reference), 0.0
-        for c, r in self._dims(self._full_space_refresh()):
-            if self.pre.needs_factors:
+        for (c, r), (k_in, k_out) in zip(self._dims(self._full_space_refresh()), self.feats.dims):
+            if self.pre.needs_factors and self.last_refit:
                 total += fit_tokens * 2.0 * (c * c + r * r) + 10.0 * (c**3 + r**3)
-            if self.pre.needs_lambda:
+            if self.pre.needs_lambda and self.last_refit:
                 total += fit_tokens * 2.0 * (c * c + r * r + c * r)
-            if reference and not exact:
-                total += 2.0 * k * c * r * (c + r) + 10.0 * (c**3 + r**3)
+            if reference and not exact:  # Gram matrices of the smaller side and their eigendecompositions
+                for d, n, k_side in ((r, k * c, k_out), (c, k * r, k_in)):
+                    m = min(d, n)
+                    if k_side < d:  # a side with k >= d is not projected
+                        total += 2.0 * d * n * m + 10.0 * m**3 + (2.0 * d * n * k_side if d > n else 0.0)
         return total
 
     def _member_targets(self, blocks: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -278,12 +297,16 @@ class InfluenceScorer:
         s["full_space"] = self.full_space()
         s["reward_mode"] = "exact" if self.exact() else "features"
         s["tasks"] = {n: len(t) for n, t in self.reference.items()}
+        if s["factor_refresh_every"] == 1:  # the behaviour before the option existed: older states still load
+            del s["factor_refresh_every"]
         return s
 
     def state_dict(self) -> dict:
         return {
             "settings": self.settings(),
             "step": self.step,
+            "refreshes": self.refreshes,
+            "factor_step": self.factor_step,
             "preconditioner": self.pre.state_dict(),
             "ref_raw": None if self.ref_raw is None else self.ref_raw.cpu(),
             "ref_pre": None if self.ref_pre is None else self.ref_pre.cpu(),
@@ -291,14 +314,32 @@ class InfluenceScorer:
             "projections": self.feats.raw_projections if self.cfg.projection == "reference" and self.feats.built else None,
         }
 
+    def factor_state_dict(self) -> dict:
+        """What a later refresh reuses under factor_refresh_every > 1: the settings, the refresh count and
+        the preconditioner (a checkpoint needs no more: every refresh recomputes the reference side)."""
+        return {"settings": self.settings(), "refreshes": self.refreshes, "factor_step": self.factor_step,
+                "preconditioner": self.pre.state_dict()}
+
+    def load_factor_state_dict(self, state: dict) -> None:
+        check_same_settings(state["settings"], self.settings(), "influence factor state")
+        self.refreshes, self.factor_step = int(state["refreshes"]), state["factor_step"]
+        self.pre.load_state_dict(state["preconditioner"])
+        self._whiteners = None
+
     def load_state_dict(self, state: dict) -> None:
         check_same_settings(state["settings"], self.settings(), "influence scorer state")
         self.step = state["step"]
+        self.refreshes = int(state.get("refreshes", 1 if state["step"] is not None else 0))
+        self.factor_step = state.get("factor_step", state["step"])
         self.pre.load_state_dict(state["preconditioner"])
+        self._whiteners = None
         self.ref_raw, self.ref_pre, self.ref_exact = state["ref_raw"], state["ref_pre"], state.get("ref_exact")
         if state.get("projections") is not None:
             self.feats.set_projections(state["projections"])
-        self.feats.set_whitening(self.pre.whiteners() if self.full_space() and self.ref_pre is not None else None)
+        self.feats.set_whitening(self.whiteners() if self.full_space() and self.ref_pre is not None else None)
 
     def provenance(self) -> dict:
-        return {"step": self.step, "tasks": list(self.reference), "settings": self.settings()}
+        """The model step of the reference gradients (``step``) and of the (E)K-FAC factors
+        (``factors_step``; earlier under factor_refresh_every > 1, None without factors)."""
+        return {"step": self.step, "factors_step": self.factor_step if self.pre.needs_factors else None,
+                "tasks": list(self.reference), "settings": self.settings()}

@@ -1,0 +1,112 @@
+"""influence.factor_refresh_every: factors fit at one refresh, reused at the next ones with the current
+model's reference gradients. Reference: dense float64 Kronecker solves with H built on the model the
+factors were fit on, gradients (reference and documents) from the model the rewards are asked of."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import influence_ref as R
+from test_exact import DOCS, FIT, _dense_H, _rel
+from thresher.influence import InfluenceConfig, InfluenceScorer
+from thresher.influence.modules import build_blocks
+from thresher.utils.errors import SettingsMismatchError, ThresherError
+
+
+def _models():
+    m0 = R.tiny_llama()
+    m1 = copy.deepcopy(m0)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in m1.parameters():
+            p.add_(0.2 * p.std() * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return m0, m1
+
+
+def _cfg(**kw):
+    return InfluenceConfig(batch_size=4, damping=1e-3, damping_mode="absolute", **kw)
+
+
+def _on(model, cfg):
+    """Something with ``feats.blocks`` built on ``model`` (the dense helpers read the blocks' modules)."""
+    return SimpleNamespace(feats=SimpleNamespace(blocks=build_blocks(model, cfg)))
+
+
+def _dense_rewards(s, model_factors, model_grads, kind):
+    H = _dense_H(model_factors, _on(model_factors, s.cfg), kind, 1e-3)
+    blocks = build_blocks(model_grads, s.cfg)
+    xs = R.doc_grads(model_grads, blocks, DOCS)
+    return {name: R.dense_rewards(R.ref_grad(model_grads, blocks, task), xs, H)
+            for name, task in R.reference_tasks().items()}
+
+
+@pytest.mark.parametrize("pc,kind,mode", [("kfac", "joint", "features"), ("ekfac", "ekfac", "features"), ("ekfac", "ekfac", "exact")])
+def test_reused_factors_are_those_of_the_refit_model(pc, kind, mode):
+    m0, m1 = _models()
+    s = InfluenceScorer(m0, R.reference_tasks(), _cfg(preconditioner=pc, projection="none", reward_mode=mode,
+                                                       factor_refresh_every=2), fit_docs=FIT)
+    s.refresh(m0, step=0)
+    assert s.last_refit and s.refreshes == 1
+    s.refresh(m1, step=10)  # factors of m0, gradients of m1
+    assert not s.last_refit and s.step == 10
+    got = s.per_task_score_docs(DOCS)
+    for name, want in _dense_rewards(s, m0, m1, kind).items():
+        assert _rel(got[name], want) < 1e-6, name
+    stale = _dense_rewards(s, m1, m1, kind)  # the test can tell the two apart
+    assert _rel(got["lambada"], stale["lambada"]) > 1e-3
+    s.refresh(m1, step=20)  # the second refresh after a refit refits
+    assert s.last_refit
+    got = s.per_task_score_docs(DOCS)
+    for name, want in stale.items():
+        assert _rel(got[name], want) < 1e-6, name
+
+
+def test_reference_projection_reuses_factors_but_rebuilds_subspaces():
+    m0, m1 = _models()
+    s = InfluenceScorer(m0, R.reference_tasks(), _cfg(preconditioner="ekfac", projection="reference", projection_dim=48,
+                                                       factor_refresh_every=3), fit_docs=FIT)
+    s.refresh(m0, step=0)
+    q_g, proj = s.pre.state["Q_G"][0].clone(), [p.clone() for p in s.feats.raw_projections[0] if p is not None]
+    s.refresh(m1, step=1)
+    assert torch.equal(s.pre.state["Q_G"][0], q_g)  # factors kept
+    assert not all(torch.equal(a, b) for a, b in zip(proj, [p for p in s.feats.raw_projections[0] if p is not None]))
+    # the rewards are those of an every-refresh scorer whose factors were fit on m0
+    ref = InfluenceScorer(m0, R.reference_tasks(), _cfg(preconditioner="ekfac", projection="reference", projection_dim=48,
+                                                         factor_refresh_every=3), fit_docs=FIT)
+    ref.load_factor_state_dict(s.factor_state_dict() | {"refreshes": 1})
+    ref.refresh(m1, step=1)
+    assert not ref.last_refit
+    assert _rel(ref.score_docs(DOCS), s.score_docs(DOCS)) < 1e-12
+
+
+def test_factor_state_round_trip_continues_the_schedule():
+    m0, m1 = _models()
+    cfg = _cfg(preconditioner="ekfac", projection="none", factor_refresh_every=2)
+    a = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    a.refresh(m0, step=0)
+    b = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    b.load_factor_state_dict(a.factor_state_dict())
+    a.refresh(m1, step=1), b.refresh(m1, step=1)
+    assert not b.last_refit
+    assert torch.equal(torch.as_tensor(a.score_docs(DOCS)), torch.as_tensor(b.score_docs(DOCS)))
+    other = InfluenceScorer(m0, R.reference_tasks(), _cfg(preconditioner="ekfac", projection="none", factor_refresh_every=3), fit_docs=FIT)
+    with pytest.raises(SettingsMismatchError):
+        other.load_factor_state_dict(a.factor_state_dict())
+
+
+def test_flops_count_the_factors_only_when_refit():
+    m0, m1 = _models()
+    s = InfluenceScorer(m0, R.reference_tasks(), _cfg(preconditioner="kfac", projection="orthogonal", projection_dim=48,
+                                                       factor_refresh_every=2), fit_docs=FIT)
+    s.refresh(m0)
+    assert s.linalg_flops(100) == sum(100 * 2 * (ki**2 + ko**2) + 10 * (ki**3 + ko**3) for ki, ko in s.feats.dims)
+    s.refresh(m1)
+    assert s.linalg_flops(100) == 0
+
+
+def test_default_settings_do_not_name_the_option_and_bad_values_are_refused():
+    assert "factor_refresh_every" not in InfluenceScorer(R.tiny_llama(), R.reference_tasks(), _cfg(preconditioner="none")).settings()
+    with pytest.raises(ThresherError, match="factor_refresh_every"):
+        _cfg(factor_refresh_every=0)
