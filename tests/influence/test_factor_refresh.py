@@ -110,3 +110,23 @@ def test_default_settings_do_not_name_the_option_and_bad_values_are_refused():
     assert "factor_refresh_every" not in InfluenceScorer(R.tiny_llama(), R.reference_tasks(), _cfg(preconditioner="none")).settings()
     with pytest.raises(ThresherError, match="factor_refresh_every"):
         _cfg(factor_refresh_every=0)
+
+
+@pytest.mark.parametrize("projection", ["none", "orthogonal", "reference"])
+def test_one_pass_lambda_equals_the_second_pass(monkeypatch, projection):
+    """EK-FAC's Lambda from the per-document gradients kept in the factor pass (one pass over the fit
+    documents) equals the second pass over them (the path above LAMBDA_KEEP_MAX)."""
+    import thresher.influence.scorer as S
+
+    m0, _ = _models()
+    cfg = _cfg(preconditioner="ekfac", projection=projection, projection_dim=48)
+    one = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    one.refresh(m0)
+    monkeypatch.setattr(S, "LAMBDA_KEEP_MAX", 0)
+    two = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    two.refresh(m0)
+    assert (one.last_fit_passes, two.last_fit_passes) == (1, 2)
+    for a, b in zip(one.pre.state["inv"], two.pre.state["inv"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert _rel(one.score_docs(DOCS), two.score_docs(DOCS)) < 1e-12
+    assert one.fit_size == (len(FIT), sum(len(d) for d in FIT))

@@ -52,12 +52,13 @@ class LazyInfluenceRewards(RewardSource):
             embed = model.get_input_embeddings().weight.numel()
             self._flops_per_token = 4.0 * (sum(p.numel() for p in model.parameters()) - embed)
         self.inner.refresh(model, step)
-        fit_passes = {"none": 0, "kfac": 1, "ekfac": 2}[self.cfg.preconditioner]  # EK-FAC: factors, then eigenvalues
-        fit = fit_passes * self._tokens(self.fit_ids) if self.inner.scorer.last_refit else 0
+        scorer = self.inner.scorer
+        n_fit, fit_tokens = scorer.fit_size
+        fit = scorer.last_fit_passes * fit_tokens  # 0 without a refit; EK-FAC: 1, or 2 with a second pass
         ref = sum(min(len(c) + len(t), self.cfg.max_len) for task in self.reference.values()
                   for c, t in zip(task.contexts, task.continuations))
         self.flops += self._flops_per_token * (fit + ref)
-        self.flops += self.inner.scorer.linalg_flops(self._tokens(self.fit_ids))  # factors, eigh, subspaces
+        self.flops += scorer.linalg_flops(fit_tokens, n_fit)  # factors, eigh, subspaces
 
     def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
         if self.inner is None:

@@ -155,6 +155,11 @@ class EKFAC(_Eigen):
         q_a, q_g = (self.state[k][bi].to(device=a.device, dtype=a.dtype) for k in ("Q_A", "Q_G"))
         return a @ q_a, delta @ q_g
 
+    def rotate_grads(self, bi: int, v: torch.Tensor) -> torch.Tensor:
+        """(N, r, c) per-document gradients -> Q_G^T V Q_A."""
+        q_a, q_g = (self.state[k][bi].to(device=v.device, dtype=v.dtype) for k in ("Q_A", "Q_G"))
+        return q_g.T @ v @ q_a
+
     def fit_lambda(self, names, lam_sums: list[torch.Tensor], n_docs: torch.Tensor, reduce) -> None:
         n = reduce(n_docs.clone()).clamp(min=1)
         inv = []

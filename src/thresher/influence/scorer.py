@@ -36,6 +36,11 @@ from thresher.utils.log import progress
 from thresher.utils.seeding import rng
 
 
+# numbers of per-document gradients the factor pass may keep for EK-FAC's Lambda (2^27: 1 GiB in float64);
+# above it, Lambda takes a second pass over the fit documents
+LAMBDA_KEEP_MAX = 1 << 27
+
+
 def full_space_entries(blocks, cfg: InfluenceConfig, n_tasks: int) -> int:
     """Numbers held in the full space by the exact path / projection="reference": per block the factors
     A (d_in^2), G (d_out^2), EK-FAC's Lambda (d_out d_in) and one (d_out, d_in) target per task."""
@@ -77,6 +82,8 @@ class InfluenceScorer:
         self.step: int | None = None
         self.refreshes = 0  # refreshes done; factors are refit when refreshes % factor_refresh_every == 0
         self.last_refit = False  # whether the last refresh re-estimated the factors
+        self.last_fit_passes = 0  # forward/backward passes over the fit documents in the last refresh
+        self.fit_size = (0, 0)  # (documents, tokens) of the fit sample, all ranks together
         self.factor_step: int | None = None  # the model step the current factors were fit at
         self._whiteners: list | None = None  # of the current factors (full space), computed once per refit
 
@@ -89,11 +96,18 @@ class InfluenceScorer:
         self.feats.set_whitening(None)
         self.last_refit = self.pre.needs_factors and (self.refreshes % self.cfg.factor_refresh_every == 0
                                                       or not self.pre.state)
+        self.last_fit_passes = 0
         if self.last_refit:
             names = [b.name for b in self.feats.blocks]
-            self.pre.fit(names, self._factor_stats(full), hdist.all_reduce_sum)
+            sample = self._fit_sample()
+            keep = self.pre.needs_lambda and self._keeps_doc_grads(full, len(sample))
+            stats, doc_grads = self._factor_stats(full, sample, keep)
+            self.pre.fit(names, stats, hdist.all_reduce_sum)
+            self.last_fit_passes = 1
             if self.pre.needs_lambda:
-                self.pre.fit_lambda(names, *self._lambda_sums(full), hdist.all_reduce_sum)
+                sums = self._lambda_from_doc_grads(doc_grads) if keep else self._lambda_sums(full, sample)
+                self.pre.fit_lambda(names, *sums, hdist.all_reduce_sum)
+                self.last_fit_passes += 0 if keep else 1
             self._whiteners = None
             self.factor_step = step
         refs = [self._reference_gradient(t, project=not full) for t in self.reference.values()]  # per block (n, r, c)
@@ -144,10 +158,11 @@ class InfluenceScorer:
             return self.cfg.reward_mode == "exact"
         return full_space_entries(self.feats.blocks, self.cfg, len(self.reference)) <= self.cfg.full_space_max_entries
 
-    def linalg_flops(self, fit_tokens: int) -> float:
+    def linalg_flops(self, fit_tokens: int, fit_docs: int = 0) -> float:
         """Estimated FLOPs of one refresh beyond its forward/backward passes (those are the caller's to
         count): when the last refresh refit the factors, factor sums 2 (c^2 + r^2) per fit token and block,
-        EK-FAC's rotations and per-document products in its second pass and ~10 n^3 per symmetric
+        EK-FAC's per-document products and rotations (of the kept per-document gradients, ``fit_docs`` of
+        them, or of every token's sequences in a second pass) and ~10 n^3 per symmetric
         eigendecomposition; always projection="reference"'s Gram matrices of the smaller side, their
         eigendecompositions and the map back to the larger side; (c, r) = the factor space's block sizes."""
         exact, reference = self.exact(), self.cfg.projection == "reference"
@@ -156,7 +171,10 @@ class InfluenceScorer:
             if self.pre.needs_factors and self.last_refit:
                 total += fit_tokens * 2.0 * (c * c + r * r) + 10.0 * (c**3 + r**3)
             if self.pre.needs_lambda and self.last_refit:
-                total += fit_tokens * 2.0 * (c * c + r * r + c * r)
+                if self.last_fit_passes == 1:  # per-document gradients kept: (B, r, c) products, then rotated
+                    total += fit_tokens * 2.0 * c * r + fit_docs * 2.0 * c * r * (c + r)
+                else:  # a second pass rotating every token's sequences
+                    total += fit_tokens * 2.0 * (c * c + r * r + c * r)
             if reference and not exact:  # Gram matrices of the smaller side and their eigendecompositions
                 for d, n, k_side in ((r, k * c, k_out), (c, k * r, k_in)):
                     m = min(d, n)
@@ -173,37 +191,58 @@ class InfluenceScorer:
                 for u, b in zip(blocks, self.feats.blocks)]
 
     def _fit_sample(self) -> list[np.ndarray]:
+        """This rank's share of the seeded fit sample; records the whole sample's size (fit_size)."""
         docs = self.fit_docs or []
         if len(docs) > self.cfg.fit_docs_max:
             idx = np.sort(rng(self.cfg.seed, "influence-fit-docs").choice(len(docs), self.cfg.fit_docs_max, replace=False))
             docs = [docs[i] for i in idx]
+        self.fit_size = (len(docs), int(sum(min(len(d), self.cfg.max_len) for d in docs)))
         return hdist.shard(docs)
 
     def _dims(self, full: bool) -> list[tuple[int, int]]:
         return [(b.d_in, b.d_out) for b in self.feats.blocks] if full else self.feats.dims
 
-    def _factor_stats(self, full: bool) -> list[FactorStats]:
-        """Per block token sums of a a^T, d d^T over the fit documents (full or projected space)."""
+    def _keeps_doc_grads(self, full: bool, n_docs: int) -> bool:
+        """Whether EK-FAC's Lambda comes from per-document gradients kept from the factor pass (one pass
+        over the fit documents) rather than a second pass: when they hold <= LAMBDA_KEEP_MAX numbers, as
+        the projected space's (n_fit x projection_dim) always does."""
+        return n_docs * sum(c * r for c, r in self._dims(full)) <= LAMBDA_KEEP_MAX
+
+    def _factor_stats(self, full: bool, sample: list[np.ndarray], keep_doc_grads: bool = False):
+        """Per block token sums of a a^T, d d^T over the fit documents (full or projected space), and with
+        ``keep_doc_grads`` per block the documents' gradients V_doc = sum_t d_t a_t^T (list of (B, r, c))."""
         fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
         dev = next(self.model.parameters()).device
         zeros = lambda *shape: torch.zeros(*shape, dtype=fdt, device=dev)  # noqa: E731
         stats = [FactorStats(zeros(ki, ki), zeros(ko, ko), zeros(())) for ki, ko in self._dims(full)]
-        for batch in progress(self._batches(self._fit_sample()), desc="influence factors", unit="batch"):
+        doc_grads = [[] for _ in stats] if keep_doc_grads else None
+        for batch in progress(self._batches(sample), desc="influence factors", unit="batch"):
             n_tok = batch["attention_mask"].sum().to(device=dev, dtype=fdt)
-            for st, s in zip(stats, self.feats.sequences(self.model, batch, project=not full)):
-                a, d = s.a.flatten(0, 1).to(fdt), s.delta.flatten(0, 1).to(fdt)
-                st.A += a.T @ a
-                st.G += d.T @ d
+            for bi, (st, s) in enumerate(zip(stats, self.feats.sequences(self.model, batch, project=not full))):
+                a, d = s.a.to(fdt), s.delta.to(fdt)
+                st.A += a.flatten(0, 1).T @ a.flatten(0, 1)
+                st.G += d.flatten(0, 1).T @ d.flatten(0, 1)
                 st.n_tokens += n_tok
-        return stats
+                if doc_grads is not None:
+                    doc_grads[bi].append(torch.bmm(d.transpose(1, 2), a))  # (B, r, c)
+        return stats, doc_grads
 
-    def _lambda_sums(self, full: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _lambda_from_doc_grads(self, doc_grads: list[list[torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """EK-FAC's Lambda sums from the kept per-document gradients: sum over docs of (Q_G^T V_doc Q_A)^2."""
+        fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
+        dev = next(self.model.parameters()).device
+        sums = [(self.pre.rotate_grads(bi, torch.cat(vs)) ** 2).sum(0) if vs else torch.zeros(r, c, dtype=fdt, device=dev)
+                for bi, (vs, (c, r)) in enumerate(zip(doc_grads, self._dims(self._full_space_refresh())))]
+        n = sum(v.shape[0] for v in doc_grads[0]) if doc_grads else 0  # a rank may hold no fit document
+        return sums, torch.tensor(float(n), dtype=fdt, device=dev)
+
+    def _lambda_sums(self, full: bool, sample: list[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """EK-FAC second pass: per block sum over fit documents of (Q_G^T V_doc Q_A)^2, and the count."""
         fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
         dev = next(self.model.parameters()).device
         sums = [torch.zeros(ko, ki, dtype=fdt, device=dev) for ki, ko in self._dims(full)]
         n_docs = torch.zeros((), dtype=fdt, device=dev)
-        for batch in progress(self._batches(self._fit_sample()), desc="influence eigenvalues", unit="batch"):
+        for batch in progress(self._batches(sample), desc="influence eigenvalues", unit="batch"):
             for bi, s in enumerate(self.feats.sequences(self.model, batch, project=not full)):
                 a, d = self.pre.rotate_sequences(bi, s.a.to(fdt), s.delta.to(fdt))
                 sums[bi] += (torch.bmm(d.transpose(1, 2), a) ** 2).sum(0)  # (r, c)
