@@ -1,11 +1,15 @@
 """What a refresh costs, and what reusing the (E)K-FAC factors across refreshes costs in ranking.
 
 A model is trained on a small synthetic world; every ``--every`` steps (one selection update, U) the
-influence engine refreshes. Two engines run side by side on the same snapshots:
+influence engine refreshes. The engines run side by side on the same snapshots:
   fresh   influence.factor_refresh_every = 1: factors re-estimated at every refresh (the baseline)
-  reused  influence.factor_refresh_every = N: factors fit at the first refresh of every N, reused after
-For each refresh it prints both refresh times and the Spearman correlation of the two engines' rewards on
-held-out candidate documents (1.0 at the refits). The ratio line is the mean refresh time, reused / fresh.
+  reused  factor_refresh_every = N, factor_reuse = "all": factors fit at the first refresh of every N,
+          everything reused after
+  basis   (EK-FAC) factor_refresh_every = N, factor_reuse = "eigenbasis": eigenbases reused, Lambda
+          re-estimated at every refresh
+For each refresh it prints the refresh times and the Spearman correlation of each engine's rewards with
+the fresh engine's on held-out candidate documents (1.0 at the refits). The ratio lines are the mean
+refresh times against fresh.
 For scale, "resample" is the Spearman between the fresh engine and a fresh engine whose factors come from
 another sample of fit documents of the same size: the noise of the factor estimate itself.
 
@@ -69,13 +73,18 @@ def main() -> None:
 
     for pc in args.preconditioners.split(","):
         engines = {}
-        for name, n, f in (("fresh", 1, fit), ("reused", reuse, fit), ("resample", 1, fit_b)):
+        kinds = [("fresh", 1, fit, "all"), ("reused", reuse, fit, "all"), ("resample", 1, fit_b, "all")]
+        if pc == "ekfac":
+            kinds.insert(2, ("basis", reuse, fit, "eigenbasis"))
+        for name, n, f, what in kinds:
             cfg = InfluenceConfig(preconditioner=pc, projection=args.projection, factor_refresh_every=n,
-                                  max_len=args.seq_len, batch_size=16, fit_docs_max=len(f))
+                                  factor_reuse=what, max_len=args.seq_len, batch_size=16, fit_docs_max=len(f))
             engines[name] = InfluenceScorer(snapshots[0], ref, cfg, f)
-        times = {"fresh": [], "reused": [], "resample": []}
+        times = {name: [] for name in engines}
         print(f"\n{pc} (projection={engines['fresh'].cfg.projection})")
-        print(f"{'refresh':>8}{'step':>7}{'fresh s':>10}{'reused s':>10}{'refit':>7}{'spearman':>10}{'resample':>10}")
+        cols = [n for n in engines if n not in ("fresh", "resample")]
+        print(f"{'refresh':>8}{'step':>7}{'refit':>7}" + "".join(f"{n + ' s':>11}" for n in engines)
+              + "".join(f"{'rho ' + n:>13}" for n in cols + ["resample"]))
         for i, snap in enumerate(snapshots):
             r = {}
             for name, s in engines.items():
@@ -83,12 +92,12 @@ def main() -> None:
                 s.refresh(snap, step=args.steps + i * args.every)
                 times[name].append(time.perf_counter() - t)
                 r[name] = s.score_docs(cand)
-            rho = spearmanr(r["fresh"], r["reused"]).statistic
-            noise = spearmanr(r["fresh"], r["resample"]).statistic
-            print(f"{i:>8}{args.steps + i * args.every:>7}{times['fresh'][-1]:>10.2f}{times['reused'][-1]:>10.2f}"
-                  f"{'yes' if engines['reused'].last_refit else 'no':>7}{rho:>10.4f}{noise:>10.4f}", flush=True)
-        f, u = np.mean(times["fresh"]), np.mean(times["reused"])
-        print(f"mean refresh: fresh {f:.2f}s, reused {u:.2f}s, ratio reused/fresh {u / f:.3f}")
+            print(f"{i:>8}{args.steps + i * args.every:>7}{'yes' if engines['reused'].last_refit else 'no':>7}"
+                  + "".join(f"{times[n][-1]:>11.2f}" for n in engines)
+                  + "".join(f"{spearmanr(r['fresh'], r[n]).statistic:>13.4f}" for n in cols + ["resample"]), flush=True)
+        f = np.mean(times["fresh"])
+        print("mean refresh: fresh {:.2f}s; ".format(f)
+              + "; ".join(f"{n} {np.mean(times[n]):.2f}s, ratio {n}/fresh {np.mean(times[n]) / f:.3f}" for n in cols))
 
 
 if __name__ == "__main__":

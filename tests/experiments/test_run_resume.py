@@ -49,13 +49,14 @@ def test_killed_and_resumed_run_equals_uninterrupted(world, tmp_path, policy):
     assert sum(1 for r in full[1] if r["step"] > 0) == 2  # updates at steps 12 and 24
 
 
-def test_resume_reuses_the_checkpointed_influence_factors(world, tmp_path):
+@pytest.mark.parametrize("reuse", ["all", "eigenbasis"])
+def test_resume_reuses_the_checkpointed_influence_factors(world, tmp_path, reuse):
     """influence.factor_refresh_every = 2: the update at step 24 reuses the factors fit at step 12. A run
     killed in between resumes from the step-18 checkpoint, which carries those factors (a refit on the
     resumed model would change the rewards, the agents' weights and the selection)."""
     def cfg(out):
         rc = _config(world, "multi-agent", out)
-        rc.influence = dataclasses.replace(rc.influence, factor_refresh_every=2)
+        rc.influence = dataclasses.replace(rc.influence, factor_refresh_every=2, factor_reuse=reuse)
         rc.selector = dataclasses.replace(rc.selector, normalization="raw")  # the log holds the raw mean rewards
         rc.train = dataclasses.replace(rc.train, ckpt_every=6)
         return rc
@@ -67,4 +68,5 @@ def test_resume_reuses_the_checkpointed_influence_factors(world, tmp_path):
     updates = [r for r in full[1] if r["step"] > 0]
     assert [r["step"] for r in updates] == [12, 24]
     assert [r["rewards"]["factors_step"] for r in updates] == [12, 12]
+    assert [r["rewards"]["lambda_step"] for r in updates] == ([12, 12] if reuse == "all" else [12, 24])
     assert resumed == full

@@ -130,3 +130,66 @@ def test_one_pass_lambda_equals_the_second_pass(monkeypatch, projection):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert _rel(one.score_docs(DOCS), two.score_docs(DOCS)) < 1e-12
     assert one.fit_size == (len(FIT), sum(len(d) for d in FIT))
+
+
+def _dense_ekfac_stale_basis(model_basis, model_lambda, cfg, damping=1e-3):
+    """Per block Q diag(Lambda + d) Q^T with Q from ``model_basis``'s token factors and Lambda the mean over
+    the fit documents of (Q_G^T V Q_A)^2 with V from ``model_lambda`` (George et al.'s amortised EK-FAC)."""
+    H = []
+    blocks_b, blocks_l = build_blocks(model_basis, cfg), build_blocks(model_lambda, cfg)
+    for (A, G), xs in zip(R.token_factors(model_basis, blocks_b, FIT), zip(*R.doc_grads(model_lambda, blocks_l, FIT))):
+        qa, qg = torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors
+        lam = torch.stack([(qg.T @ x @ qa) ** 2 for x in xs]).mean(0)
+        Q = torch.kron(qg, qa)
+        H.append(Q @ torch.diag(lam.flatten() + damping) @ Q.T)
+    return H
+
+
+@pytest.mark.parametrize("projection,reward_mode", [("none", "features"), ("none", "exact")])
+def test_eigenbasis_reuse_re_estimates_lambda_in_the_kept_basis(projection, reward_mode):
+    m0, m1 = _models()
+    cfg = _cfg(preconditioner="ekfac", projection=projection, reward_mode=reward_mode, factor_refresh_every=3,
+               factor_reuse="eigenbasis")
+    s = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    s.refresh(m0, step=0)
+    q_a = s.pre.state["Q_A"][0].clone()
+    s.refresh(m1, step=7)
+    assert (s.last_refit, s.last_lambda, s.factor_step, s.lambda_step) == (False, True, 0, 7)
+    assert torch.equal(s.pre.state["Q_A"][0], q_a)
+    assert s.provenance()["lambda_step"] == 7 and s.provenance()["factors_step"] == 0
+    H = _dense_ekfac_stale_basis(m0, m1, cfg)
+    blocks = build_blocks(m1, cfg)
+    xs = R.doc_grads(m1, blocks, DOCS)
+    got = s.per_task_score_docs(DOCS)
+    for name, task in R.reference_tasks().items():
+        assert _rel(got[name], R.dense_rewards(R.ref_grad(m1, blocks, task), xs, H)) < 1e-6, name
+    # against "all" (Lambda of m0 kept): a different preconditioner, so different rewards
+    keep_all = InfluenceScorer(m0, R.reference_tasks(), _cfg(preconditioner="ekfac", projection=projection,
+                               reward_mode=reward_mode, factor_refresh_every=3), fit_docs=FIT)
+    keep_all.refresh(m0), keep_all.refresh(m1)
+    assert _rel(keep_all.per_task_score_docs(DOCS)["lambada"], got["lambada"]) > 1e-4
+
+
+def test_eigenbasis_reuse_second_pass_and_flops(monkeypatch):
+    """Above LAMBDA_KEEP_MAX the Lambda refresh is one pass that rotates every token (same numbers)."""
+    import thresher.influence.scorer as S
+
+    m0, m1 = _models()
+    cfg = _cfg(preconditioner="ekfac", projection="orthogonal", projection_dim=48, factor_refresh_every=2,
+               factor_reuse="eigenbasis")
+    kept = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    kept.refresh(m0), kept.refresh(m1)
+    assert (kept.last_fit_passes, kept.last_lambda_kept) == (1, True)
+    dims = kept.feats.dims
+    assert kept.linalg_flops(100, 7) == sum(100 * 2 * ki * ko + 7 * 2 * ki * ko * (ki + ko) for ki, ko in dims)
+    monkeypatch.setattr(S, "LAMBDA_KEEP_MAX", 0)
+    second = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    second.refresh(m0), second.refresh(m1)
+    assert (second.last_fit_passes, second.last_lambda_kept) == (1, False)
+    assert second.linalg_flops(100, 7) == sum(100 * 2 * (ki**2 + ko**2 + ki * ko) for ki, ko in dims)
+    assert _rel(kept.score_docs(DOCS), second.score_docs(DOCS)) < 1e-12
+
+
+def test_eigenbasis_reuse_needs_ekfac():
+    with pytest.raises(ThresherError, match="ekfac"):
+        InfluenceScorer(R.tiny_llama(), R.reference_tasks(), _cfg(preconditioner="kfac", factor_reuse="eigenbasis"), fit_docs=FIT)

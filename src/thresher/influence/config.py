@@ -56,6 +56,10 @@ class InfluenceConfig:
     # reference gradients (and new reference subspaces). 1 = every refresh. The papers do not say; the
     # factors are most of a refresh's cost (docs/influence.md, "Refresh cost").
     factor_refresh_every: int = 1
+    # what the refreshes between refits reuse: "all" (A, G, eigenbases, EK-FAC's Lambda, whiteners) |
+    # "eigenbasis" (EK-FAC only: Lambda re-estimated at every refresh in the kept eigenbases, George et al.
+    # 2018's amortisation; one pass over the fit documents per refresh, no factor sums, no eigendecompositions)
+    factor_reuse: str = "all"
     doc_loss: str = "mean"  # per-document loss: "mean" NLL over its scored tokens | "sum"
     batch_size: int = 8
     max_len: int = 1024
@@ -82,6 +86,7 @@ class InfluenceConfig:
             "damping_mode": ("relative", "absolute"),
             "kfac_damping": ("joint", "factored"),
             "factor_dtype": ("float64", "float32"),
+            "factor_reuse": ("all", "eigenbasis"),
             "doc_loss": ("mean", "sum"),
             "autocast": ("", "bf16", "fp16"),
             "scoring_impl": ("fused", "hooks"),

@@ -74,6 +74,8 @@ class InfluenceScorer:
         self.fused = (FusedFeatures(self.feats, compile=self.cfg.compile_scoring, seq_multiple=self.cfg.compile_seq_multiple)
                       if self.cfg.scoring_impl == "fused" else None)  # the scoring path; refresh uses feats' hooks
         self.pre = build_preconditioner(self.cfg)
+        if self.cfg.factor_reuse == "eigenbasis" and not self.pre.needs_lambda:
+            raise ThresherError("influence.factor_reuse = 'eigenbasis' re-estimates EK-FAC's Lambda; it needs preconditioner = 'ekfac'")
         if self.pre.needs_factors and not fit_docs:
             raise ThresherError(f"influence: preconditioner {self.cfg.preconditioner!r} needs fit_docs")
         self.ref_pre: torch.Tensor | None = None  # (n_tasks, D) preconditioned reference gradients
@@ -85,6 +87,9 @@ class InfluenceScorer:
         self.last_fit_passes = 0  # forward/backward passes over the fit documents in the last refresh
         self.fit_size = (0, 0)  # (documents, tokens) of the fit sample, all ranks together
         self.factor_step: int | None = None  # the model step the current factors were fit at
+        self.last_lambda = False  # whether the last refresh re-estimated EK-FAC's Lambda
+        self.last_lambda_kept = False  # ... from per-document gradients kept in the factor pass
+        self.lambda_step: int | None = None  # the model step EK-FAC's Lambda was estimated at
         self._whiteners: list | None = None  # of the current factors (full space), computed once per refit
 
     # ---- refresh ----------------------------------------------------------------------------
@@ -96,20 +101,26 @@ class InfluenceScorer:
         self.feats.set_whitening(None)
         self.last_refit = self.pre.needs_factors and (self.refreshes % self.cfg.factor_refresh_every == 0
                                                       or not self.pre.state)
+        # factor_reuse="eigenbasis": between refits, EK-FAC's Lambda is re-estimated in the kept eigenbases
+        self.last_lambda = self.pre.needs_lambda and (self.last_refit or self.cfg.factor_reuse == "eigenbasis")
         self.last_fit_passes = 0
-        if self.last_refit:
+        if self.last_refit or self.last_lambda:
             names = [b.name for b in self.feats.blocks]
             sample = self._fit_sample()
-            keep = self.pre.needs_lambda and self._keeps_doc_grads(full, len(sample))
-            stats, doc_grads = self._factor_stats(full, sample, keep)
-            self.pre.fit(names, stats, hdist.all_reduce_sum)
-            self.last_fit_passes = 1
-            if self.pre.needs_lambda:
+            keep = self.last_lambda and self._keeps_doc_grads(full, len(sample))
+            self.last_lambda_kept = keep
+            if self.last_refit or keep:
+                stats, doc_grads = self._factor_stats(full, sample, keep, sums=self.last_refit)
+                self.last_fit_passes = 1
+            if self.last_refit:
+                self.pre.fit(names, stats, hdist.all_reduce_sum)
+                self._whiteners = None
+                self.factor_step = step
+            if self.last_lambda:
                 sums = self._lambda_from_doc_grads(doc_grads) if keep else self._lambda_sums(full, sample)
                 self.pre.fit_lambda(names, *sums, hdist.all_reduce_sum)
                 self.last_fit_passes += 0 if keep else 1
-            self._whiteners = None
-            self.factor_step = step
+                self.lambda_step = step
         refs = [self._reference_gradient(t, project=not full) for t in self.reference.values()]  # per block (n, r, c)
         refs = [torch.stack(parts) for parts in zip(*refs)]
         if exact:
@@ -170,8 +181,8 @@ class InfluenceScorer:
         for (c, r), (k_in, k_out) in zip(self._dims(self._full_space_refresh()), self.feats.dims):
             if self.pre.needs_factors and self.last_refit:
                 total += fit_tokens * 2.0 * (c * c + r * r) + 10.0 * (c**3 + r**3)
-            if self.pre.needs_lambda and self.last_refit:
-                if self.last_fit_passes == 1:  # per-document gradients kept: (B, r, c) products, then rotated
+            if self.last_lambda:
+                if self.last_lambda_kept:  # per-document gradients kept: (B, r, c) products, then rotated
                     total += fit_tokens * 2.0 * c * r + fit_docs * 2.0 * c * r * (c + r)
                 else:  # a second pass rotating every token's sequences
                     total += fit_tokens * 2.0 * (c * c + r * r + c * r)
@@ -208,9 +219,10 @@ class InfluenceScorer:
         the projected space's (n_fit x projection_dim) always does."""
         return n_docs * sum(c * r for c, r in self._dims(full)) <= LAMBDA_KEEP_MAX
 
-    def _factor_stats(self, full: bool, sample: list[np.ndarray], keep_doc_grads: bool = False):
-        """Per block token sums of a a^T, d d^T over the fit documents (full or projected space), and with
-        ``keep_doc_grads`` per block the documents' gradients V_doc = sum_t d_t a_t^T (list of (B, r, c))."""
+    def _factor_stats(self, full: bool, sample: list[np.ndarray], keep_doc_grads: bool = False, sums: bool = True):
+        """Per block token sums of a a^T, d d^T over the fit documents (full or projected space; skipped
+        without ``sums``), and with ``keep_doc_grads`` per block the documents' gradients
+        V_doc = sum_t d_t a_t^T (list of (B, r, c))."""
         fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
         dev = next(self.model.parameters()).device
         zeros = lambda *shape: torch.zeros(*shape, dtype=fdt, device=dev)  # noqa: E731
@@ -220,9 +232,10 @@ class InfluenceScorer:
             n_tok = batch["attention_mask"].sum().to(device=dev, dtype=fdt)
             for bi, (st, s) in enumerate(zip(stats, self.feats.sequences(self.model, batch, project=not full))):
                 a, d = s.a.to(fdt), s.delta.to(fdt)
-                st.A += a.flatten(0, 1).T @ a.flatten(0, 1)
-                st.G += d.flatten(0, 1).T @ d.flatten(0, 1)
-                st.n_tokens += n_tok
+                if sums:
+                    st.A += a.flatten(0, 1).T @ a.flatten(0, 1)
+                    st.G += d.flatten(0, 1).T @ d.flatten(0, 1)
+                    st.n_tokens += n_tok
                 if doc_grads is not None:
                     doc_grads[bi].append(torch.bmm(d.transpose(1, 2), a))  # (B, r, c)
         return stats, doc_grads
@@ -336,8 +349,8 @@ class InfluenceScorer:
         s["full_space"] = self.full_space()
         s["reward_mode"] = "exact" if self.exact() else "features"
         s["tasks"] = {n: len(t) for n, t in self.reference.items()}
-        if s["factor_refresh_every"] == 1:  # the behaviour before the option existed: older states still load
-            del s["factor_refresh_every"]
+        if s["factor_refresh_every"] == 1:  # the behaviour before the options existed: older states still load
+            del s["factor_refresh_every"], s["factor_reuse"]
         return s
 
     def state_dict(self) -> dict:
@@ -346,6 +359,7 @@ class InfluenceScorer:
             "step": self.step,
             "refreshes": self.refreshes,
             "factor_step": self.factor_step,
+            "lambda_step": self.lambda_step,
             "preconditioner": self.pre.state_dict(),
             "ref_raw": None if self.ref_raw is None else self.ref_raw.cpu(),
             "ref_pre": None if self.ref_pre is None else self.ref_pre.cpu(),
@@ -357,11 +371,11 @@ class InfluenceScorer:
         """What a later refresh reuses under factor_refresh_every > 1: the settings, the refresh count and
         the preconditioner (a checkpoint needs no more: every refresh recomputes the reference side)."""
         return {"settings": self.settings(), "refreshes": self.refreshes, "factor_step": self.factor_step,
-                "preconditioner": self.pre.state_dict()}
+                "lambda_step": self.lambda_step, "preconditioner": self.pre.state_dict()}
 
     def load_factor_state_dict(self, state: dict) -> None:
         check_same_settings(state["settings"], self.settings(), "influence factor state")
-        self.refreshes, self.factor_step = int(state["refreshes"]), state["factor_step"]
+        self.refreshes, self.factor_step, self.lambda_step = int(state["refreshes"]), state["factor_step"], state["lambda_step"]
         self.pre.load_state_dict(state["preconditioner"])
         self._whiteners = None
 
@@ -370,6 +384,7 @@ class InfluenceScorer:
         self.step = state["step"]
         self.refreshes = int(state.get("refreshes", 1 if state["step"] is not None else 0))
         self.factor_step = state.get("factor_step", state["step"])
+        self.lambda_step = state.get("lambda_step", self.factor_step)
         self.pre.load_state_dict(state["preconditioner"])
         self._whiteners = None
         self.ref_raw, self.ref_pre, self.ref_exact = state["ref_raw"], state["ref_pre"], state.get("ref_exact")
@@ -378,7 +393,9 @@ class InfluenceScorer:
         self.feats.set_whitening(self.whiteners() if self.full_space() and self.ref_pre is not None else None)
 
     def provenance(self) -> dict:
-        """The model step of the reference gradients (``step``) and of the (E)K-FAC factors
-        (``factors_step``; earlier under factor_refresh_every > 1, None without factors)."""
+        """The model step of the reference gradients (``step``), of the (E)K-FAC factors and eigenbases
+        (``factors_step``; earlier under factor_refresh_every > 1, None without factors) and of EK-FAC's
+        Lambda (``lambda_step``; None without EK-FAC)."""
         return {"step": self.step, "factors_step": self.factor_step if self.pre.needs_factors else None,
+                "lambda_step": self.lambda_step if self.pre.needs_lambda else None,
                 "tasks": list(self.reference), "settings": self.settings()}
