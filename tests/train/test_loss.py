@@ -123,3 +123,17 @@ def test_bad_loss_settings_are_user_errors():
         TrainConfig(loss_impl="chunked", fsdp=True).validate()
     with pytest.raises(ThresherError, match="loss_chunk_tokens"):
         TrainConfig(loss_impl="chunked", loss_chunk_tokens=0).validate()
+
+
+@pytest.mark.parametrize("loss_impl", ["full", "chunked"])
+def test_compiled_training_matches_eager_and_checkpoints_stay_hf(tmp_path, loss_impl):
+    """train.compile = true (torch.compile of the whole trained module, inductor on CPU): the same
+    losses as eager up to kernel rounding, and checkpoints / the export keep the plain HF weight keys."""
+    from safetensors.torch import load_file
+
+    cfg = dict(steps=5, global_batch_tokens=256, prefetch=0, loss_impl=loss_impl, ckpt_every=5, loss_chunk_tokens=48)
+    eager = train(tiny_config(**cfg), pattern_store(), StaticSelector(np.arange(0, 64, 2)), tmp_path / "e")
+    comp = train(tiny_config(compile=True, **cfg), pattern_store(), StaticSelector(np.arange(0, 64, 2)), tmp_path / "c")
+    assert comp["losses"] == pytest.approx(eager["losses"], rel=1e-4, abs=1e-5)
+    keys = lambda run: set(load_file(str(run / "checkpoints" / "step_000005" / "model.safetensors")))  # noqa: E731
+    assert keys(tmp_path / "c") == keys(tmp_path / "e") and not any("_orig_mod" in k for k in keys(tmp_path / "c"))
