@@ -3,15 +3,23 @@
     .venv/bin/python benchmarks/train.py                                   # tiny on CPU, eager + compiled
     .venv/bin/python benchmarks/train.py --models 125m,370m --seq-len 1024 --micro-batch 8   # on a GPU
     .venv/bin/python benchmarks/train.py --models 370m --seq-len 1024 --micro-batch 16 --loss full,chunked
+    .venv/bin/python benchmarks/train.py --modes compiled,compiled-layers   # whole-model vs per-layer compile
 
 Both sides train the same config on random tokens for --steps updates; the first --warmup updates
-(compilation, allocator warm-up) are excluded. The plain loop (full logits + F.cross_entropy) is the
+(compilation, allocator warm-up) are excluded from tokens/s; "1st update s" is the first update's time,
+i.e. mostly the (cold-cache) compile time. The plain loop (full logits + F.cross_entropy) is the
 reference for the overhead of the selector hook, the packed loader, metrics and callbacks; with
 ``--loss full,chunked`` thresher runs once per loss implementation (TrainConfig.loss_impl) against
 the same plain number. Peak memory is torch.cuda.max_memory_allocated of the thresher run (n/a on CPU).
 """
 
 from __future__ import annotations
+
+import os
+
+# "1st update s" is the cold compile: Inductor's on-disk caches would otherwise serve a graph compiled by an
+# earlier run (or by the plain baseline) to the next one. Set it to 0 to measure warm-cache starts.
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
 import argparse
 import contextlib
@@ -55,20 +63,24 @@ class AllDocs(Selector):
         self.n = n
 
 
-def thresher_tps(cfg: TrainConfig, store, warmup: int) -> tuple[float, float | None]:
-    """(tokens/s after warm-up, peak GiB allocated on the GPU or None on CPU)."""
+def thresher_tps(cfg: TrainConfig, store, warmup: int) -> tuple[float, float | None, float]:
+    """(tokens/s after warm-up, peak GiB allocated on the GPU or None on CPU, seconds of the first update:
+    compilation included)."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
         train(cfg, store, AllDocs(store.n_docs), out)
-        lines = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl")][warmup:]
+        lines = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl")]
+    first, lines = lines[0]["step_s"], lines[warmup:]
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    return sum(m["tokens_per_s"] ** -1 for m in lines) ** -1 * len(lines), peak  # tokens / total seconds
+    return sum(m["tokens_per_s"] ** -1 for m in lines) ** -1 * len(lines), peak, first  # tokens / total seconds
 
 
-def plain_tps(cfg: TrainConfig, vocab: int, warmup: int) -> float:
+def plain_tps(cfg: TrainConfig, vocab: int, warmup: int) -> tuple[float, float]:
+    """(tokens/s after warm-up, seconds of the first update) of plain LlamaForCausalLM + AdamW (whole-model
+    torch.compile when cfg.compile)."""
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = build_model(cfg.model, vocab).to(dev)
@@ -90,13 +102,14 @@ def plain_tps(cfg: TrainConfig, vocab: int, warmup: int) -> float:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return cfg.global_batch_tokens * len(times[warmup:]) / sum(times[warmup:])
+    return cfg.global_batch_tokens * len(times[warmup:]) / sum(times[warmup:]), times[0]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="tiny")
-    ap.add_argument("--modes", default="eager,compiled")
+    ap.add_argument("--modes", default="eager,compiled",
+                    help="eager, compiled (TrainConfig.compile_scope='model'), compiled-layers (compile_scope='layers')")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--accum", type=int, default=1)
@@ -109,23 +122,27 @@ def main() -> None:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     store = RandomStore(2000, args.vocab)
     print(f"device={dev} threads={torch.get_num_threads()} seq_len={args.seq_len} micro_batch={args.micro_batch}")
-    print(f"{'model':>6} {'mode':>8} {'loss':>7} {'thresher tok/s':>15} {'plain tok/s':>12} {'ratio':>6} "
-          f"{'MFU':>6} {'peak GiB':>8}")
+    print(f"{'model':>6} {'mode':>15} {'loss':>7} {'thresher tok/s':>15} {'plain tok/s':>12} {'ratio':>6} "
+          f"{'MFU':>6} {'peak GiB':>8} {'1st update s':>13} {'plain 1st s':>12}")
     for name in args.models.split(","):
+        plains = {}  # the plain baseline once per (eager | whole-model compiled)
         for mode in args.modes.split(","):
             cfg = TrainConfig(model=name, seq_len=args.seq_len, micro_batch=args.micro_batch,
                               global_batch_tokens=args.seq_len * args.micro_batch * args.accum, steps=args.steps,
-                              warmup_steps=2, compile=mode == "compiled", device=dev, export=False,
+                              warmup_steps=2, compile=mode.startswith("compiled"), device=dev, export=False,
+                              compile_scope="layers" if mode == "compiled-layers" else "model",
                               loss_chunk_tokens=args.chunk_tokens)
-            plain = plain_tps(cfg, args.vocab, args.warmup)
+            if cfg.compile not in plains:
+                plains[cfg.compile] = plain_tps(cfg, args.vocab, args.warmup)
+            plain, plain_first = plains[cfg.compile]
             peak = _peak_flops(cfg, torch.device(dev))
             fpt = count_flops_per_token(get_model_config(name), args.vocab, args.seq_len)
             for loss in args.loss.split(","):
-                ours, mem = thresher_tps(dataclasses.replace(cfg, loss_impl=loss), store, args.warmup)
+                ours, mem, first = thresher_tps(dataclasses.replace(cfg, loss_impl=loss), store, args.warmup)
                 mfu = f"{fpt * ours / peak:.1%}" if peak else "n/a"
                 mem_s = f"{mem:.2f}" if mem is not None else "n/a"
-                print(f"{name:>6} {mode:>8} {loss:>7} {ours:>15,.0f} {plain:>12,.0f} {ours / plain:>6.2f} {mfu:>6} "
-                      f"{mem_s:>8}", flush=True)
+                print(f"{name:>6} {mode:>15} {loss:>7} {ours:>15,.0f} {plain:>12,.0f} {ours / plain:>6.2f} {mfu:>6} "
+                      f"{mem_s:>8} {first:>13.1f} {plain_first:>12.1f}", flush=True)
 
 
 if __name__ == "__main__":

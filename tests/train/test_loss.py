@@ -65,7 +65,11 @@ def test_wrapper_equals_hf_logits_loss_for_every_parameter():
     targets = torch.randint(0, 40, (2, 9))
     targets[0, :4] = -100
     pos = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 5], list(range(9))])
-    ref = F.cross_entropy(lm(input_ids=ids, position_ids=pos).logits.flatten(0, 1), targets.flatten())
+    logits = lm(input_ids=ids, position_ids=pos, use_cache=False).logits
+    # restarting positions = separate documents (no attention across the boundary, as the trainer intends)
+    separate = torch.cat([lm(input_ids=ids[:1, :3]).logits, lm(input_ids=ids[:1, 3:]).logits], 1)
+    assert _rel(logits[:1], separate) < 1e-12
+    ref = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
     ref_grads = torch.autograd.grad(ref, list(lm.parameters()))
     loss = CausalLMWithLoss(lm, chunk_tokens=5)(ids, targets, position_ids=pos)
     grads = torch.autograd.grad(loss, list(lm.parameters()))
@@ -137,3 +141,26 @@ def test_compiled_training_matches_eager_and_checkpoints_stay_hf(tmp_path, loss_
     assert comp["losses"] == pytest.approx(eager["losses"], rel=1e-4, abs=1e-5)
     keys = lambda run: set(load_file(str(run / "checkpoints" / "step_000005" / "model.safetensors")))  # noqa: E731
     assert keys(tmp_path / "c") == keys(tmp_path / "e") and not any("_orig_mod" in k for k in keys(tmp_path / "c"))
+
+
+def test_layer_compiled_training_matches_eager_and_the_selector_sees_eager_layers(tmp_path):
+    """train.compile_scope = "layers": each decoder layer's forward compiled, swapped in for the
+    micro-steps only. Same losses as eager; during the selector's on_step no layer holds the compiled one."""
+    seen = []
+
+    class Watching(StaticSelector):
+        def on_step(self, step, model):
+            seen.append(any("forward" in vars(layer) for layer in model.model.layers))
+            return super().on_step(step, model)
+
+    cfg = dict(steps=4, global_batch_tokens=256, prefetch=0, loss_impl="chunked", loss_chunk_tokens=48)
+    eager = train(tiny_config(**cfg), pattern_store(), StaticSelector(np.arange(0, 64, 2)), tmp_path / "e")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    comp = train(tiny_config(compile=True, compile_scope="layers", **cfg), pattern_store(),
+                 Watching(np.arange(0, 64, 2)), tmp_path / "c")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # something was compiled
+    assert comp["losses"] == pytest.approx(eager["losses"], rel=1e-4, abs=1e-5)
+    assert seen == [False] * 4
+    with pytest.raises(ThresherError, match="compile_scope"):
+        TrainConfig(compile_scope="blocks").validate()

@@ -63,6 +63,19 @@ class Run:
                                                     "train_flops": 0.0, "train_s": 0.0})
     ref_losses: dict = field(default_factory=dict)
     losses: list = field(default_factory=list)
+    compiled_layers: list = field(default_factory=list)  # compile_scope="layers": (layer, compiled forward)
+
+    @contextlib.contextmanager
+    def layers_compiled(self):
+        """compile_scope="layers": the decoder layers run their compiled forwards inside this block only
+        (the training micro-steps); everything else (selector, evaluation, export) sees the eager model."""
+        for layer, fn in self.compiled_layers:
+            layer.forward = fn
+        try:
+            yield
+        finally:
+            for layer, _ in self.compiled_layers:
+                del layer.forward
 
     def trainer_state(self) -> dict:
         return {"step": self.step, "config": self.cfg.to_dict(), "rng": rng_state(), "counters": dict(self.counters),
@@ -136,14 +149,17 @@ def _setup(cfg: TrainConfig, store, selector, out_dir: Path, d: Dist) -> Run:
     trainee = CausalLMWithLoss(model, cfg.loss_chunk_tokens) if cfg.loss_impl == "chunked" else model
     engine = wrap_model(trainee, d, cfg.fsdp)
     optimizer = build_optimizer(engine, cfg, d.device)
-    if cfg.compile:
+    compiled_layers = []
+    if cfg.compile and cfg.compile_scope == "model":
         engine = torch.compile(engine)
+    elif cfg.compile:  # one compiled forward per layer; identical layers share the compiled code
+        compiled_layers = [(layer, torch.compile(layer.forward)) for layer in model.model.layers]
     loader = PackedLoader(store, selector, cfg.seq_len, cfg.micro_batch, seed=derive_seed(cfg.seed, "data"),
                           rank=d.rank, world_size=d.world, prefetch=cfg.prefetch,
                           pin_memory=d.device.type == "cuda", doc_positions=cfg.doc_positions)
     amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype) if d.device.type == "cuda" else None
     return Run(cfg, d, out_dir, model, engine, optimizer, loader, selector, _accum_steps(cfg, d.world),
-               count_flops_per_token(mcfg, store.vocab_size, cfg.seq_len), amp)
+               count_flops_per_token(mcfg, store.vocab_size, cfg.seq_len), amp, compiled_layers=compiled_layers)
 
 
 def _resume(run: Run) -> bool:
@@ -182,7 +198,7 @@ def _micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
                 loss = run.engine(input_ids=ids, targets=targets, **kw)  # (): head + loss in chunks
         else:
             with amp:
-                logits = run.engine(input_ids=ids, **kw).logits  # (B, T, V)
+                logits = run.engine(input_ids=ids, use_cache=False, **kw).logits  # (B, T, V); no KV cache
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         (loss / run.accum).backward()
     return loss.detach()
@@ -202,7 +218,8 @@ def _train_step(run: Run) -> dict:
     for g in run.optimizer.param_groups:
         g["lr"] = lr
     t1 = time.perf_counter()
-    loss = sum(_micro_step(run, run.loader.next_batch(), i == run.accum - 1) for i in range(run.accum)) / run.accum
+    with run.layers_compiled():
+        loss = sum(_micro_step(run, run.loader.next_batch(), i == run.accum - 1) for i in range(run.accum)) / run.accum
     gnorm = torch.nn.utils.clip_grad_norm_(run.engine.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)

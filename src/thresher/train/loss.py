@@ -79,7 +79,8 @@ class CausalLMWithLoss(nn.Module):
         self.lm, self.chunk_tokens = lm, chunk_tokens
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, position_ids: torch.Tensor | None = None):
-        h = self.lm.model(input_ids=input_ids, position_ids=position_ids).last_hidden_state  # (B, T, H)
+        # no KV cache in training (HF builds one by default: memory, and per-layer guards under torch.compile)
+        h = self.lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, H)
         w = self.lm.lm_head.weight  # (V, H)
         dev = h.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
