@@ -1,5 +1,6 @@
 """2 gloo processes on CPU train exactly what 1 process trains at the same global batch (DDP, FSDP,
-DDP with the chunked loss), and an FSDP run killed and resumed continues exactly (sharded model and optimizer state)."""
+DDP with the chunked loss; DDP and FSDP with per-layer compile to kernel rounding), and an FSDP run killed
+and resumed continues exactly (sharded model and optimizer state)."""
 
 import json
 import os
@@ -44,6 +45,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     # DDP around the chunked-loss wrapper (train/loss.py)
     chunked = _cfg(loss_impl="chunked", loss_chunk_tokens=48)
     train(chunked, pattern_store(), selector(), os.path.join(out, "ddp-chunked"))
+    # per-layer torch.compile (compile_scope="layers") inside DDP and inside FSDP2's per-layer shards
+    for mode in ("ddp", "fsdp"):
+        train(_cfg(fsdp=mode == "fsdp", compile=True, compile_scope="layers"), pattern_store(), selector(),
+              os.path.join(out, f"{mode}-layers"))
     # FSDP killed after step 4 (last checkpoint: step 3), then resumed by fresh objects
     train(_cfg(fsdp=True), pattern_store(), selector(), os.path.join(out, "fsdp-resumed"), callbacks=[StopAt(4)])
     train(_cfg(fsdp=True), pattern_store(), selector(), os.path.join(out, "fsdp-resumed"), resume=True)
@@ -64,3 +69,5 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
         assert _losses(tmp_path / mode) == pytest.approx(one, rel=1e-5, abs=1e-5), mode
         assert (tmp_path / mode / "checkpoints" / "step_000006" / "trainer.pt").exists()
     assert _losses(tmp_path / "fsdp-resumed") == _losses(tmp_path / "fsdp")  # bit-exact after the resume
+    for mode in ("ddp-layers", "fsdp-layers"):  # compiled kernels round differently: a looser bound
+        assert _losses(tmp_path / mode) == pytest.approx(one, rel=1e-4, abs=1e-5), mode
