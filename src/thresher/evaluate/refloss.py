@@ -43,7 +43,7 @@ def _batch_nll(model, batch: dict, device: torch.device, autocast_dtype) -> tupl
     labels = batch["labels"].to(device)
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with ctx:
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (B, T, V); no KV cache kept
     # position t predicts token t + 1: (B, T-1, V) against (B, T-1)
     logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 kept
     target = labels[:, 1:]

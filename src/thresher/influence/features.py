@@ -273,7 +273,7 @@ class GradientFeatures:
                 handles.append(mod.register_forward_hook(self._capture(bi, mi, acts, outs, projs, mask)))
         try:
             with frozen(model), torch.enable_grad(), self._autocast(dev):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
                 loss = summed_doc_loss(logits, batch["labels"], self.cfg.doc_loss)
                 grads = torch.autograd.grad(loss, [o for _, o in outs], allow_unused=True)
         finally:
@@ -301,7 +301,7 @@ class GradientFeatures:
                 handles.append(mod.register_forward_hook(hook))
         try:
             with frozen(model), torch.enable_grad(), self._autocast(dev):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
                 loss = summed_doc_loss(logits, batch["labels"], self.cfg.doc_loss)
                 torch.autograd.grad(loss, emb[:1])  # the hooks fire on every tracked output on the way
         finally:

@@ -144,7 +144,7 @@ def _forward_loss(router: _Router, model: nn.Module, plan, ids, attn, labels, ma
     amp = contextlib.nullcontext() if amp_dtype is None else torch.autocast(ids.device.type, dtype=amp_dtype)
     try:
         with amp:
-            logits = model(input_ids=ids, attention_mask=attn).logits
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
         return summed_doc_loss(logits, labels, doc_loss)
     finally:
         router.end()
