@@ -19,6 +19,8 @@ step() {
   if (( left < min )); then log "== skipped (${left}s left, needs ${min}s): $*"; return; fi
   log "== [${left}s left] $*"
   PYTHONUNBUFFERED=1 timeout "$left" "$@" 2>&1 | grep -v Warning | tee -a "$OUT/suite.log"
+  local rc=${PIPESTATUS[0]}
+  if (( rc )); then log "== exit $rc (124: cut at the budget; 137: killed, e.g. out of memory)"; fi
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/suite.log"
 # 1. #4: 370m, bf16, 16x1024: thresher (chunked loss, per-layer compile: minutes less compiling) vs plain
