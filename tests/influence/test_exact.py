@@ -48,11 +48,14 @@ def test_plain_dot_product_matches_per_example_autograd(model, grouping):
     assert _rel(f, torch.stack([torch.cat([b.flatten() for b in x]) for x in xs])) < 1e-6
 
 
-def _dense_H(model, s, kind, damping):
+def _dense_H(model, s, kind, damping, lambda_model=None, lambda_blocks=None):
+    """Per block the dense (E)K-FAC matrix from ``model``'s token factors; EK-FAC's Lambda from the per-document
+    gradients of ``lambda_model`` (its blocks ``lambda_blocks``; default: the same model) in those eigenbases."""
     blocks = s.feats.blocks
     factors = R.token_factors(model, blocks, FIT)
+    doc_grads = R.doc_grads(lambda_model or model, lambda_blocks or blocks, FIT) if kind == "ekfac" else None
     H = []
-    for (A, G), xs in zip(factors, zip(*R.doc_grads(model, blocks, FIT)) if kind == "ekfac" else [None] * len(factors)):
+    for (A, G), xs in zip(factors, zip(*doc_grads) if kind == "ekfac" else [None] * len(factors)):
         if kind == "joint":
             H.append(torch.kron(G, A) + damping * torch.eye(A.shape[0] * G.shape[0], dtype=A.dtype))
         elif kind == "factored":

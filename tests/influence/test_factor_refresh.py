@@ -132,19 +132,6 @@ def test_one_pass_lambda_equals_the_second_pass(monkeypatch, projection):
     assert one.fit_size == (len(FIT), sum(len(d) for d in FIT))
 
 
-def _dense_ekfac_stale_basis(model_basis, model_lambda, cfg, damping=1e-3):
-    """Per block Q diag(Lambda + d) Q^T with Q from ``model_basis``'s token factors and Lambda the mean over
-    the fit documents of (Q_G^T V Q_A)^2 with V from ``model_lambda`` (George et al.'s amortised EK-FAC)."""
-    H = []
-    blocks_b, blocks_l = build_blocks(model_basis, cfg), build_blocks(model_lambda, cfg)
-    for (A, G), xs in zip(R.token_factors(model_basis, blocks_b, FIT), zip(*R.doc_grads(model_lambda, blocks_l, FIT))):
-        qa, qg = torch.linalg.eigh(A).eigenvectors, torch.linalg.eigh(G).eigenvectors
-        lam = torch.stack([(qg.T @ x @ qa) ** 2 for x in xs]).mean(0)
-        Q = torch.kron(qg, qa)
-        H.append(Q @ torch.diag(lam.flatten() + damping) @ Q.T)
-    return H
-
-
 @pytest.mark.parametrize("projection,reward_mode", [("none", "features"), ("none", "exact")])
 def test_eigenbasis_reuse_re_estimates_lambda_in_the_kept_basis(projection, reward_mode):
     m0, m1 = _models()
@@ -157,8 +144,9 @@ def test_eigenbasis_reuse_re_estimates_lambda_in_the_kept_basis(projection, rewa
     assert (s.last_refit, s.last_lambda, s.factor_step, s.lambda_step) == (False, True, 0, 7)
     assert torch.equal(s.pre.state["Q_A"][0], q_a)
     assert s.provenance()["lambda_step"] == 7 and s.provenance()["factors_step"] == 0
-    H = _dense_ekfac_stale_basis(m0, m1, cfg)
     blocks = build_blocks(m1, cfg)
+    # Q from m0's token factors, Lambda from m1's per-document gradients in that basis (George et al.)
+    H = _dense_H(m0, _on(m0, cfg), "ekfac", 1e-3, lambda_model=m1, lambda_blocks=blocks)
     xs = R.doc_grads(m1, blocks, DOCS)
     got = s.per_task_score_docs(DOCS)
     for name, task in R.reference_tasks().items():

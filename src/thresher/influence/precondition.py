@@ -150,14 +150,18 @@ class EKFAC(_Eigen):
     def _inverse_scale(self, e_a, e_g):
         return None
 
+    def _bases(self, bi: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block bi's (Q_A, Q_G) on ``like``'s device and dtype."""
+        return tuple(self.state[k][bi].to(device=like.device, dtype=like.dtype) for k in ("Q_A", "Q_G"))
+
     def rotate_sequences(self, bi: int, a: torch.Tensor, delta: torch.Tensor):
         """(B, T, c), (B, T, r) -> the same in the eigenbases (a Q_A, delta Q_G)."""
-        q_a, q_g = (self.state[k][bi].to(device=a.device, dtype=a.dtype) for k in ("Q_A", "Q_G"))
+        q_a, q_g = self._bases(bi, a)
         return a @ q_a, delta @ q_g
 
     def rotate_grads(self, bi: int, v: torch.Tensor) -> torch.Tensor:
         """(N, r, c) per-document gradients -> Q_G^T V Q_A."""
-        q_a, q_g = (self.state[k][bi].to(device=v.device, dtype=v.dtype) for k in ("Q_A", "Q_G"))
+        q_a, q_g = self._bases(bi, v)
         return q_g.T @ v @ q_a
 
     def fit_lambda(self, names, lam_sums: list[torch.Tensor], n_docs: torch.Tensor, reduce) -> None:

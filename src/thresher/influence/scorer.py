@@ -117,7 +117,7 @@ class InfluenceScorer:
                 self._whiteners = None
                 self.factor_step = step
             if self.last_lambda:
-                sums = self._lambda_from_doc_grads(doc_grads) if keep else self._lambda_sums(full, sample)
+                sums = self._lambda_from_doc_grads(doc_grads, full) if keep else self._lambda_sums(full, sample)
                 self.pre.fit_lambda(names, *sums, hdist.all_reduce_sum)
                 self.last_fit_passes += 0 if keep else 1
                 self.lambda_step = step
@@ -213,6 +213,10 @@ class InfluenceScorer:
     def _dims(self, full: bool) -> list[tuple[int, int]]:
         return [(b.d_in, b.d_out) for b in self.feats.blocks] if full else self.feats.dims
 
+    def _factor_dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        """Where factor sums and Lambda accumulate: cfg.factor_dtype on the model's device."""
+        return (torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32), next(self.model.parameters()).device
+
     def _keeps_doc_grads(self, full: bool, n_docs: int) -> bool:
         """Whether EK-FAC's Lambda comes from per-document gradients kept from the factor pass (one pass
         over the fit documents) rather than a second pass: when they hold <= LAMBDA_KEEP_MAX numbers, as
@@ -223,8 +227,7 @@ class InfluenceScorer:
         """Per block token sums of a a^T, d d^T over the fit documents (full or projected space; skipped
         without ``sums``), and with ``keep_doc_grads`` per block the documents' gradients
         V_doc = sum_t d_t a_t^T (list of (B, r, c))."""
-        fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
-        dev = next(self.model.parameters()).device
+        fdt, dev = self._factor_dtype_device()
         zeros = lambda *shape: torch.zeros(*shape, dtype=fdt, device=dev)  # noqa: E731
         stats = [FactorStats(zeros(ki, ki), zeros(ko, ko), zeros(())) for ki, ko in self._dims(full)]
         doc_grads = [[] for _ in stats] if keep_doc_grads else None
@@ -240,19 +243,17 @@ class InfluenceScorer:
                     doc_grads[bi].append(torch.bmm(d.transpose(1, 2), a))  # (B, r, c)
         return stats, doc_grads
 
-    def _lambda_from_doc_grads(self, doc_grads: list[list[torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _lambda_from_doc_grads(self, doc_grads: list[list[torch.Tensor]], full: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
         """EK-FAC's Lambda sums from the kept per-document gradients: sum over docs of (Q_G^T V_doc Q_A)^2."""
-        fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
-        dev = next(self.model.parameters()).device
+        fdt, dev = self._factor_dtype_device()
         sums = [(self.pre.rotate_grads(bi, torch.cat(vs)) ** 2).sum(0) if vs else torch.zeros(r, c, dtype=fdt, device=dev)
-                for bi, (vs, (c, r)) in enumerate(zip(doc_grads, self._dims(self._full_space_refresh())))]
+                for bi, (vs, (c, r)) in enumerate(zip(doc_grads, self._dims(full)))]
         n = sum(v.shape[0] for v in doc_grads[0]) if doc_grads else 0  # a rank may hold no fit document
         return sums, torch.tensor(float(n), dtype=fdt, device=dev)
 
     def _lambda_sums(self, full: bool, sample: list[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """EK-FAC second pass: per block sum over fit documents of (Q_G^T V_doc Q_A)^2, and the count."""
-        fdt = torch.float64 if self.cfg.factor_dtype == "float64" else torch.float32
-        dev = next(self.model.parameters()).device
+        fdt, dev = self._factor_dtype_device()
         sums = [torch.zeros(ko, ki, dtype=fdt, device=dev) for ki, ko in self._dims(full)]
         n_docs = torch.zeros((), dtype=fdt, device=dev)
         for batch in progress(self._batches(sample), desc="influence eigenvalues", unit="batch"):
