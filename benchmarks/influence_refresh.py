@@ -16,6 +16,7 @@ another sample of fit documents of the same size: the noise of the factor estima
     python benchmarks/influence_refresh.py                          # tiny model, CPU, ~1 min
     python benchmarks/influence_refresh.py --model 20m --dtype float32 --steps 40 --every 40 --refreshes 4 \
         --preconditioners ekfac --seq-len 256                        # hidden 512: the full-space factors matter
+    python benchmarks/influence_refresh.py --steps 1500 --lr-late 3e-4 --refreshes 3  # later in training
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def main() -> None:
     ap.add_argument("--projection", default="auto")
     ap.add_argument("--n-fit", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (constant)")
+    ap.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate before the first refresh (constant)")
+    ap.add_argument("--lr-late", type=float, default=0.0,
+                    help="learning rate from the first refresh on (0 = --lr); e.g. --steps 1500 --lr-late 3e-4 "
+                         "stands for a late stage of a decayed schedule")
     args = ap.parse_args()
     reuse = args.reuse or args.refreshes
 
@@ -58,6 +62,9 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)  # one optimizer throughout, as in a real run
     snapshots = []
     for step in range(args.steps + args.every * (args.refreshes - 1) + 1):
+        if step == args.steps and args.lr_late:
+            for g in opt.param_groups:
+                g["lr"] = args.lr_late
         if step >= args.steps and (step - args.steps) % args.every == 0:
             snapshots.append(copy.deepcopy(model).eval())
             if len(snapshots) == args.refreshes:
@@ -68,7 +75,8 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"model={args.model} {args.dtype}; {len(snapshots)} refreshes {args.every} steps apart; reused engine: "
+    print(f"model={args.model} {args.dtype}; lr {args.lr:g}, from step {args.steps} {args.lr_late or args.lr:g}; "
+          f"{len(snapshots)} refreshes {args.every} steps apart; reused engine: "
           f"factor_refresh_every={reuse}; {len(cand)} candidates, {len(fit)} fit docs of <= {args.seq_len} tokens")
 
     for pc in args.preconditioners.split(","):

@@ -3,6 +3,7 @@ model's reference gradients. Reference: dense float64 Kronecker solves with H bu
 factors were fit on, gradients (reference and documents) from the model the rewards are asked of."""
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -113,19 +114,19 @@ def test_default_settings_do_not_name_the_option_and_bad_values_are_refused():
 
 
 @pytest.mark.parametrize("projection", ["none", "orthogonal", "reference"])
-def test_one_pass_lambda_equals_the_second_pass(monkeypatch, projection):
+def test_one_pass_lambda_equals_the_second_pass(projection):
     """EK-FAC's Lambda from the per-document gradients kept in the factor pass (one pass over the fit
-    documents) equals the second pass over them (the path above LAMBDA_KEEP_MAX)."""
-    import thresher.influence.scorer as S
-
+    documents) equals the second pass over them (the path above lambda_keep_max_entries), and the
+    threshold, a speed-only setting, leaves the settings alone (states saved under either load)."""
     m0, _ = _models()
     cfg = _cfg(preconditioner="ekfac", projection=projection, projection_dim=48)
     one = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
     one.refresh(m0)
-    monkeypatch.setattr(S, "LAMBDA_KEEP_MAX", 0)
-    two = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    two = InfluenceScorer(m0, R.reference_tasks(), dataclasses.replace(cfg, lambda_keep_max_entries=0), fit_docs=FIT)
     two.refresh(m0)
     assert (one.last_fit_passes, two.last_fit_passes) == (1, 2)
+    assert (one.last_lambda_kept, two.last_lambda_kept) == (True, False)
+    assert one.settings() == two.settings() and "lambda_keep_max_entries" not in one.settings()
     for a, b in zip(one.pre.state["inv"], two.pre.state["inv"]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert _rel(one.score_docs(DOCS), two.score_docs(DOCS)) < 1e-12
@@ -158,10 +159,8 @@ def test_eigenbasis_reuse_re_estimates_lambda_in_the_kept_basis(projection, rewa
     assert _rel(keep_all.per_task_score_docs(DOCS)["lambada"], got["lambada"]) > 1e-4
 
 
-def test_eigenbasis_reuse_second_pass_and_flops(monkeypatch):
-    """Above LAMBDA_KEEP_MAX the Lambda refresh is one pass that rotates every token (same numbers)."""
-    import thresher.influence.scorer as S
-
+def test_eigenbasis_reuse_second_pass_and_flops():
+    """Above lambda_keep_max_entries the Lambda refresh is one pass that rotates every token (same numbers)."""
     m0, m1 = _models()
     cfg = _cfg(preconditioner="ekfac", projection="orthogonal", projection_dim=48, factor_refresh_every=2,
                factor_reuse="eigenbasis")
@@ -170,8 +169,7 @@ def test_eigenbasis_reuse_second_pass_and_flops(monkeypatch):
     assert (kept.last_fit_passes, kept.last_lambda_kept) == (1, True)
     dims = kept.feats.dims
     assert kept.linalg_flops(100, 7) == sum(100 * 2 * ki * ko + 7 * 2 * ki * ko * (ki + ko) for ki, ko in dims)
-    monkeypatch.setattr(S, "LAMBDA_KEEP_MAX", 0)
-    second = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    second = InfluenceScorer(m0, R.reference_tasks(), dataclasses.replace(cfg, lambda_keep_max_entries=0), fit_docs=FIT)
     second.refresh(m0), second.refresh(m1)
     assert (second.last_fit_passes, second.last_lambda_kept) == (1, False)
     assert second.linalg_flops(100, 7) == sum(100 * 2 * (ki**2 + ko**2 + ki * ko) for ki, ko in dims)

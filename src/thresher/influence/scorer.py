@@ -36,11 +36,6 @@ from thresher.utils.log import progress
 from thresher.utils.seeding import rng
 
 
-# numbers of per-document gradients the factor pass may keep for EK-FAC's Lambda (2^27: 1 GiB in float64);
-# above it, Lambda takes a second pass over the fit documents
-LAMBDA_KEEP_MAX = 1 << 27
-
-
 def full_space_entries(blocks, cfg: InfluenceConfig, n_tasks: int) -> int:
     """Numbers held in the full space by the exact path / projection="reference": per block the factors
     A (d_in^2), G (d_out^2), EK-FAC's Lambda (d_out d_in) and one (d_out, d_in) target per task."""
@@ -94,36 +89,56 @@ class InfluenceScorer:
 
     # ---- refresh ----------------------------------------------------------------------------
     def refresh(self, model: nn.Module | None = None, step: int | None = None) -> None:
+        """Re-estimate what rewards depend on under the current model (``step`` goes into provenance): the
+        (E)K-FAC factors at every factor_refresh_every-th refresh (_refresh_factors), then the reference
+        gradients, preconditioned, and for projection="reference" their subspaces (_refresh_reference)."""
         if model is not None and model is not self.model:
             self.feats.attach(model)
             self.model = model
-        exact, full = self.exact(), self._full_space_refresh()
+        full = self._full_space_refresh()
         self.feats.set_whitening(None)
+        self._refresh_factors(full, step)
+        self._refresh_reference(full)
+        self.step = step
+        self.refreshes += 1
+
+    def _refresh_factors(self, full: bool, step: int | None) -> None:
+        """Refit the factors (A, G, eigenbases) when due, and EK-FAC's Lambda with them or, under
+        factor_reuse="eigenbasis", alone in the kept eigenbases; in as few passes over the fit documents as
+        possible: Lambda comes from the per-document gradients kept in the factor pass when they hold
+        <= lambda_keep_max_entries numbers, else from a second pass. Records what ran (last_refit,
+        last_lambda, last_lambda_kept, last_fit_passes) for provenance and the FLOP count."""
         self.last_refit = self.pre.needs_factors and (self.refreshes % self.cfg.factor_refresh_every == 0
                                                       or not self.pre.state)
-        # factor_reuse="eigenbasis": between refits, EK-FAC's Lambda is re-estimated in the kept eigenbases
         self.last_lambda = self.pre.needs_lambda and (self.last_refit or self.cfg.factor_reuse == "eigenbasis")
-        self.last_fit_passes = 0
-        if self.last_refit or self.last_lambda:
-            names = [b.name for b in self.feats.blocks]
-            sample = self._fit_sample()
-            keep = self.last_lambda and self._keeps_doc_grads(full, len(sample))
-            self.last_lambda_kept = keep
-            if self.last_refit or keep:
-                stats, doc_grads = self._factor_stats(full, sample, keep, sums=self.last_refit)
-                self.last_fit_passes = 1
+        self.last_lambda_kept, self.last_fit_passes = False, 0
+        if not (self.last_refit or self.last_lambda):
+            return
+        names, sample = [b.name for b in self.feats.blocks], self._fit_sample()
+        self.last_lambda_kept = self.last_lambda and self._keeps_doc_grads(full, len(sample))
+        doc_grads = None
+        if self.last_refit or self.last_lambda_kept:  # the factor pass: sums and/or per-document gradients
+            stats, doc_grads = self._factor_stats(full, sample, self.last_lambda_kept, sums=self.last_refit)
+            self.last_fit_passes += 1
             if self.last_refit:
                 self.pre.fit(names, stats, hdist.all_reduce_sum)
-                self._whiteners = None
-                self.factor_step = step
-            if self.last_lambda:
-                sums = self._lambda_from_doc_grads(doc_grads, full) if keep else self._lambda_sums(full, sample)
-                self.pre.fit_lambda(names, *sums, hdist.all_reduce_sum)
-                self.last_fit_passes += 0 if keep else 1
-                self.lambda_step = step
+                self._whiteners, self.factor_step = None, step
+        if self.last_lambda:  # in the eigenbases just fit, or kept from the last refit
+            if doc_grads is not None:
+                sums = self._lambda_from_doc_grads(doc_grads, full)
+            else:
+                sums = self._lambda_sums(full, sample)
+                self.last_fit_passes += 1
+            self.pre.fit_lambda(names, *sums, hdist.all_reduce_sum)
+            self.lambda_step = step
+
+    def _refresh_reference(self, full: bool) -> None:
+        """The reference gradients under the current model, preconditioned: full-space targets for exact
+        rewards; for full-space factors the projected whitened reference (and with projection="reference"
+        new subspaces); else projected, then preconditioned in the projected space."""
         refs = [self._reference_gradient(t, project=not full) for t in self.reference.values()]  # per block (n, r, c)
         refs = [torch.stack(parts) for parts in zip(*refs)]
-        if exact:
+        if self.exact():
             self.ref_exact = self._member_targets(self.pre.apply(refs))
         elif full:  # documents: P W_G g_x W_A P^T (whitened); reference: P R P^T, see _Eigen.whiteners
             white = self.pre.apply_for_whitened(refs) if self.pre.needs_factors else refs
@@ -136,8 +151,6 @@ class InfluenceScorer:
         else:
             self.ref_raw = self._flat(refs)
             self.ref_pre = self._precondition(self.ref_raw)
-        self.step = step
-        self.refreshes += 1
 
     def whiteners(self):
         """The preconditioner's whiteners, computed once per set of factors."""
@@ -219,9 +232,9 @@ class InfluenceScorer:
 
     def _keeps_doc_grads(self, full: bool, n_docs: int) -> bool:
         """Whether EK-FAC's Lambda comes from per-document gradients kept from the factor pass (one pass
-        over the fit documents) rather than a second pass: when they hold <= LAMBDA_KEEP_MAX numbers, as
-        the projected space's (n_fit x projection_dim) always does."""
-        return n_docs * sum(c * r for c, r in self._dims(full)) <= LAMBDA_KEEP_MAX
+        over the fit documents) rather than a second pass: when they hold <= lambda_keep_max_entries numbers,
+        as the projected space's (n_fit x projection_dim) does at the defaults."""
+        return n_docs * sum(c * r for c, r in self._dims(full)) <= self.cfg.lambda_keep_max_entries
 
     def _factor_stats(self, full: bool, sample: list[np.ndarray], keep_doc_grads: bool = False, sums: bool = True):
         """Per block token sums of a a^T, d d^T over the fit documents (full or projected space; skipped
@@ -344,7 +357,7 @@ class InfluenceScorer:
     def settings(self) -> dict:
         """Everything that changes the numbers (not batch size): config, blocks, projection sizes, tasks."""
         s = self.cfg.to_dict()
-        for speed_only in ("batch_size", "scoring_impl", "compile_scoring", "compile_seq_multiple"):
+        for speed_only in ("batch_size", "scoring_impl", "compile_scoring", "compile_seq_multiple", "lambda_keep_max_entries"):
             s.pop(speed_only)
         s["blocks"] = [[b.name, ki, ko] for b, (ki, ko) in zip(self.feats.blocks, self.feats.dims)]
         s["full_space"] = self.full_space()
