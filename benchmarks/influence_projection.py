@@ -40,7 +40,9 @@ def synthetic_setup(n_world: int = 600, n_docs: int = 160, steps: int = 60, seq_
     torch.manual_seed(0)
     w = generate(SynthConfig(n_docs=n_world, seed=0, mixed_formats=False), Path(tempfile.mkdtemp()) / "world")
     tok = Tokenizer.from_file(w["tokenizer"])
-    texts = [json.loads(line)["text"] for line in gzip.open(w["shards"][0], "rt")][:n_docs]
+    texts = []
+    for shard in w["shards"]:  # in order, until n_docs
+        texts += [json.loads(line)["text"] for line in gzip.open(shard, "rt")][: n_docs - len(texts)]
     docs = [np.array(tok.encode(t).ids[:seq_len]) for t in texts]
     ref = {n: tokenize_task(n, read_reference(p, limit=ref_limit), tok) for n, p in w["reference"].items()}
     model = build_model(model_name, tok.get_vocab_size()).to(dtype)

@@ -16,7 +16,7 @@ another sample of fit documents of the same size: the noise of the factor estima
     python benchmarks/influence_refresh.py                          # tiny model, CPU, ~1 min
     python benchmarks/influence_refresh.py --model 20m --dtype float32 --steps 40 --every 40 --refreshes 4 \
         --preconditioners ekfac --seq-len 256                        # hidden 512: the full-space factors matter
-    python benchmarks/influence_refresh.py --steps 1500 --lr-late 3e-4 --refreshes 3  # later in training
+    python benchmarks/influence_refresh.py --steps 1500 --n-train 12500 --lr-late 3e-4  # later in training
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--projection", default="auto")
     ap.add_argument("--n-fit", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--n-train", type=int, default=200,
+                    help="training documents (cycled; raise it with --steps so the model sees fresh data, not epochs)")
     ap.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate before the first refresh (constant)")
     ap.add_argument("--lr-late", type=float, default=0.0,
                     help="learning rate from the first refresh on (0 = --lr); e.g. --steps 1500 --lr-late 3e-4 "
@@ -53,12 +55,13 @@ def main() -> None:
     args = ap.parse_args()
     reuse = args.reuse or args.refreshes
 
-    model, ref, docs = synthetic_setup(n_world=2000, n_docs=2 * args.n_fit + 96 + 200, steps=0, model_name=args.model,
+    n_docs = 2 * args.n_fit + 96 + args.n_train
+    model, ref, docs = synthetic_setup(n_world=max(2000, n_docs + 100), n_docs=n_docs, steps=0, model_name=args.model,
                                        dtype=getattr(torch, args.dtype), seq_len=args.seq_len)
     fit, fit_b = docs[: args.n_fit], docs[args.n_fit : 2 * args.n_fit]
     cand, train = docs[2 * args.n_fit : 2 * args.n_fit + 96], docs[2 * args.n_fit + 96 :]
     if not train:
-        raise SystemExit(f"the world's first shard holds only {len(docs)} documents; lower --n-fit")
+        raise SystemExit(f"the world holds only {len(docs)} documents; lower --n-fit")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)  # one optimizer throughout, as in a real run
     snapshots = []
     for step in range(args.steps + args.every * (args.refreshes - 1) + 1):
@@ -75,7 +78,7 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"model={args.model} {args.dtype}; lr {args.lr:g}, from step {args.steps} {args.lr_late or args.lr:g}; "
+    print(f"model={args.model} {args.dtype}; {len(train)} training docs, {8 * step / len(train):.2f} epochs; lr {args.lr:g}, from step {args.steps} {args.lr_late or args.lr:g}; "
           f"{len(snapshots)} refreshes {args.every} steps apart; reused engine: "
           f"factor_refresh_every={reuse}; {len(cand)} candidates, {len(fit)} fit docs of <= {args.seq_len} tokens")
 

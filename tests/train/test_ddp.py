@@ -71,3 +71,17 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert _losses(tmp_path / "fsdp-resumed") == _losses(tmp_path / "fsdp")  # bit-exact after the resume
     for mode in ("ddp-layers", "fsdp-layers"):  # compiled kernels round differently: a looser bound
         assert _losses(tmp_path / mode) == pytest.approx(one, rel=1e-4, abs=1e-5), mode
+
+
+def test_fsdp_without_fully_shard_is_one_clear_error(monkeypatch):
+    """On a torch without FSDP2's public fully_shard (< 2.6), train.fsdp names the fix instead of an ImportError."""
+    import torch.distributed.fsdp as fsdp_mod
+
+    from thresher.train.dist import Dist, wrap_model
+    from thresher.train.models import build_model
+    from thresher.utils.errors import ThresherError
+
+    model = build_model("tiny", vocab_size=64)
+    monkeypatch.delattr(fsdp_mod, "fully_shard")
+    with pytest.raises(ThresherError, match=r"needs torch >= 2\.6.*train\.fsdp = false"):
+        wrap_model(model, Dist(world=2), fsdp=True)

@@ -64,7 +64,11 @@ def wrap_model(model: torch.nn.Module, d: Dist, fsdp: bool = False) -> torch.nn.
     if not d.is_dist:
         return model
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # FSDP2's public API: torch >= 2.6
+            raise ThresherError(f"train.fsdp needs torch >= 2.6 (FSDP2's fully_shard); this is torch "
+                                f"{torch.__version__}: upgrade it, or set train.fsdp = false for DDP") from None
 
         for layer in model.model.layers:
             fully_shard(layer)
