@@ -108,9 +108,36 @@ def test_flops_count_the_factors_only_when_refit():
 
 
 def test_default_settings_do_not_name_the_option_and_bad_values_are_refused():
-    assert "factor_refresh_every" not in InfluenceScorer(R.tiny_llama(), R.reference_tasks(), _cfg(preconditioner="none")).settings()
+    settings = InfluenceScorer(R.tiny_llama(), R.reference_tasks(), _cfg(preconditioner="none")).settings()
+    assert not {"factor_refresh_every", "factor_reuse", "factor_reuse_from_step"} & set(settings)
+    every3 = InfluenceScorer(R.tiny_llama(), R.reference_tasks(), _cfg(preconditioner="none", factor_refresh_every=3)).settings()
+    assert every3["factor_refresh_every"] == 3 and "factor_reuse_from_step" not in every3  # states saved before it load
     with pytest.raises(ThresherError, match="factor_refresh_every"):
         _cfg(factor_refresh_every=0)
+    with pytest.raises(ThresherError, match="factor_reuse_from_step"):
+        _cfg(factor_reuse_from_step=-1)
+
+
+def test_reuse_from_step_refits_every_refresh_before_it():
+    """factor_reuse_from_step = 30: refreshes at steps < 30 (or without a step) refit; from 30 on the
+    factor_refresh_every cycle holds, and a reused refresh's rewards are those of the last refit's factors."""
+    m0, m1 = _models()
+    cfg = _cfg(preconditioner="kfac", projection="none", factor_refresh_every=2, factor_reuse_from_step=30)
+    s = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    refits = []
+    for step, model in [(0, m0), (10, m0), (None, m0), (20, m0), (30, m1), (40, m1)]:
+        s.refresh(model, step=step)
+        refits.append(s.last_refit)
+    # refreshes 0..5: 0-3 before step 30 refit; 4 (step 30) is 4 % 2 == 0, a refit; 5 (step 40) reuses
+    assert refits == [True, True, True, True, True, False]
+    assert (s.factor_step, s.step) == (30, 40)
+    s2 = InfluenceScorer(m0, R.reference_tasks(), cfg, fit_docs=FIT)
+    for step, model in [(20, m0), (30, m1)]:  # refresh 1 at step 30: odd, so the factors of m0 (step 20) stay
+        s2.refresh(model, step=step)
+    assert (s2.last_refit, s2.factor_step) == (False, 20)
+    for name, want in _dense_rewards(s2, m0, m1, "joint").items():
+        assert _rel(s2.per_task_score_docs(DOCS)[name], want) < 1e-6, name
+    assert "factor_reuse_from_step" in s2.settings()
 
 
 @pytest.mark.parametrize("projection", ["none", "orthogonal", "reference"])

@@ -60,6 +60,10 @@ class InfluenceConfig:
     # "eigenbasis" (EK-FAC only: Lambda re-estimated at every refresh in the kept eigenbases, George et al.
     # 2018's amortisation; one pass over the fit documents per refresh, no factor sums, no eigendecompositions)
     factor_reuse: str = "all"
+    # reuse only at refreshes of model step >= this; earlier refreshes always refit. Reused factors cost ranking
+    # accuracy early in training and next to none once the learning rate has decayed (docs/influence.md,
+    # "Refresh cost"): e.g. factor_refresh_every = 4 with factor_reuse_from_step = half the run's steps
+    factor_reuse_from_step: int = 0
     # EK-FAC's Lambda needs each fit document's gradient sum_t d_t a_t^T; the factor pass keeps them (one pass
     # over the fit documents) when they hold <= this many numbers (float64: 2^27 = 1 GiB on the model's
     # device), else Lambda takes a second pass. Same numbers either way (speed and memory only; 0 = always
@@ -101,6 +105,8 @@ class InfluenceConfig:
                 raise ThresherError(f"influence.{name} = {getattr(self, name)!r}; expected one of {allowed}")
         if self.damping < 0 or self.projection_dim < 1 or self.batch_size < 1 or self.max_len < 2 or self.lambda_keep_max_entries < 0:
             raise ThresherError("influence: damping >= 0, projection_dim >= 1, batch_size >= 1, max_len >= 2, lambda_keep_max_entries >= 0")
+        if self.factor_reuse_from_step < 0:
+            raise ThresherError(f"influence.factor_reuse_from_step = {self.factor_reuse_from_step}; expected an integer >= 0")
         if self.factor_refresh_every < 1:
             raise ThresherError(f"influence.factor_refresh_every = {self.factor_refresh_every}; expected an integer >= 1")
 

@@ -103,13 +103,15 @@ class InfluenceScorer:
         self.refreshes += 1
 
     def _refresh_factors(self, full: bool, step: int | None) -> None:
-        """Refit the factors (A, G, eigenbases) when due, and EK-FAC's Lambda with them or, under
+        """Refit the factors (A, G, eigenbases) when due (every factor_refresh_every-th refresh, and every
+        refresh before model step factor_reuse_from_step; without a step, always), and EK-FAC's Lambda with them or, under
         factor_reuse="eigenbasis", alone in the kept eigenbases; in as few passes over the fit documents as
         possible: Lambda comes from the per-document gradients kept in the factor pass when they hold
         <= lambda_keep_max_entries numbers, else from a second pass. Records what ran (last_refit,
         last_lambda, last_lambda_kept, last_fit_passes) for provenance and the FLOP count."""
+        early = self.cfg.factor_reuse_from_step > 0 and (step is None or step < self.cfg.factor_reuse_from_step)
         self.last_refit = self.pre.needs_factors and (self.refreshes % self.cfg.factor_refresh_every == 0
-                                                      or not self.pre.state)
+                                                      or not self.pre.state or early)
         self.last_lambda = self.pre.needs_lambda and (self.last_refit or self.cfg.factor_reuse == "eigenbasis")
         self.last_lambda_kept, self.last_fit_passes = False, 0
         if not (self.last_refit or self.last_lambda):
@@ -364,7 +366,9 @@ class InfluenceScorer:
         s["reward_mode"] = "exact" if self.exact() else "features"
         s["tasks"] = {n: len(t) for n, t in self.reference.items()}
         if s["factor_refresh_every"] == 1:  # the behaviour before the options existed: older states still load
-            del s["factor_refresh_every"], s["factor_reuse"]
+            del s["factor_refresh_every"], s["factor_reuse"], s["factor_reuse_from_step"]
+        elif s["factor_reuse_from_step"] == 0:
+            del s["factor_reuse_from_step"]
         return s
 
     def state_dict(self) -> dict:
