@@ -103,12 +103,11 @@ class InfluenceConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ThresherError(f"influence.{name} = {getattr(self, name)!r}; expected one of {allowed}")
-        if self.damping < 0 or self.projection_dim < 1 or self.batch_size < 1 or self.max_len < 2 or self.lambda_keep_max_entries < 0:
-            raise ThresherError("influence: damping >= 0, projection_dim >= 1, batch_size >= 1, max_len >= 2, lambda_keep_max_entries >= 0")
-        if self.factor_reuse_from_step < 0:
-            raise ThresherError(f"influence.factor_reuse_from_step = {self.factor_reuse_from_step}; expected an integer >= 0")
-        if self.factor_refresh_every < 1:
-            raise ThresherError(f"influence.factor_refresh_every = {self.factor_refresh_every}; expected an integer >= 1")
+        if self.damping < 0 or self.projection_dim < 1 or self.batch_size < 1 or self.max_len < 2:
+            raise ThresherError("influence: damping >= 0, projection_dim >= 1, batch_size >= 1, max_len >= 2")
+        for name, low in (("lambda_keep_max_entries", 0), ("factor_reuse_from_step", 0), ("factor_refresh_every", 1)):
+            if getattr(self, name) < low:
+                raise ThresherError(f"influence.{name} = {getattr(self, name)}; expected an integer >= {low}")
 
     def module_patterns(self) -> list[str]:
         if self.grouping == "mlp_only":

@@ -103,12 +103,12 @@ class InfluenceScorer:
         self.refreshes += 1
 
     def _refresh_factors(self, full: bool, step: int | None) -> None:
-        """Refit the factors (A, G, eigenbases) when due (every factor_refresh_every-th refresh, and every
-        refresh before model step factor_reuse_from_step; without a step, always), and EK-FAC's Lambda with them or, under
-        factor_reuse="eigenbasis", alone in the kept eigenbases; in as few passes over the fit documents as
-        possible: Lambda comes from the per-document gradients kept in the factor pass when they hold
-        <= lambda_keep_max_entries numbers, else from a second pass. Records what ran (last_refit,
-        last_lambda, last_lambda_kept, last_fit_passes) for provenance and the FLOP count."""
+        """Refit the factors (A, G, eigenbases) when due: at every factor_refresh_every-th refresh, and at
+        every refresh before model step factor_reuse_from_step (without a step, always). EK-FAC's Lambda is
+        refit with them or, under factor_reuse="eigenbasis", alone in the kept eigenbases. As few passes over
+        the fit documents as possible: Lambda comes from the per-document gradients kept in the factor pass
+        when they hold <= lambda_keep_max_entries numbers, else from a second pass. Records what ran
+        (last_refit, last_lambda, last_lambda_kept, last_fit_passes) for provenance and the FLOP count."""
         early = self.cfg.factor_reuse_from_step > 0 and (step is None or step < self.cfg.factor_reuse_from_step)
         self.last_refit = self.pre.needs_factors and (self.refreshes % self.cfg.factor_refresh_every == 0
                                                       or not self.pre.state or early)
