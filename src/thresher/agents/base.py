@@ -99,8 +99,9 @@ class Selector(ABC):
     def state_dict(self) -> dict:
         state = {"version": self.version, "selection": self._selection.copy(), "log": list(self.log)}
         rewards = self._reward_source()
-        if rewards is not None and rewards.state_dict():  # e.g. influence factors reused across refreshes
-            state["rewards"] = rewards.state_dict()
+        reward_state = rewards.state_dict() if rewards is not None else {}
+        if reward_state:  # e.g. influence factors reused across refreshes
+            state["rewards"] = reward_state
         return state
 
     def load_state_dict(self, state: dict) -> None:

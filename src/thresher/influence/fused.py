@@ -297,10 +297,10 @@ class FusedFeatures:
 def _compile_errors():
     """A failed compilation (no C++ compiler for inductor on CPU, an unsupported op) as a one-line
     ThresherError; errors of the model itself pass through unchanged."""
-    import torch._inductor.exc
     from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor import exc as inductor_exc
 
-    InductorError = getattr(torch._inductor.exc, "InductorError", BackendCompilerFailed)  # newer torch only
+    InductorError = getattr(inductor_exc, "InductorError", BackendCompilerFailed)  # newer torch only
     try:
         yield
     except (BackendCompilerFailed, InductorError) as e:

@@ -194,7 +194,7 @@ class InfluenceScorer:
         exact, reference = self.exact(), self.cfg.projection == "reference"
         k, total = len(self.reference), 0.0
         for (c, r), (k_in, k_out) in zip(self._dims(self._full_space_refresh()), self.feats.dims):
-            if self.pre.needs_factors and self.last_refit:
+            if self.last_refit:  # implies needs_factors
                 total += fit_tokens * 2.0 * (c * c + r * r) + 10.0 * (c**3 + r**3)
             if self.last_lambda:
                 if self.last_lambda_kept:  # per-document gradients kept: (B, r, c) products, then rotated
