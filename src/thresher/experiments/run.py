@@ -70,9 +70,7 @@ class LazyInfluenceRewards(RewardSource):
     def state_dict(self) -> dict:
         """The scorer's factors, only when later refreshes reuse them (influence.factor_refresh_every > 1):
         otherwise every refresh recomputes all it needs and checkpoints stay small."""
-        if self.cfg.factor_refresh_every == 1 or self.inner is None:
-            return {}
-        return {"scorer": self.inner.scorer.factor_state_dict()}
+        return {} if self.inner is None else self.inner.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         if "scorer" not in state:

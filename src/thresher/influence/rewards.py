@@ -59,7 +59,17 @@ class InfluenceRewards(RewardSource):
         return self.scorer.provenance()
 
     def state_dict(self) -> dict:
-        return self.scorer.state_dict()
+        """What a selector's checkpoint needs: the scorer's factors, and only when later refreshes reuse them
+        (``factor_refresh_every > 1``). A selector refreshes before it asks for rewards, and every refresh
+        recomputes the reference side, so nothing else is needed (the full scorer state, reference
+        gradients included, is ``scorer.state_dict()`` for callers that want to score without a refresh)."""
+        if self.scorer.cfg.factor_refresh_every == 1:
+            return {}
+        return {"scorer": self.scorer.factor_state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scorer.load_state_dict(state)
+        if "scorer" in state:
+            self.scorer.load_factor_state_dict(state["scorer"])
+        elif state:  # a full scorer state (checkpoints written before the factor-only format)
+            self.scorer.load_state_dict(state)
+
