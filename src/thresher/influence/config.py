@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from thresher.utils.errors import ThresherError
@@ -105,9 +106,13 @@ class InfluenceConfig:
                 raise ThresherError(f"influence.{name} = {getattr(self, name)!r}; expected one of {allowed}")
         if self.damping < 0 or self.projection_dim < 1 or self.batch_size < 1 or self.max_len < 2:
             raise ThresherError("influence: damping >= 0, projection_dim >= 1, batch_size >= 1, max_len >= 2")
-        for name, low in (("lambda_keep_max_entries", 0), ("factor_reuse_from_step", 0), ("factor_refresh_every", 1)):
+        for name, low in (("lambda_keep_max_entries", 0), ("factor_reuse_from_step", 0), ("factor_refresh_every", 1),
+                          ("k_in", 0), ("k_out", 0), ("ref_max_examples", 0), ("fit_docs_max", 1)):
             if getattr(self, name) < low:
                 raise ThresherError(f"influence.{name} = {getattr(self, name)}; expected an integer >= {low}")
+        w = list(self.task_weights.values())
+        if w and not (all(math.isfinite(x) and x >= 0 for x in w) and sum(w) > 0):
+            raise ThresherError(f"influence.task_weights = {self.task_weights}; expected finite weights >= 0 with a positive sum")
 
     def module_patterns(self) -> list[str]:
         if self.grouping == "mlp_only":

@@ -319,9 +319,9 @@ class GradientFeatures:
 
         def hook(mod, inputs, output):
             x = inputs[0]
-            if mi == 0:
+            if acts[bi] is None:  # the block's first member to run (any order) captures the shared input
                 acts[bi] = (x, x.detach().to(u.dtype) * mask)
-            elif acts[bi] is None or acts[bi][0] is not x:
+            elif acts[bi][0] is not x:
                 raise ThresherError(f"influence: block {self.blocks[bi].name} members do not share one input")
             output.register_hook(grad_hook)
 
@@ -330,12 +330,12 @@ class GradientFeatures:
     def _capture(self, bi, mi, acts, outs, projs, mask):
         def hook(mod, inputs, output):
             x = inputs[0]
-            if mi == 0:
-                with torch.no_grad():
+            if acts[bi] is None:  # the block's first member to run (any order) captures the shared input
+                with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # projected in the feature dtype
                     p_in = projs[bi][0]
                     xa = x.detach().to(mask.dtype)
                     acts[bi] = (x, (xa if p_in is None else xa @ p_in.T) * mask)
-            elif acts[bi] is None or acts[bi][0] is not x:
+            elif acts[bi][0] is not x:
                 raise ThresherError(f"influence: block {self.blocks[bi].name} members do not share one input")
             outs.append(((bi, mi), output))
 
@@ -358,10 +358,10 @@ class GradientFeatures:
         return seqs
 
     def _autocast(self, dev):
-        if not self.cfg.autocast or dev.type != "cuda":
+        if not self.cfg.autocast or (dev.type != "cuda" and not getattr(self, "amp_on_cpu", False)):  # tests: on CPU
             return contextlib.nullcontext()
         dt = torch.bfloat16 if self.cfg.autocast == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dt)
+        return torch.autocast(dev.type, dtype=dt)
 
     @staticmethod
     def block_features(seqs: list[BlockSeq]) -> list[torch.Tensor]:

@@ -103,9 +103,9 @@ class _Router:
         if self.plan is None:  # called outside a fused call (cannot happen while patched; be safe)
             return F.linear(x, mod.weight, mod.bias)
         p_in, members = self.plan[bi]
-        if mi == 0:
+        if self.inputs[bi] is None:  # the block's first member to run (any order) projects the shared input
             self.inputs[bi] = (x, self._project(x, p_in))
-        elif self.inputs[bi] is None or self.inputs[bi][0] is not x:
+        elif self.inputs[bi][0] is not x:
             raise ThresherError(f"influence: block {self.blocks[bi].name} members do not share one input")
         fn, aux, sink, rows = members[mi]
         if rows is not None:  # output side unprojected: this member's rows of the block's sink

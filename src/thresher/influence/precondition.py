@@ -78,9 +78,14 @@ class _Eigen(Preconditioner):
     def fit(self, names, stats, reduce) -> None:
         qa, qg, inv, ea, eg = [], [], [], [], []
         for name, st in zip(names, stats):
-            n = reduce(st.n_tokens.clone()).clamp(min=1)
+            n = reduce(st.n_tokens.clone())
+            if float(n) == 0:
+                raise ThresherError("influence: the fit documents hold no token: the factors cannot be estimated")
             A, G = reduce(st.A.clone()) / n, reduce(st.G.clone()) / n
             _check_finite(name, "A", A), _check_finite(name, "G", G)
+            if not G.any():
+                raise ThresherError(f"influence: factor G of block {name} is zero: the fit documents give no loss "
+                                    "gradient (each needs >= 2 tokens)")
             e_a, q_a = torch.linalg.eigh(A)
             e_g, q_g = torch.linalg.eigh(G)
             s_inv = self._inverse_scale(e_a.clamp(min=0), e_g.clamp(min=0))
@@ -171,6 +176,7 @@ class EKFAC(_Eigen):
             lam = reduce(lam.clone()) / n
             _check_finite(name, "Lambda", lam)
             inv.append(1.0 / (lam + self._damp(lam)))
+            _check_finite(name, "inverse eigenvalues", inv[-1])  # a zero Lambda entry under zero damping
         self.state["inv"] = inv
 
 

@@ -61,7 +61,8 @@ class InfluenceScorer:
         missing = set(self.cfg.task_weights) ^ set(reference) if self.cfg.task_weights else set()
         if missing:
             raise ThresherError(f"influence.task_weights must name exactly the reference tasks; differs on {missing}")
-        self.model, self.reference, self.fit_docs = model, reference, fit_docs
+        # tasks in name order: rows of saved reference gradients mean the same task whatever the caller's dict order
+        self.model, self.reference, self.fit_docs = model, dict(sorted(reference.items())), fit_docs
         if self.cfg.projection == "auto":  # resolved once, so settings() records what ran
             fits = full_space_entries(build_blocks(model, self.cfg), self.cfg, len(reference)) <= self.cfg.full_space_max_entries
             self.cfg = dataclasses.replace(self.cfg, projection="reference" if fits else "orthogonal")
@@ -97,7 +98,12 @@ class InfluenceScorer:
             self.model = model
         full = self._full_space_refresh()
         self.feats.set_whitening(None)
-        self._refresh_factors(full, step)
+        self.ref_pre = self.ref_raw = self.ref_exact = None  # a refresh that fails leaves nothing to score with
+        try:
+            self._refresh_factors(full, step)
+        except BaseException:
+            self.pre.state, self._whiteners = {}, None  # and no half-fit factors for a later refresh to reuse
+            raise
         self._refresh_reference(full)
         self.step = step
         self.refreshes += 1
@@ -281,8 +287,9 @@ class InfluenceScorer:
     def _reference_gradient(self, task: ReferenceTask, project: bool) -> list[torch.Tensor]:
         """Per block (r, c) float64 mean over the task's examples of each example's gradient."""
         ex = task.examples()
-        if self.cfg.ref_max_examples:
-            ex = ex[: self.cfg.ref_max_examples]
+        if 0 < self.cfg.ref_max_examples < len(ex):  # a seeded uniform sample (multi-agent A.4), the same every refresh
+            keep = np.sort(rng(self.cfg.seed, "influence-reference", task.name).choice(len(ex), self.cfg.ref_max_examples, replace=False))
+            ex = [ex[i] for i in keep]
         total = None
         for i in range(0, len(ex), self.cfg.batch_size):
             batch = pad_examples(ex[i : i + self.cfg.batch_size], self.cfg.max_len, self.cfg.pad_id)
@@ -301,10 +308,19 @@ class InfluenceScorer:
     # ---- scoring ----------------------------------------------------------------------------
     def features(self, batch: dict) -> torch.Tensor:
         """(B, D) projected per-document gradients (unpreconditioned)."""
+        if self.cfg.projection == "reference" and self.exact() and not self.feats.built:
+            raise ThresherError("influence: features() needs projections; exact rewards with projection='reference' "
+                                "build none (its subspaces come from the features path): set projection='orthogonal'")
+        if batch["input_ids"].shape[0] == 0:
+            return torch.zeros(0, self.feats.dim)
         return (self.fused or self.feats).features(self.model, batch)
 
     def _task_matrix(self, batch: dict) -> torch.Tensor:
         """(B, n_tasks) float64 per-task rewards."""
+        if batch["input_ids"].shape[0] == 0:
+            if self.ref_exact is None and self.ref_pre is None:
+                raise ThresherError("influence: call refresh(model) before scoring")
+            return torch.zeros(0, len(self.reference), dtype=torch.float64)
         if self.ref_exact is not None:
             return (self.fused or self.feats).exact_rewards(self.model, batch, self._member_targets_on_device())
         if self.ref_pre is None:
