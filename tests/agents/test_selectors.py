@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from thresher.agents.config import SelectorConfig
 from thresher.agents.policies import POLICIES, build_selector
 from thresher.agents.presets import DOMAIN_MIXTURES
-from thresher.utils.errors import ThresherError
+from thresher.utils.errors import SettingsMismatchError, ThresherError
 
 
 def _run(cfg, steps, ctx=None, state=None, start=0):
@@ -128,3 +128,31 @@ def test_bad_settings_are_one_line_errors():
     with pytest.raises(ThresherError, match="unknown selector setting"):
         SelectorConfig.from_dict({"polcy": "random"})
     assert SelectorConfig.from_dict(SelectorConfig().to_dict()) == SelectorConfig()
+
+
+def test_resume_under_other_selector_settings_is_refused():
+    """A checkpoint's selector state loads only into a selector built from the same settings: another
+    policy (whose state lacks, e.g., Quad's bandit) or another budget is one clear error, not a KeyError."""
+    base = dict(update_every=3, budget_docs=400, samples_per_category=8, clusters_per_round=3)
+    sel, _, _ = _run(SelectorConfig(policy="multi-agent", **base), 6)
+    state = pickle.loads(pickle.dumps(sel.state_dict()))
+    for other in (SelectorConfig(policy="quad", **base), SelectorConfig(policy="multi-agent", **base | {"budget_docs": 300})):
+        ctx = make_ctx(4000)
+        ctx.rewards = FakeRewards(ctx.labels)
+        resumed = build_selector(other, ctx)
+        resumed.initial_selection()
+        with pytest.raises(SettingsMismatchError, match="selector state"):
+            resumed.load_state_dict(state)
+    old = {k: v for k, v in state.items() if k != "settings"}  # a state from before settings were kept
+    _run(SelectorConfig(policy="multi-agent", **base), 9, state=old, start=6)
+
+
+def test_misspelt_agent_columns_and_a_missing_budget_are_errors():
+    ctx = make_ctx(200)
+    ctx.rewards = FakeRewards(ctx.labels)
+    for key in ("eta_agents", "init"):
+        with pytest.raises(ThresherError, match=f"selector.{key} names \\['qualty'\\]"):
+            build_selector(SelectorConfig(policy="multi-agent", **{key: {"qualty": 5.0}}), ctx)
+    build_selector(SelectorConfig(policy="domain", eta_agents={"quality": 5.0}), ctx)  # a real column not in use: fine
+    with pytest.raises(ThresherError, match="needs a budget"):
+        build_selector(SelectorConfig(policy="random"), make_ctx(200, budget_docs=None))

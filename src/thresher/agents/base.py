@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from thresher.influence.results import check_same_settings
 from thresher.influence.rewards import RewardSource
 from thresher.utils.errors import ThresherError
 from thresher.utils.seeding import rng
@@ -63,6 +64,7 @@ class Selector(ABC):
         self.version = 0
         self.log: list[dict] = []
         self._selection = np.zeros(0, dtype=np.int64)
+        self.settings: dict | None = None  # the config that built it (build_selector); a resume must match
 
     @abstractmethod
     def setup(self, ctx: SelectionContext) -> None: ...
@@ -98,6 +100,8 @@ class Selector(ABC):
 
     def state_dict(self) -> dict:
         state = {"version": self.version, "selection": self._selection.copy(), "log": list(self.log)}
+        if self.settings is not None:
+            state["settings"] = self.settings
         rewards = self._reward_source()
         reward_state = rewards.state_dict() if rewards is not None else {}
         if reward_state:  # e.g. influence factors reused across refreshes
@@ -105,6 +109,8 @@ class Selector(ABC):
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if self.settings is not None and "settings" in state:  # states written before settings were kept: unchecked
+            check_same_settings(state["settings"], self.settings, "the checkpoint's selector state")
         self.version = int(state["version"])
         self._selection = np.asarray(state["selection"], dtype=np.int64)
         self.log = list(state["log"])

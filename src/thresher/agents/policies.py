@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from thresher.agents.base import RandomSelector, SelectionContext, Selector
+from thresher.agents.base import RandomSelector, SelectionContext, Selector, resolve_budget
 from thresher.agents.config import SelectorConfig
 from thresher.agents.mates import MatesSelector
 from thresher.agents.score_top import DsirSelector, PerplexitySelector
@@ -66,8 +66,8 @@ def build_selector(cfg: SelectorConfig, ctx: SelectionContext) -> Selector:
     cfg.validate()
     sel = POLICIES[cfg.policy](cfg, cfg.policy)
     if cfg.policy == "random":  # the base RandomSelector reads budget and seed from the context
-        ctx = replace(ctx, seed=cfg.seed,
-                      budget_docs=cfg.budget_docs if cfg.budget_docs is not None else ctx.budget_docs,
-                      budget_tokens=cfg.budget_tokens if cfg.budget_tokens is not None else ctx.budget_tokens)
+        budget_docs, budget_tokens = resolve_budget(cfg, ctx)  # as every policy: no budget is an error
+        ctx = replace(ctx, seed=cfg.seed, budget_docs=budget_docs, budget_tokens=budget_tokens)
     sel.setup(ctx)
+    sel.settings = cfg.to_dict()
     return sel

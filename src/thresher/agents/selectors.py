@@ -92,6 +92,10 @@ class MultiAgentSelector(_StagedSelector):
 
     def setup(self, ctx: SelectionContext) -> None:
         cols = self.columns + ([self.cfg.bandit_column] if self.with_bandit else [])
+        for key in ("eta_agents", "init"):  # a misspelt column would silently fall back to the defaults
+            unknown = sorted(set(getattr(self.cfg, key)) - set(ctx.labels.codes) - set(cols))
+            if unknown:
+                raise ThresherError(f"selector.{key} names {unknown}: not label columns (have: {sorted(ctx.labels.codes)})")
         self._index(ctx, cols)
         if self.learn and ctx.rewards is None:
             raise ThresherError(f"policy {self.name} needs a reward source (influence) in the context")
