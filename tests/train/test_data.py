@@ -158,3 +158,33 @@ def test_bad_inputs_raise_thresher_error():
     sel.initial_selection()
     with pytest.raises(ThresherError, match="inconsistent"):
         PackedLoader(broken, sel, 16, 2, prefetch=2).next_batch()
+
+
+class _NeverGet:
+    def get(self, *a, **k):
+        raise AssertionError("next_batch waits on the queue of a prefetch worker that has died: it would hang")
+
+
+def test_prefetch_error_is_raised_again_on_every_later_call():
+    store = random_store()
+
+    class Flaky(FakeStore):
+        calls = 0
+
+        def doc(self, i):
+            Flaky.calls += 1
+            if Flaky.calls == 30:
+                raise OSError("transient read error")
+            return super().doc(i)
+
+    sel = StaticSelector(np.arange(40))
+    sel.initial_selection()
+    loader = PackedLoader(Flaky(store.docs, store.vocab_size), sel, 16, 2, prefetch=2)
+    with pytest.raises(OSError, match="transient"):
+        for _ in range(100):
+            loader.next_batch()
+    loader._q = _NeverGet()  # the worker is gone; nothing will ever arrive
+    for _ in range(2):
+        with pytest.raises(OSError, match="transient"):
+            loader.next_batch()
+    loader.close()

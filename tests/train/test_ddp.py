@@ -85,3 +85,15 @@ def test_fsdp_without_fully_shard_is_one_clear_error(monkeypatch):
     monkeypatch.delattr(fsdp_mod, "fully_shard")
     with pytest.raises(ThresherError, match=r"needs torch >= 2\.6.*train\.fsdp = false"):
         wrap_model(model, Dist(world=2), fsdp=True)
+
+
+def test_fsdp_on_cpu_before_torch_2_7_is_one_clear_error(monkeypatch):
+    """torch 2.6's FSDP2 fails inside torch on CPU ('Stream' has no 'record_event'): named up front instead."""
+    import thresher.train.dist as dist_mod
+    from thresher.train.models import build_model
+    from thresher.utils.errors import ThresherError
+
+    model = build_model("tiny", vocab_size=64)
+    monkeypatch.setattr(dist_mod, "_torch_version", lambda: (2, 6))
+    with pytest.raises(ThresherError, match=r"on CPU needs torch >= 2\.7"):
+        dist_mod.wrap_model(model, dist_mod.Dist(world=2), fsdp=True)

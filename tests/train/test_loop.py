@@ -15,6 +15,7 @@ from thresher.evaluate.refloss import reference_loss
 from thresher.train.callbacks import StopAt
 from thresher.train.checkpoint import decode_state, encode_state, list_checkpoints
 from thresher.train.config import TrainConfig
+from thresher.train.dist import init_distributed
 from thresher.train.loop import lr_at, train
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 
@@ -123,3 +124,25 @@ def test_bad_settings_are_user_errors(tmp_path):
         TrainConfig(schedule="linear").validate()
     with pytest.raises(ThresherError, match="unknown train settings"):
         TrainConfig.from_dict({"lr": 1.0, "learning_rate": 2.0})
+
+
+@pytest.mark.parametrize("device", ["gpu", "CUDA", "cuda:", "cuda:x", "tpu", "cuda0"])
+def test_unknown_device_strings_are_refused(device):
+    with pytest.raises(ThresherError, match="train.device must be auto, cpu, cuda or cuda:N"):
+        TrainConfig(device=device).validate()
+    with pytest.raises(ThresherError, match="train.device must be"):
+        init_distributed(device)
+
+
+def test_cuda_n_names_that_gpu(monkeypatch):
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):
+        TrainConfig(device=device).validate()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ThresherError, match="'cuda:0' but no CUDA device is visible"):
+        init_distributed("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a 2-GPU machine, as far as dist.py can tell
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    assert init_distributed("cuda:1").device == torch.device("cuda", 1)
+    with pytest.raises(ThresherError, match="only 2 CUDA device"):
+        init_distributed("cuda:2")

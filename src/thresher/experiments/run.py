@@ -7,6 +7,7 @@ checkpoints/, final/ (a Hugging Face model folder).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from thresher.agents.base import Labels, SelectionContext
 from thresher.config import RunConfig, save_run_config
 from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_task
 from thresher.influence.rewards import RewardSource
+from thresher.train.callbacks import Callback
 from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_write_jsonl
 from thresher.utils.log import print0
@@ -145,13 +147,25 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_run_config(cfg, out)
+    save_config = SaveRunConfig(cfg)  # as given: build_run fills in derived fields
     store, selector, eval_tasks = build_run(cfg)
     print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model} for {cfg.train.steps} steps -> {out}")
-    summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume, callbacks=callbacks,
-                    tokenizer=_hf_tokenizer(store))
+    summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
+                    callbacks=[save_config, *callbacks], tokenizer=_hf_tokenizer(store))
     write_selector_log(selector.log, out / "selector_log.jsonl")
     return summary
+
+
+class SaveRunConfig(Callback):
+    """Writes ``config.toml`` once training starts, i.e. after the trainer accepted the resume (a refused
+    resume leaves the run's config as it was)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = copy.deepcopy(cfg)
+
+    def on_train_start(self, run) -> None:
+        if run.dist.rank == 0:
+            save_run_config(self.cfg, run.out_dir)
 
 
 def _hf_tokenizer(store):

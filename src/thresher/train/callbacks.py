@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from thresher.utils.io import atomic_write_text
+from thresher.utils.log import print0
 
 if TYPE_CHECKING:
     from thresher.train.loop import Run
@@ -45,7 +46,9 @@ class Evaluate(Callback):
 
 
 class MetricsJsonl(Callback):
-    """``metrics.jsonl`` on rank 0; on resume, lines after the checkpoint's step are dropped first."""
+    """``metrics.jsonl`` on rank 0: every ``every`` steps, the last step and every step with evaluation
+    metrics (keys ``<kind>/<name>``, e.g. ``ref_loss/<task>``). On resume, lines after the checkpoint's
+    step are dropped first, and so are unparsable ones (a line cut short by a kill), with a warning."""
 
     def __init__(self, path: str | os.PathLike, every: int = 1):
         self.path, self.every = Path(path), max(1, every)
@@ -53,12 +56,23 @@ class MetricsJsonl(Callback):
     def on_train_start(self, run):
         if run.dist.rank != 0 or not self.path.exists():
             return
-        with open(self.path, encoding="utf-8") as f:
-            kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= run.step]
+        kept, bad = [], 0
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for ln in filter(str.strip, f):
+                try:
+                    row = json.loads(ln)
+                except json.JSONDecodeError:
+                    bad += 1
+                    continue
+                if not isinstance(row, dict) or row.get("step", 0) <= run.step:
+                    kept.append(ln if ln.endswith("\n") else ln + "\n")
+        if bad:
+            print0(f"warning: {self.path}: dropped {bad} unparsable line(s) (cut short by a kill?)")
         atomic_write_text(self.path, "".join(kept))
 
     def on_step_end(self, run, metrics):
-        if run.dist.rank == 0 and (run.step % self.every == 0 or run.step == run.cfg.steps):
+        evaluated = any("/" in k for k in metrics)
+        if run.dist.rank == 0 and (run.step % self.every == 0 or run.step == run.cfg.steps or evaluated):
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(metrics) + "\n")
 

@@ -4,14 +4,16 @@ Layout: ``out_dir/checkpoints/step_000100/`` holding
   model.safetensors   the weights (full, unsharded)
   optim.pt            optimizer state (torch.save, loads with weights_only=True)
   trainer.pt          step, config, schedule, RNG states, loader state, selector state, counters
-A checkpoint is written to a hidden temp folder and renamed into place, so a folder named
-``step_*`` is always complete. Retention keeps the last ``keep_last`` plus every ``keep_every``-th.
+A checkpoint is written to a hidden temp folder, fsynced and renamed into place, so a folder named
+``step_*`` is always complete (also after a power loss). Retention keeps the last ``keep_last`` plus
+every ``keep_every``-th, and never the checkpoint just written.
 Selector states (numpy arrays, lists, dicts) are encoded as tensors and plain containers so that
 loading never unpickles arbitrary objects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -27,6 +29,7 @@ from thresher.train.loss import CausalLMWithLoss
 from thresher.utils.errors import ThresherError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_TMP_DIR = re.compile(r"^\.tmp-step_\d+-(\d+)$")
 
 
 # --- selector / numpy state <-> weights_only-safe containers --------------------------------------
@@ -101,22 +104,64 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, traine
     root = Path(root)
     final, tmp = root / f"step_{step:06d}", root / f".tmp-step_{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if _is_fsdp(model):
-        from safetensors.torch import save_file
+    try:
+        tmp.mkdir(parents=True)
+        if _is_fsdp(model):
+            from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in model_sd.items()}, tmp / "model.safetensors")
-    else:
-        save_model(unwrap(model), str(tmp / "model.safetensors"))
-    torch.save(optim_sd, tmp / "optim.pt")
-    torch.save(encode_state(trainer), tmp / "trainer.pt")
+            save_file({k: v.contiguous() for k, v in model_sd.items()}, tmp / "model.safetensors")
+        else:
+            save_model(unwrap(model), str(tmp / "model.safetensors"))
+        torch.save(optim_sd, tmp / "optim.pt")
+        torch.save(encode_state(trainer), tmp / "trainer.pt")
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except BaseException as e:  # a failed save leaves nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise ThresherError(f"could not write checkpoint {final}: {e}") from e
+        raise
+    trash = root / f".old-{final.name}-{os.getpid()}"
     if final.exists():  # re-reaching a step after resuming from an earlier checkpoint
-        trash = root / f".old-{final.name}-{os.getpid()}"
         os.replace(final, trash)
-        shutil.rmtree(trash)
     os.replace(tmp, final)
-    apply_retention(root, keep_last, keep_every)
+    _fsync(root)
+    shutil.rmtree(trash, ignore_errors=True)
+    apply_retention(root, keep_last, keep_every, keep=step)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's (its entries') contents to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp(root: str | os.PathLike) -> list[Path]:
+    """Remove ``.tmp-step_*-PID`` folders of saves that died (PID gone, or this process: none is running)."""
+    root, removed = Path(root), []
+    if not root.is_dir():
+        return removed
+    for p in root.iterdir():
+        m = _TMP_DIR.match(p.name)
+        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -132,31 +177,63 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def apply_retention(root: Path, keep_last: int, keep_every: int) -> None:
+def step_dirs(root: str | os.PathLike) -> list[Path]:
+    """Every ``step_*`` folder under ``root`` (complete or not)."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name)) if root.is_dir() else []
+
+
+def apply_retention(root: Path, keep_last: int, keep_every: int, keep: int | None = None) -> None:
+    """Delete all but the last ``keep_last``, every ``keep_every``-th and step ``keep`` (the one just written)."""
     ckpts = list_checkpoints(root)
     recent = {s for s, _ in ckpts[-keep_last:]} if keep_last > 0 else set()
     for s, p in ckpts:
-        if s not in recent and not (keep_every > 0 and s % keep_every == 0):
+        if s != keep and s not in recent and not (keep_every > 0 and s % keep_every == 0):
             shutil.rmtree(p, ignore_errors=True)
 
 
+def read_trainer_state(path: str | os.PathLike) -> dict:
+    """The trainer dict of checkpoint ``path`` (ThresherError if unreadable); nothing is loaded into a model."""
+    path = Path(path)
+    with _unreadable(path):
+        return decode_state(torch.load(path / "trainer.pt", weights_only=True, map_location="cpu"))
+
+
+@contextlib.contextmanager
+def _unreadable(path: Path):
+    """Turn any failure to read checkpoint ``path`` into a one-line ThresherError."""
+    try:
+        yield
+    except ThresherError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise ThresherError(f"checkpoint {path} is unreadable: {reason}") from e
+
+
 def load_checkpoint(path: str | os.PathLike, model, optimizer) -> dict:
-    """Restore weights and optimizer in place; return the trainer dict (RNG is NOT applied here)."""
+    """Restore weights and optimizer in place; return the trainer dict (RNG is NOT applied here).
+
+    Any failure to read or apply a file is ``ThresherError("checkpoint <path> is unreadable: <reason>")``;
+    the weights may then be partly loaded, so load another checkpoint or stop."""
     path = Path(path)
     if not (path / "trainer.pt").exists():
         raise ThresherError(f"not a complete checkpoint: {path}")
-    optim_sd = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
-    if _is_fsdp(model):
-        from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    trainer = read_trainer_state(path)
+    with _unreadable(path):
+        optim_sd = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
+        if _is_fsdp(model):
+            from safetensors.torch import load_file
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
-        set_state_dict(model, optimizer, model_state_dict=load_file(path / "model.safetensors"),
-                       optim_state_dict=optim_sd, options=opts)
-    else:
-        missing, unexpected = load_model(unwrap(model), str(path / "model.safetensors"), strict=True)
-        optimizer.load_state_dict(optim_sd)
-    return decode_state(torch.load(path / "trainer.pt", weights_only=True, map_location="cpu"))
+            opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+            set_state_dict(model, optimizer, model_state_dict=load_file(path / "model.safetensors"),
+                           optim_state_dict=optim_sd, options=opts)
+        else:
+            load_model(unwrap(model), str(path / "model.safetensors"), strict=True)
+            optimizer.load_state_dict(optim_sd)
+    return trainer
 
 
 def export_hf(model, out_dir: str | os.PathLike, tokenizer=None, state_dict: dict | None = None) -> Path:

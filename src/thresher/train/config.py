@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 from thresher.utils.errors import ThresherError
+
+DEVICE_PATTERN = r"auto|cpu|cuda(?::(\d+))?"  # train.device; group 1: the index of "cuda:N"
 
 
 @dataclass
@@ -29,13 +32,13 @@ class TrainConfig:
     clip: float = 1.0  # global grad-norm clip; 0 disables
     seed: int = 0
     # runtime
-    dtype: str = "bfloat16"  # autocast dtype on CUDA; CPU always trains in float32
+    dtype: str = "bfloat16"  # autocast dtype on CUDA (float16 adds loss scaling; not with fsdp); CPU: float32
     compile: bool = False
     # what torch.compile compiles: "model" (the whole trained module, one graph) | "layers" (each decoder
     # layer's forward, compiled once and reused by every layer: a fraction of the compile time; active
     # only inside the training micro-steps, so the selector and evaluation run the layers eagerly)
     compile_scope: str = "model"
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" (under torchrun: cuda:LOCAL_RANK), "cuda:N"
     fsdp: bool = False  # under torchrun: FSDP2 (fully_shard per decoder layer) instead of DDP
     doc_positions: bool = False  # position_ids restart at every document piece (see docs/train.md)
     prefetch: int = 2  # micro-batches prepared ahead by a background thread; 0 = synchronous
@@ -48,7 +51,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     eval_max_len: int = 1024
     ckpt_every: int = 0  # steps between checkpoints (0 = none, except the final export)
-    keep_last: int = 2  # checkpoints kept; older ones deleted ...
+    keep_last: int = 2  # checkpoints kept (>= 1); older ones deleted ...
     keep_every: int = 0  # ... except every keep_every-th step (0 = none kept permanently)
     log_every: int = 1  # metrics.jsonl line every this many steps
     tensorboard: bool = False
@@ -60,6 +63,13 @@ class TrainConfig:
             raise ThresherError(f"train.schedule must be cosine, wsd or constant, got {self.schedule!r}")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ThresherError(f"train.dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.dtype == "float16" and self.fsdp:
+            raise ThresherError("train.dtype='float16' needs loss scaling, which is not supported with fsdp=true; "
+                                "use dtype='bfloat16'")
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise ThresherError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.keep_last < 1:
+            raise ThresherError(f"train.keep_last must be >= 1 (checkpoints kept), got {self.keep_last}")
         if self.compile_scope not in ("model", "layers"):
             raise ThresherError(f"train.compile_scope must be model or layers, got {self.compile_scope!r}")
         if self.loss_impl not in ("full", "chunked"):

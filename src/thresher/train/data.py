@@ -125,9 +125,12 @@ class PackedLoader:
         self._q: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._error: BaseException | None = None  # a prefetch failure, raised again on every later call
 
     # --- the one public step -------------------------------------------------------------------
     def next_batch(self) -> dict[str, torch.Tensor]:
+        if self._error is not None:
+            raise self._error
         self._sync_selection()
         if self.prefetch <= 0:
             batch = self._produce()
@@ -136,7 +139,8 @@ class PackedLoader:
         if self._thread is None:
             self._start()
         item = self._q.get()
-        if isinstance(item, BaseException):
+        if isinstance(item, BaseException):  # the worker has stopped
+            self._error = item
             raise item
         batch, self._consumed = item
         return batch

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
 
+from thresher.train.config import DEVICE_PATTERN
 from thresher.utils.errors import ThresherError
 
 
@@ -28,10 +30,20 @@ def init_distributed(device: str = "auto") -> Dist:
     """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; join (or reuse) the process group when world > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ThresherError("train.device is 'cuda' but no CUDA device is visible")
-    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    m = re.fullmatch(DEVICE_PATTERN, device)
+    if m is None:
+        raise ThresherError(f"train.device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ThresherError(f"train.device is {device!r} but no CUDA device is visible")
+    index = local
+    if m.group(1) is not None:  # "cuda:N": one named GPU, a single process only
+        if world > 1:
+            raise ThresherError(f"train.device={device!r} names one GPU; under torchrun use 'cuda' (LOCAL_RANK's)")
+        index = int(m.group(1))
+        if index >= torch.cuda.device_count():
+            raise ThresherError(f"train.device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    dev = torch.device("cuda", index) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     owns = False
@@ -69,6 +81,9 @@ def wrap_model(model: torch.nn.Module, d: Dist, fsdp: bool = False) -> torch.nn.
         except ImportError:  # FSDP2's public API: torch >= 2.6
             raise ThresherError(f"train.fsdp needs torch >= 2.6 (FSDP2's fully_shard); this is torch "
                                 f"{torch.__version__}: upgrade it, or set train.fsdp = false for DDP") from None
+        if d.device.type == "cpu" and _torch_version() < (2, 7):  # 2.6's FSDP2 has no CPU (gloo) streams
+            raise ThresherError(f"train.fsdp on CPU needs torch >= 2.7; this is torch {torch.__version__}: "
+                                "upgrade it, or set train.fsdp = false for DDP")
 
         for layer in model.model.layers:
             fully_shard(layer)
@@ -77,3 +92,8 @@ def wrap_model(model: torch.nn.Module, d: Dist, fsdp: bool = False) -> torch.nn.
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)

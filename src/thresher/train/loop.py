@@ -3,13 +3,14 @@
     for step in range(start, steps):
         selector.on_step(step, model)          # may re-select; timed (selection seconds / FLOPs)
         for each micro-batch: forward, backward (grads synced across ranks on the last one)
-        clip, AdamW step at lr(step)
+        clip, AdamW step at lr(step)            (float16: through a GradScaler)
         callbacks: evaluate -> metrics.jsonl -> tensorboard -> progress -> checkpoint -> yours
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 
 from thresher.train import callbacks as cb
 from thresher.train.checkpoint import (
-    export_hf, full_state, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap,
+    export_hf, full_state, list_checkpoints, load_checkpoint, read_trainer_state, remove_stale_temp, rng_state,
+    save_checkpoint, set_rng_state, step_dirs, unwrap,
 )
 from thresher.train.config import TrainConfig
 from thresher.train.data import PackedLoader
@@ -38,6 +40,8 @@ from thresher.utils.seeding import derive_seed
 # settings a resumed run must share with the checkpoint (others: steps, logging, runtime may change)
 _RESUME_MUST_MATCH = ("model", "seq_len", "global_batch_tokens", "seed", "lr", "schedule", "warmup_steps",
                       "beta1", "beta2", "eps", "weight_decay", "doc_positions", "min_lr_ratio", "decay_fraction")
+# settings that may change on resume but reshape the learning-rate schedule (a warning names them)
+_RESUME_RESHAPES_SCHEDULE = ("steps",)
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "A10G": 70e12,
               "L4": 121e12, "4090": 165e12}
 
@@ -57,6 +61,7 @@ class Run:
     accum: int
     flops_per_token: float
     autocast_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None = None  # float16 autocast: loss scaling against gradient underflow
     step: int = 0
     should_stop: bool = False
     counters: dict = field(default_factory=lambda: {"tokens": 0, "selection_s": 0.0, "selection_flops": 0.0,
@@ -80,7 +85,8 @@ class Run:
     def trainer_state(self) -> dict:
         return {"step": self.step, "config": self.cfg.to_dict(), "rng": rng_state(), "counters": dict(self.counters),
                 "loader": self.loader.state_dict(), "selector": self.selector.state_dict(),
-                "schedule": {"name": self.cfg.schedule, "step": self.step}, "world_size": self.dist.world}
+                "schedule": {"name": self.cfg.schedule, "step": self.step}, "world_size": self.dist.world,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
 
     def save_checkpoint(self, keep_last: int = 2, keep_every: int = 0) -> Path | None:
         path = save_checkpoint(self.out_dir / "checkpoints", self.step, self.engine, self.optimizer,
@@ -157,27 +163,79 @@ def _setup(cfg: TrainConfig, store, selector, out_dir: Path, d: Dist) -> Run:
     loader = PackedLoader(store, selector, cfg.seq_len, cfg.micro_batch, seed=derive_seed(cfg.seed, "data"),
                           rank=d.rank, world_size=d.world, prefetch=cfg.prefetch,
                           pin_memory=d.device.type == "cuda", doc_positions=cfg.doc_positions)
-    amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype) if d.device.type == "cuda" else None
+    amp = _autocast_dtype(cfg, d.device)
     return Run(cfg, d, out_dir, model, engine, optimizer, loader, selector, _accum_steps(cfg, d.world),
-               count_flops_per_token(mcfg, store.vocab_size, cfg.seq_len), amp, compiled_layers=compiled_layers)
+               count_flops_per_token(mcfg, store.vocab_size, cfg.seq_len), amp,
+               scaler=_grad_scaler(d.device) if amp == torch.float16 else None, compiled_layers=compiled_layers)
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: cfg.dtype on CUDA; None (plain float32) on CPU or for "float32"."""
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype) if device.type == "cuda" else None
+
+
+def _grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type)
+
+
+def _check_fresh_start(out_dir: Path) -> None:
+    """A fresh run must not share a checkpoint folder with another run (retention and --resume would mix them)."""
+    found = step_dirs(out_dir / "checkpoints")
+    if found:
+        raise ThresherError(f"{out_dir / 'checkpoints'} already holds checkpoints ({found[-1].name}, ...) of an "
+                            "earlier run: pass --resume (resume=True) to continue it, or use another out_dir")
 
 
 def _resume(run: Run) -> bool:
-    path = latest_checkpoint(run.out_dir / "checkpoints")
-    if path is None:
-        print0(f"resume: no checkpoint under {run.out_dir / 'checkpoints'}; starting from step 0")
+    """Load the newest readable checkpoint; an unreadable one is skipped with a warning (older one used)."""
+    root = run.out_dir / "checkpoints"
+    ckpts = [p for _, p in reversed(list_checkpoints(root))]
+    if not ckpts:
+        print0(f"resume: no checkpoint under {root}; starting from step 0")
         return False
-    state = load_checkpoint(path, run.engine, run.optimizer)
-    saved = state["config"]
-    diff = [k for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(run.cfg, k)]
-    if diff:
-        raise SettingsMismatchError(f"cannot resume {path}: settings differ from the checkpoint's: {', '.join(diff)}")
+    for i, path in enumerate(ckpts):
+        try:
+            state = read_trainer_state(path)
+            _check_resume_settings(run.cfg, state, path)
+            state = load_checkpoint(path, run.engine, run.optimizer)
+            break
+        except SettingsMismatchError:
+            raise
+        except ThresherError as e:
+            if i == 0 and len(ckpts) == 1:
+                raise
+            if i + 1 == len(ckpts):
+                raise ThresherError(f"{e}; no older checkpoint under {root} is readable") from e
+            print0(f"warning: {e}; resuming from the previous checkpoint {ckpts[i + 1].name} instead")
+    _warn_schedule_change(run.cfg, state)
     run.step, run.counters = int(state["step"]), dict(state["counters"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
     run.selector.load_state_dict(state["selector"])
     run.loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])
     print0(f"resumed from {path} at step {run.step}")
     return True
+
+
+def _check_resume_settings(cfg: TrainConfig, state: dict, path: Path) -> None:
+    saved = state["config"]
+    diff = [k for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)]
+    if diff:
+        raise SettingsMismatchError(f"cannot resume {path}: settings differ from the checkpoint's: {', '.join(diff)}")
+
+
+def _warn_schedule_change(cfg: TrainConfig, state: dict) -> None:
+    """One warning line per changed setting that reshapes the (non-constant) lr schedule, e.g. steps."""
+    saved = state["config"]
+    if cfg.schedule == "constant":
+        return
+    for k in _RESUME_RESHAPES_SCHEDULE:
+        if k in saved and saved[k] != getattr(cfg, k):
+            old, step = dataclasses.replace(cfg, **{k: saved[k]}), int(state["step"])
+            print0(f"warning: resume: train.{k} changed from {saved[k]} to {getattr(cfg, k)}; the {cfg.schedule} "
+                   f"learning-rate schedule follows the new value (lr at step {step}: "
+                   f"{lr_at(old, step):.3g} before, {lr_at(cfg, step):.3g} now)")
 
 
 # --- one update ----------------------------------------------------------------------------------------------
@@ -200,7 +258,8 @@ def _micro_step(run: Run, batch: dict, sync: bool) -> torch.Tensor:
             with amp:
                 logits = run.engine(input_ids=ids, use_cache=False, **kw).logits  # (B, T, V); no KV cache
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        (loss / run.accum).backward()
+        scaled = loss / run.accum
+        (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
     return loss.detach()
 
 
@@ -220,8 +279,14 @@ def _train_step(run: Run) -> dict:
     t1 = time.perf_counter()
     with run.layers_compiled():
         loss = sum(_micro_step(run, run.loader.next_batch(), i == run.accum - 1) for i in range(run.accum)) / run.accum
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients
     gnorm = torch.nn.utils.clip_grad_norm_(run.engine.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
-    run.optimizer.step()
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)  # skipped when the gradients overflowed; the scale then backs off
+        run.scaler.update()
+    else:
+        run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     loss = float(all_reduce_mean(loss, run.dist))  # also waits for the device, so the timing is honest
     train_s = time.perf_counter() - t1
@@ -266,9 +331,13 @@ def train(cfg: TrainConfig, store, selector, out_dir, eval_tasks: dict | None = 
     """
     cfg.validate()
     out_dir = Path(out_dir)
+    if not resume:
+        _check_fresh_start(out_dir)
     d = init_distributed(cfg.device)
     run = None
     try:
+        if d.rank == 0:
+            remove_stale_temp(out_dir / "checkpoints")
         run = _setup(cfg, store, selector, out_dir, d)
         if not (resume and _resume(run)) and selector.version == 0:
             selector.initial_selection()
