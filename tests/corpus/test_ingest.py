@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,42 @@ def test_resume_after_sigkill(clean, corpus, tok_path, tmp_path):
     assert_same_store(clean[0], out)
 
 
+STUCK = """
+import os, sys, time
+import thresher.corpus.ingest as ing
+def add(self, docs, ids):  # a shard that takes forever; marks that a worker is in it
+    open(os.path.join(os.environ["MARKS"], str(os.getpid())), "w").close()
+    time.sleep(3600)
+ing.PartWriter.add = add  # the spawned workers import this script too (as __mp_main__)
+if __name__ == "__main__":
+    ing.ingest([sys.argv[1]], sys.argv[2], sys.argv[3], field_map=%r, workers=2, batch_size=7)
+""" % (FMAP,)
+
+
+def test_ctrl_c_stops_a_parallel_ingest_at_once_and_a_rerun_resumes(clean, corpus, tok_path, tmp_path):
+    script, out, marks = tmp_path / "stuck.py", tmp_path / "s", tmp_path / "marks"
+    script.write_text(STUCK)
+    marks.mkdir()
+    env = {**os.environ, "THRESHER_NO_PROGRESS": "1", "MARKS": str(marks)}
+    p = subprocess.Popen([sys.executable, str(script), str(corpus["dir"]), str(out), str(tok_path)], env=env,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(marks.iterdir())) < 2 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(marks.iterdir())) == 2, "both workers should be busy"
+        os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == -signal.SIGINT and err.rstrip().endswith("KeyboardInterrupt"), err[-2000:]
+    assert not (out / "store.json").exists()
+    ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=2, batch_size=7)
+    assert_same_store(clean[0], out)
+
+
 def test_settings_mismatch_is_refused_and_complete_store_is_kept(clean, corpus, tok_path, tmp_path):
     out = tmp_path / "s"
     ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1)
@@ -163,6 +201,13 @@ def test_clear_one_line_errors(corpus, tok_path, tmp_path):
     _error(["clashes"], corpus["shards"], tmp_path / "s5", str(tok_path), field_map={"doc_id": "id"})
     write_jsonl(tmp_path / "bad.jsonl", [{"text": " "}, {"text": None}])
     _error(["empty corpus", "2 records excluded"], [str(tmp_path / "bad.jsonl")], tmp_path / "s6", str(tok_path))
+
+
+def test_out_dir_that_is_a_file_is_a_clear_error(corpus, tok_path, tmp_path):
+    (tmp_path / "afile").write_text("keep me")
+    _error(["afile is a file, not a folder"], corpus["shards"], tmp_path / "afile", str(tok_path))
+    _error(["afile is a file, not a folder"], corpus["shards"], tmp_path / "afile" / "store", str(tok_path))
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_uint32_for_a_large_vocabulary(tmp_path):

@@ -53,3 +53,12 @@ def test_special_ids_by_common_names():
     assert special_ids(_wordlevel(["<unk>", "<pad>", "<eos>"])) == (2, 1)
     with pytest.raises(ThresherError, match="no end-of-text token"):
         special_ids(_wordlevel(["<unk>", "x"]))
+
+
+def test_cli_tokenizer_help_names_only_what_exists():
+    from typer.testing import CliRunner
+
+    from thresher.cli import app
+
+    r = CliRunner().invoke(app, ["tokenizer", "--help"])
+    assert r.exit_code == 0 and "Train a byte-level BPE tokenizer" in r.output and "inspect" not in r.output

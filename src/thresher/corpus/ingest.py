@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -56,10 +57,10 @@ def ingest(
     ``keep_parts`` keeps the per-shard parts after the merge (they double the disk use).
     """
     t0 = time.perf_counter()
+    out = _check_out_dir(Path(out_dir))
     field_map = _check_field_map(field_map)
     shards = expand_inputs(inputs)
     tok = load_tokenizer(tokenizer)
-    out = Path(out_dir)
     settings = _settings(tok, text_field, field_map)
     fingerprints = [shard_fingerprint(s) for s in shards]
     done = _prepare_out_dir(out, settings, fingerprints, resume)
@@ -127,6 +128,14 @@ def shard_key(path: Path) -> str:
 def shard_fingerprint(path: Path) -> dict:
     st = path.stat()
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _check_out_dir(out: Path) -> Path:
+    """``out`` or its nearest existing parent must be a folder (a file there is never overwritten)."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ThresherError(f"cannot write the token store to {out}: {existing} is a file, not a folder")
+    return out
 
 
 def _check_field_map(field_map: dict | None) -> dict:
@@ -207,15 +216,20 @@ def _run_tasks(todo: list[ShardTask], tok_json: str, workers: int) -> list[dict]
     # An executor, not mp.Pool: a worker that dies (OOM kill) fails the run instead of hanging it.
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tok_json, threads)) as ex:
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tok_json, threads))
+    try:
         futures = [ex.submit(_pool_ingest_shard, t) for t in todo]
-        try:
-            return _collect((f.result() for f in as_completed(futures)), len(todo))
-        except BrokenProcessPool:
-            raise ThresherError("an ingest worker process died (out of memory?); rerun to resume") from None
-        finally:
-            for f in futures:
-                f.cancel()
+        return _collect((f.result() for f in as_completed(futures)), len(todo))
+    except BrokenProcessPool:
+        raise ThresherError("an ingest worker process died (out of memory?); rerun to resume") from None
+    except KeyboardInterrupt:
+        # Ctrl-C: stop the shards in progress instead of finishing them (they have no .done yet, so a
+        # rerun redoes them). The workers ignore SIGINT, so none died holding a pool lock.
+        for proc in list((ex._processes or {}).values()):
+            proc.terminate()
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)  # quick: the workers are done, idle or terminated
 
 
 def _collect(results: Iterable[dict], total: int) -> list[dict]:
@@ -233,6 +247,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(tok_json: str, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (see _run_tasks)
     # tokenizers' Rust thread pool reads this when it starts (on the first encode): split the cores.
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     from tokenizers import Tokenizer

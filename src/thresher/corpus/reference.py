@@ -1,6 +1,6 @@
 """Reference tasks: (context, continuation) examples whose continuation loss the selection optimises.
 
-On disk a task is JSONL or Parquet with ``context`` and ``continuation`` string fields (LAMBADA-,
+On disk a task is JSONL (plain, .gz or .zst) or Parquet with ``context`` and ``continuation`` string fields (LAMBADA-,
 SQuAD- and Jeopardy-style tasks all reduce to that form; see ``reference_pair`` for the layouts read). Each task is split once, deterministically, into a
 ``reward`` part (used for influence rewards during training) and an ``eval`` part (used only to
 evaluate); the two never overlap.
@@ -8,14 +8,16 @@ evaluate); the two never overlap.
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from thresher.corpus.readers import Excluded, _jsonl_rows
 from thresher.utils.errors import ThresherError
+from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 
 
@@ -62,38 +64,54 @@ def reference_pair(rec: dict) -> tuple[str, str] | None:
     return None
 
 
-def _records(path: Path):
-    if path.suffix == ".parquet":
+_SKIPPED = {"malformed_json": "not JSON", "invalid_utf8": "not UTF-8", "no_pair": "no context/continuation"}
+
+
+def _records(path: Path, skipped: Counter) -> Iterator[dict]:
+    """The file's records; JSONL (plain, .gz, .zst) lines that are not UTF-8 or not a JSON object are counted."""
+    if path.name.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError on a non-Parquet file
+            raise ThresherError(f"cannot read Parquet file {path}: {e}".splitlines()[0]) from None
+        for batch in pf.iter_batches(batch_size=1024):
             yield from batch.to_pylist()
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                yield rec
+    for _, rec in _jsonl_rows(path):
+        if isinstance(rec, Excluded):
+            skipped[rec.reason] += 1
+        else:
+            yield rec
 
 
 def read_reference(path: str | Path, limit: int | None = None) -> list[tuple[str, str]]:
-    """(context, continuation) strings from JSONL or Parquet; records of no known layout are skipped."""
+    """(context, continuation) strings from JSONL (plain, .gz, .zst) or Parquet.
+
+    Lines of no known layout, not JSON or not UTF-8 are skipped; their count is printed once.
+    """
     path = Path(path)
     if not path.exists():
         raise ThresherError(f"reference task file not found: {path}")
-    out = []
-    for rec in _records(path):
+    if path.is_dir():
+        raise ThresherError(f"reference task {path} is a folder, not a .jsonl[.gz|.zst] or .parquet file")
+    out, skipped = [], Counter()
+    for rec in _records(path, skipped):
         pair = reference_pair(rec)
-        if pair is not None:
+        if pair is None:
+            skipped["no_pair"] += 1
+        else:
             out.append(pair)
         if limit is not None and len(out) >= limit:
             break
+    why = ", ".join(f"{skipped[r]} {text}" for r, text in _SKIPPED.items() if skipped[r])
     if not out:
         raise ThresherError(f"no (context, continuation) examples in {path} (expected context/continuation, "
-                            "until_last/last_word or SQuAD fields)")
+                            "until_last/last_word or SQuAD fields" + (f"; skipped {why})" if why else ")"))
+    if why:
+        unit = "rows" if path.name.lower().endswith(".parquet") else "lines"
+        print0(f"reference {path}: skipped {sum(skipped.values())} {unit} ({why})")
     return out
 
 

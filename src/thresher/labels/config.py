@@ -46,6 +46,8 @@ class LabelConfig:
 
 
 def build_labelers(cfg: LabelConfig, source: DocumentSource | None = None) -> list[Labeler]:
+    if not cfg.labelers:
+        raise ThresherError(f"no labelers given; choose from {list(KNOWN)}")
     unknown = [n for n in cfg.labelers if n not in KNOWN]
     if unknown:
         raise ThresherError(f"unknown labeler(s) {unknown}; choose from {list(KNOWN)}")
