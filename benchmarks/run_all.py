@@ -21,6 +21,10 @@ ORDER = ["ingest", "labels", "selection", "train", "influence", "influence_proje
 
 
 def main(names: list[str]) -> int:
+    if any(n in ("-h", "--help") for n in names):
+        print(__doc__.strip())
+        print(f"benchmarks: {' '.join(ORDER)}")
+        return 0
     unknown = [n for n in names if n not in ORDER]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {ORDER}")
@@ -34,7 +38,7 @@ def main(names: list[str]) -> int:
     print("\n=== summary ===")
     for name, rc, s in results:
         print(f"{name:<22} {'ok' if rc == 0 else f'FAILED (exit {rc})':<16} {s:7.1f} s")
-    return max(rc for _, rc, _ in results)
+    return 1 if any(rc for _, rc, _ in results) else 0  # a benchmark killed by a signal has rc < 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@
 
 Both sides train the same config on random tokens for --steps updates; the first --warmup updates
 (compilation, allocator warm-up) are excluded from tokens/s; "1st update s" is the first update's time,
-i.e. mostly the (cold-cache) compile time. The plain loop (full logits + F.cross_entropy) is the
+i.e. mostly the (cold-cache) compile time: Dynamo is reset before every run and Inductor's caches are
+off, but Inductor's one-time start-up (imports, compile workers) falls on the first compiled run of the
+process only, so later rows' first updates are a few seconds short of a cold start in a fresh process
+(run one --modes/--loss per process for cold numbers on every row). The plain loop (full logits + F.cross_entropy) is the
 reference for the overhead of the selector hook, the packed loader, metrics and callbacks; with
 ``--loss full,chunked`` thresher runs once per loss implementation (TrainConfig.loss_impl) against
 the same plain number. Peak memory is torch.cuda.max_memory_allocated of the thresher run (n/a on CPU).
@@ -30,6 +33,7 @@ import time
 
 import numpy as np
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 
 from thresher.agents.base import Selector
@@ -70,6 +74,7 @@ def thresher_tps(cfg: TrainConfig, store, warmup: int) -> tuple[float, float | N
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    torch._dynamo.reset()  # no graph compiled by an earlier row is reused
     with tempfile.TemporaryDirectory() as out:
         train(cfg, store, AllDocs(store.n_docs), out)
         lines = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl")]
@@ -82,6 +87,7 @@ def plain_tps(cfg: TrainConfig, vocab: int, warmup: int) -> tuple[float, float]:
     """(tokens/s after warm-up, seconds of the first update) of plain LlamaForCausalLM + AdamW (whole-model
     torch.compile when cfg.compile)."""
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = build_model(cfg.model, vocab).to(dev)
     opt = build_optimizer(model, cfg, dev)

@@ -25,3 +25,12 @@ def test_paper_table1_shots():
 def test_bad_settings(kw):
     with pytest.raises(ThresherError):
         EvalConfig(**kw)
+
+
+def test_num_fewshot_names_known_tasks_with_either_spelling():
+    """A misspelt task in num_fewshot would silently run 0-shot; thresher_<task> and <task> are one task."""
+    for bad in ({"comonsenseqa": 5}, {"arc_easy": "x"}, {"arc_easy": -1}, {"arc_easy": True}):
+        with pytest.raises(ThresherError, match="num_fewshot"):
+            EvalConfig(num_fewshot=bad)
+    assert EvalConfig(tasks=["thresher_arc_easy", "boolq"]).shots() == {"thresher_arc_easy": 3, "boolq": 0}
+    assert EvalConfig(tasks=["arc_easy"], num_fewshot={"thresher_arc_easy": 7}).shots() == {"arc_easy": 7}

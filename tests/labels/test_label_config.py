@@ -21,3 +21,9 @@ def test_no_labelers_is_a_clear_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: no labelers given") and err.count("\n") == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["batch_size", "model_batch_size", "shard_size", "workers"])
+def test_sizes_below_one_are_refused(key):
+    with pytest.raises(ThresherError, match=f"label.{key}"):
+        LabelConfig(**{key: 0})

@@ -227,3 +227,31 @@ def test_kmeans_assign_is_nearest_centroid():
     best = d.min(1)
     assert np.all(d[np.arange(ok.sum()), a[ok]] <= best + 1e-3)  # brute-force nearest (ties allowed)
     np.testing.assert_array_equal(km.train(x), c)  # same seed -> same centroids
+
+
+def test_hf_classifier_without_a_pad_token_labels_batches(tmp_path):
+    """A Llama-style classifier whose tokenizer and config have no pad token (like GPT-2's) labels batches > 1:
+    the loader gives the config the pad id it gives the tokenizer, and each row's label is that of the row alone."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    from thresher.labels.topic import HFTopicLabeler
+
+    words = "the a of to and in is was for on that with as by at from it an be this which or are question answer"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator([words, words.upper()] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, max_position_embeddings=64, num_labels=3,
+                      id2label={0: "x", 1: "y", 2: "z"}, label2id={"x": 0, "y": 1, "z": 2})
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
+    fast.save_pretrained(tmp_path)
+    texts = ["the a of to and", "question answer is the", "of of of of of of of of"]
+    lab = HFTopicLabeler(str(tmp_path), max_length=16, batch_size=4, device="cpu")
+    batched = lab.label({"doc_id": np.arange(3), "text": texts})["topic"]
+    alone = [lab.label({"doc_id": np.arange(1), "text": [t]})["topic"][0] for t in texts]
+    assert list(batched) == alone

@@ -180,3 +180,13 @@ def test_label_stats_against_numpy(tmp_path, full_table):
     share = np.bincount(cell, minlength=13) / len(cell)
     row = f"| {table.categories('quality_interval')[qi]} | {table.categories('domain')[di]} | {len(cell)} | {1 - share.max():.3f} |"
     assert row in md
+
+
+def test_stats_read_a_table_under_a_path_with_a_quote(tmp_path, docs):
+    from thresher.labels.stats import joint_counts
+
+    quoted, plain = (run_labelers(source(docs[:10]), [SyntheticLabeler(seed=3)], tmp_path / d, shard_size=5)
+                     for d in ("it's", "plain"))
+    got, want = joint_counts(quoted, "domain", "topic"), joint_counts(plain, "domain", "topic")
+    assert got[:2] == want[:2] and want[2].sum() > 0
+    np.testing.assert_array_equal(got[2], want[2])

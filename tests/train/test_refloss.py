@@ -52,3 +52,18 @@ def test_restores_training_mode(model):
     reference_loss(model, _task(), 4, 64)
     assert model.training
     model.eval()
+
+
+def test_nothing_scorable_is_nan_not_a_perfect_loss(model):
+    empty_cont = ReferenceTask("t", [np.array([3, 4])], [np.array([], dtype=np.int64)])
+    assert np.isnan(reference_loss(model, empty_cont))
+    assert np.isnan(reference_loss(model, ReferenceTask("t", [np.array([], dtype=np.int64)], [np.array([5])])))
+
+
+def test_a_continuation_longer_than_max_len_keeps_one_context_token(model):
+    """The scored tokens are the continuation's first max_len - 1, each predicted from what precedes it."""
+    ctx, cont = np.array([7, 8, 9]), np.array([3, 4, 5, 6, 11])
+    got = reference_loss(model, ReferenceTask("t", [ctx], [cont]), max_len=4)
+    with torch.no_grad():
+        expected = _loop_reference(model, ReferenceTask("t", [ctx[-1:]], [cont[:3]]))
+    assert got == pytest.approx(expected, rel=1e-9)

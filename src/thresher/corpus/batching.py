@@ -38,12 +38,13 @@ def pad_examples(
     """(context, continuation) pairs scored on the continuation only.
 
     When context + continuation exceed ``max_len`` the context is cut from the left, so the
-    continuation (what is scored) is always kept whole if it fits.
+    continuation (what is scored) is always kept whole if it fits; a continuation that does not fit is
+    cut from the right, keeping one context token (the one that predicts its first token).
     """
     rows = []
     for ctx, cont in examples:
         ctx = np.asarray(ctx, dtype=np.int64)
-        cont = np.asarray(cont, dtype=np.int64)[:max_len]
+        cont = np.asarray(cont, dtype=np.int64)[: max_len - (1 if len(ctx) else 0)]
         keep = max(0, max_len - len(cont))
         ctx = ctx[len(ctx) - keep :] if keep < len(ctx) else ctx
         rows.append((ctx, cont))

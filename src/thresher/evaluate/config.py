@@ -44,9 +44,15 @@ class EvalConfig:
             raise ThresherError(f"eval.metric must be 'acc' or 'acc_norm', got {self.metric!r}")
         if self.limit < 0 or self.batch_size < 1:
             raise ThresherError("eval.limit must be >= 0 and eval.batch_size >= 1")
+        bad = {t: n for t, n in self.num_fewshot.items()
+               if t.removeprefix("thresher_") not in TASKS or isinstance(n, bool) or not isinstance(n, int) or n < 0}
+        if bad:  # a misspelt task would silently run 0-shot
+            raise ThresherError(f"eval.num_fewshot: {bad} must map known tasks to shot counts >= 0; known: {', '.join(TASKS)}")
 
     def shots(self) -> dict[str, int]:
-        return {t: int(self.num_fewshot.get(t, self.default_fewshot)) for t in self.tasks}
+        """Shots per task of ``tasks``; ``thresher_arc_easy`` and ``arc_easy`` are one task in both fields."""
+        shots = {t.removeprefix("thresher_"): n for t, n in self.num_fewshot.items()}
+        return {t: int(shots.get(t.removeprefix("thresher_"), self.default_fewshot)) for t in self.tasks}
 
     def resolved_data_root(self) -> Path:
         if self.data_root:

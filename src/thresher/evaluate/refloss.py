@@ -34,7 +34,7 @@ def reference_loss(model, task, batch_size: int = 16, max_len: int = 1024, devic
             total, count = total + nll, count + n
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    return total / count if count else float("nan")  # nothing scorable (empty continuations): no loss, not 0
 
 
 def _batch_nll(model, batch: dict, device: torch.device, autocast_dtype) -> tuple[float, int]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_path, atomic_write_text
 
 REF_PREFIX = "ref_loss/"
@@ -128,7 +129,10 @@ def compute_table(runs: dict[str, Path]) -> list[str]:
         path = Path(d) / "summary.json"
         if not path.exists():
             continue
-        s = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            s = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ThresherError(f"{path} is unreadable ({type(e).__name__}): rerun that policy or delete its folder") from None
         ts, ss = s.get("train_seconds") or 0.0, s.get("selection_seconds") or 0.0
         tf, sf = s.get("train_flops") or 0.0, s.get("selection_flops") or 0.0
         rows.append(f"| {p} | {ts:.1f} | {ss:.1f} | {ss / ts if ts else 0:.1%} | {tf:.3g} | {sf:.3g} | "
@@ -153,8 +157,8 @@ def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thres
     lines.append("|---|" + "---:|" * (len(tasks) + 1))
     for p, f in finals.items():
         vals = [f.get(t) for t in tasks]
-        mean = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
-        lines.append(f"| {p} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + f" | {mean:.4f} |")
+        mean = "-" if None in vals else f"{sum(vals) / len(vals):.4f}"  # a mean over fewer tasks would not compare
+        lines.append(f"| {p} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + f" | {mean} |")
     lines += ["", "![reference loss](ref_loss.png)", ""]
     lines += compute_table(runs)
     for p, d in runs.items():

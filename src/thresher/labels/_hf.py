@@ -24,6 +24,8 @@ def load_hf(model: str, kind: str, device: str = "auto"):
         raise ThresherError(f"cannot load model {model!r} (local path or cached Hub id): {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if getattr(net.config, "pad_token_id", 0) is None:  # sequence classifiers find each row's last token by it
+        net.config.pad_token_id = tok.pad_token_id
     return tok, net.to(dev).eval(), dev
 
 

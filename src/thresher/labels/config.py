@@ -44,6 +44,11 @@ class LabelConfig:
     keep_shards: bool = False
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "model_batch_size", "shard_size", "workers", "max_length", "max_chars"):
+            if getattr(self, name) < 1:
+                raise ThresherError(f"label.{name} = {getattr(self, name)}; expected an integer >= 1")
+
 
 def build_labelers(cfg: LabelConfig, source: DocumentSource | None = None) -> list[Labeler]:
     if not cfg.labelers:

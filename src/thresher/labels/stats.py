@@ -21,7 +21,8 @@ def _query(table: LabelTable, sql: str) -> list[tuple]:
     import duckdb
 
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW labels AS SELECT * FROM read_parquet('{table.path / PARQUET}')")
+    path = str(table.path / PARQUET).replace("'", "''")  # a quote in the path stays a quote
+    con.execute(f"CREATE VIEW labels AS SELECT * FROM read_parquet('{path}')")
     return con.execute(sql).fetchall()
 
 
