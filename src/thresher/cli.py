@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Select LLM pretraining data while the model trains (multi-agent collaborative selection, Quad).",
 )
-tokenizer_app = typer.Typer(no_args_is_help=True, help="Train or inspect tokenizers.")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a byte-level BPE tokenizer.")
 quality_app = typer.Typer(no_args_is_help=True, help="Quality classifiers for the quality agent.")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(quality_app, name="quality")
@@ -166,10 +166,12 @@ def train(
     resume: bool = typer.Option(False, help="Continue from the newest checkpoint in the run's out folder."),
 ):
     """Train a model while a selection policy re-chooses its data (Algorithm 1); resumable."""
-    from thresher.config import load_run_config
+    from thresher.config import check_run_inputs, load_run_config
     from thresher.experiments.run import run
 
-    summary = run(load_run_config(config, list(set_)), resume=resume)
+    cfg = load_run_config(config, list(set_))
+    check_run_inputs(cfg)  # before run() creates the out folder
+    summary = run(cfg, resume=resume)
     typer.echo(f"finished at step {summary.get('step')}; reference losses: {summary.get('ref_losses')}")
 
 
@@ -208,7 +210,7 @@ def demo(
     from thresher.experiments.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(seed=seed, policies=[p.strip() for p in policies.split(",") if p.strip()], projection=projection)
-    if steps:
+    if steps is not None:
         cfg.steps = steps
     report = run_demo(cfg, out)
     typer.echo(f"report: {report}")
@@ -232,7 +234,10 @@ def experiment(
         typer.echo(f"results: {write_results(exp)}")
         return
     if seeds:  # run a subset now (e.g. one process per seed); the table still covers experiment.seeds
-        picked = [int(s) for s in seeds.split(",") if s.strip()]
+        try:
+            picked = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ThresherError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. --seeds 0,1") from None
         unknown = sorted(set(picked) - set(exp.seeds))
         if unknown:
             raise ThresherError(f"--seeds {unknown} are not in experiment.seeds {exp.seeds}")
@@ -242,6 +247,18 @@ def experiment(
     typer.echo(f"results: {run_experiment(exp, base, only=only_list, seeds=picked)}")
 
 
+# what to tell after Ctrl-C, per command that resumes
+_RESUME_HINTS = {"train": "rerun with --resume to continue", "experiment": "rerun the same command to continue",
+                 "demo": "rerun the same command to continue", "ingest": "rerun the same command to continue"}
+
+
+def _interrupted() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    hint = _RESUME_HINTS.get(command)
+    print(f"interrupted: {hint}" if hint else "interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
 def main() -> None:
     try:
         app()
@@ -249,8 +266,11 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C inside a command into a silent exit 130
+            _interrupted()
+        raise
 
 
 if __name__ == "__main__":

@@ -7,17 +7,23 @@
 
 ``thresher train --config run.toml --set train.steps=200 --set selector.policy=quad`` loads the file,
 applies the overrides and writes the resolved tree to ``<out>/config.toml``.
+
+The top-level ``seed`` is the run's seed: every section's ``seed`` that the file and the overrides do not
+set follows it (``--set seed=1`` reseeds the selection, the influence engine and the trainer); a section
+seed set explicitly wins.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from thresher.agents.config import SelectorConfig
 from thresher.influence.config import InfluenceConfig
 from thresher.train.config import TrainConfig
-from thresher.utils.tomlio import load_config, save_config
+from thresher.utils.errors import ThresherError
+from thresher.utils.tomlio import apply_overrides, from_dict, load_toml, save_config
 
 
 @dataclass
@@ -26,12 +32,18 @@ class DataConfig:
     labels: str = ""  # label table folder (thresher label)
     # agent label name -> label-table column (absent columns are skipped); the quality agent reads
     # the Eq. 3 intervals, Quad's bandit the k-means cluster ids
-    label_columns: dict = field(default_factory=lambda: {
+    label_columns: dict[str, str] = field(default_factory=lambda: {
         "quality": "quality_interval", "domain": "domain", "topic": "topic", "cluster": "cluster"})
-    reference: dict = field(default_factory=dict)  # task name -> JSONL with context / continuation
+    reference: dict[str, str] = field(default_factory=dict)  # task name -> JSONL with context / continuation
     reference_eval_fraction: float = 0.5  # held out for evaluation, never used for rewards
     reference_max_examples: int = 512  # per task, before the split
     influence_fit_docs: int = 256  # pool documents sampled to fit K-FAC/EK-FAC factors
+
+    def validate(self) -> None:
+        if not 0 < self.reference_eval_fraction < 1:
+            raise ThresherError(f"data.reference_eval_fraction = {self.reference_eval_fraction}: expected a "
+                                f"fraction strictly between 0 and 1 (each reference task is split into a reward "
+                                f"part and an eval part, neither may be empty)")
 
 
 @dataclass
@@ -44,11 +56,43 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# sections with their own seed, which follows the top-level seed unless set explicitly
+SEEDED_SECTIONS = ("selector", "influence", "train")
+
+
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    cfg = load_config(RunConfig, path, overrides)
+    return run_config_from_dict(apply_overrides(load_toml(path) if path else {}, list(overrides or [])))
+
+
+def run_config_from_dict(data: dict) -> RunConfig:
+    """The validated RunConfig of a TOML tree; section seeds it does not set take the top-level seed."""
+    data = copy.deepcopy(data)
+    for name in SEEDED_SECTIONS:
+        section = data.setdefault(name, {})
+        if isinstance(section, dict) and "seed" not in section and "seed" in data:
+            section["seed"] = data["seed"]
+    cfg = from_dict(RunConfig, data)
+    cfg.data.validate()
     cfg.selector.validate()
     cfg.train.validate()
     return cfg
+
+
+def check_run_inputs(cfg: RunConfig) -> None:
+    """The run's inputs exist (token store, label table, reference tasks): checked before anything is written."""
+    from thresher.corpus.store import TokenStore
+    from thresher.labels.table import LabelTable
+
+    if not cfg.data.store or not cfg.data.labels:
+        raise ThresherError("data.store and data.labels must name a token store and a label table: "
+                            "give a run config (--config run.toml) or --set data.store=... --set data.labels=...")
+    TokenStore.open(cfg.data.store)
+    LabelTable.open(cfg.data.labels)
+    if not cfg.data.reference:
+        raise ThresherError("data.reference is empty: name at least one reference task JSONL")
+    missing = [str(p) for p in cfg.data.reference.values() if not Path(p).exists()]
+    if missing:
+        raise ThresherError(f"reference task file(s) not found: {', '.join(missing)}")
 
 
 def save_run_config(cfg: RunConfig, out_dir: str | Path) -> Path:

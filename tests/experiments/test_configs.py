@@ -43,3 +43,65 @@ def test_shipped_experiment_resolves_every_run(path):
             assert cfg.out.endswith(f"{name}/seed{seed}")
             if name in exp.variants:
                 assert cfg.selector.policy == exp.variants[name]["policy"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=abc", "config key train.steps = 'abc': expected an integer"),
+    ("train.steps=2.5", "config key train.steps = 2.5: expected an integer"),
+    ("train.lr=fast", "config key train.lr = 'fast': expected a number"),
+    ("seed=abc", "config key seed = 'abc': expected an integer"),
+    ('data.reference="x.jsonl"', "config key data.reference = 'x.jsonl': expected a table"),
+    ('data.label_columns=["a"]', r"config key data.label_columns = \['a'\]: expected a table"),
+    ("train=5", "config key train = 5: expected a table of train settings"),
+])
+def test_run_config_values_are_type_checked(override, message):
+    with pytest.raises(ThresherError, match=f"^{message}$"):
+        load_run_config(CONFIGS[0], [override])
+
+
+@pytest.mark.parametrize("fraction", [0, 0.0, 1.0, 1.5, -0.2])
+def test_reference_eval_fraction_must_leave_both_parts(fraction):
+    with pytest.raises(ThresherError, match="reference_eval_fraction .*strictly between 0 and 1"):
+        load_run_config(CONFIGS[0], [f"data.reference_eval_fraction={fraction}"])
+    assert load_run_config(CONFIGS[0], ["data.reference_eval_fraction=0.25"]).data.reference_eval_fraction == 0.25
+
+
+def _seeds(cfg):
+    return cfg.seed, cfg.selector.seed, cfg.influence.seed, cfg.train.seed
+
+
+def test_top_level_seed_is_the_run_seed_unless_a_section_sets_its_own():
+    assert _seeds(load_run_config(None)) == (0, 0, 0, 0)
+    assert _seeds(load_run_config(CONFIGS[0], ["seed=3"])) == (3, 3, 3, 3)
+    assert _seeds(load_run_config(CONFIGS[0], ["seed=3", "train.seed=0", "selector.seed=5"])) == (3, 5, 3, 0)
+    assert _seeds(load_run_config(None, ["selector.seed=4"])) == (0, 4, 0, 0)
+
+
+def _experiment(tmp_path, text):
+    from thresher.experiments.experiment import load_experiment
+
+    path = tmp_path / "exp.toml"
+    path.write_text('[experiment]\nseeds = [0]\npolicies = ["random", "doremi", "big"]\n' + text)
+    return load_experiment(path)
+
+
+def test_every_variant_resolves_before_anything_runs(tmp_path):
+    variants = ('[experiment.variants.doremi]\npolicy = "static-mixture"\nset = ["selector.mixture=doremi"]\n'
+                '[experiment.variants.big]\npolicy = "random"\nset = ["selector.budget_tokns=1000"]\n')
+    with pytest.raises(ThresherError, match=r"^experiment policy 'big': unknown config key\(s\) selector.budget_tokns$"):
+        _experiment(tmp_path, variants)
+    with pytest.raises(ThresherError, match="experiment policy 'big': config key train.steps = 'x'"):
+        _experiment(tmp_path, variants.replace("selector.budget_tokns=1000", "train.steps=x"))
+    with pytest.raises(ThresherError, match=r"experiment.variants.big.set must be a list of overrides"):
+        _experiment(tmp_path, variants.replace('["selector.budget_tokns=1000"]', '"selector.budget_tokens=1000"'))
+    exp, base = _experiment(tmp_path, variants.replace("tokns", "tokens"))
+    assert exp.variants["big"]["set"] == ["selector.budget_tokens=1000"]
+
+
+def test_experiment_keys_are_named_with_their_dots():
+    from thresher.experiments.experiment import load_experiment
+
+    with pytest.raises(ThresherError, match=r"unknown config key\(s\) experiment.seed$"):
+        load_experiment(None, ["experiment.seed=1"])
+    with pytest.raises(ThresherError, match=r"^config key experiment.seeds\[0\] = 'a': expected an integer$"):
+        load_experiment(None, ['experiment.seeds=["a"]'])

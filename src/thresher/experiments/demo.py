@@ -49,6 +49,15 @@ class DemoConfig:
     # (24 left topic at 0.60-0.71; docs/agents.md)
     samples_per_category: int = 64
 
+    def validate(self) -> None:
+        from thresher.agents.policies import POLICIES
+
+        unknown = [p for p in self.policies if p not in POLICIES]
+        if not self.policies or unknown:
+            raise ThresherError(f"demo policies {unknown or '(none)'}: choose from {', '.join(POLICIES)}")
+        if self.steps < 1:
+            raise ThresherError(f"demo steps = {self.steps}: expected at least 1")
+
 
 def _gather(out: Path, cfg: DemoConfig) -> tuple[dict, Path, Path]:
     """synth -> ingest -> labels; each stage skips itself when its output is complete."""
@@ -114,15 +123,19 @@ def agreement_with_truth(run_dir: Path, ground_truth: dict) -> dict[str, float]:
 
 def run_demo(cfg: DemoConfig, out: str | Path) -> Path:
     from thresher.evaluate.report import write_report
+    from thresher.experiments.experiment import check_same_settings
     from thresher.experiments.run import run
 
+    cfg.validate()
     out = Path(out)
     t0 = time.perf_counter()
     world, store, labels = _gather(out, cfg)
     times = {"data": time.perf_counter() - t0}
+    configs = [run_config(cfg, policy, world, store, labels, out) for policy in cfg.policies]
+    for rc in configs:  # a finished or interrupted run is reused only under the same settings
+        check_same_settings(rc, Path(rc.out), "choose another --out")
     runs = {}
-    for policy in cfg.policies:
-        rc = run_config(cfg, policy, world, store, labels, out)
+    for policy, rc in zip(cfg.policies, configs):
         done = Path(rc.out) / "summary.json"
         t = time.perf_counter()
         if not done.exists():

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thresher.agents.policies import POLICIES
-from thresher.config import RunConfig
+from thresher.config import SEEDED_SECTIONS, RunConfig, run_config_from_dict
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_json, read_json
 from thresher.utils.log import print0
-from thresher.utils.tomlio import apply_overrides, dumps, from_dict, load_toml
+from thresher.utils.tomlio import apply_overrides, from_dict, load_toml, to_dict
 
 SUMMARY = "summary.json"
 
@@ -39,8 +39,8 @@ SUMMARY = "summary.json"
 @dataclass
 class ExperimentConfig:
     out: str = "runs/experiment"
-    seeds: list = field(default_factory=lambda: [0, 1])
-    policies: list = field(default_factory=lambda: ["random", "multi-agent"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    policies: list[str] = field(default_factory=lambda: ["random", "multi-agent"])
     # name -> {"policy": a POLICIES name, "set": ["section.key=value", ...]}
     variants: dict = field(default_factory=dict)
     # build the synthetic world (``thresher demo``'s) with this many documents and use it as [data];
@@ -59,11 +59,18 @@ class ExperimentConfig:
         for name in self.policies:
             v = self.variants.get(name)
             policy = v.get("policy") if isinstance(v, dict) else name
-            if policy not in POLICIES:
+            if not isinstance(policy, str) or policy not in POLICIES:
                 raise ThresherError(f"experiment policy {name!r} is neither a policy ({', '.join(POLICIES)}) "
                                     f"nor a variant with a known `policy`")
         if not 0 < self.confidence < 1:
             raise ThresherError("experiment.confidence must be in (0, 1)")
+        for name, v in self.variants.items():
+            where = f"experiment.variants.{name}"
+            if not isinstance(v, dict) or set(v) - {"policy", "set"}:
+                raise ThresherError(f"{where} must be a table with `policy` and `set` only")
+            sets = v.get("set", [])
+            if not isinstance(sets, list) or not all(isinstance(x, str) for x in sets):
+                raise ThresherError(f'{where}.set must be a list of overrides, e.g. set = ["selector.mixture=doremi"]')
 
 
 def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict]:
@@ -71,6 +78,8 @@ def load_experiment(path: str | Path | None, overrides: list[str] | None = None)
     data = apply_overrides(load_toml(path) if path else {}, list(overrides or []))
     exp = from_dict(ExperimentConfig, data.pop("experiment", {}), "experiment")
     exp.validate()
+    for name in exp.policies:  # every variant's overrides resolve, before anything trains
+        run_config_for(exp, data, name, exp.seeds[0])
     return exp, data
 
 
@@ -78,16 +87,18 @@ def run_config_for(exp: ExperimentConfig, base: dict, name: str, seed: int) -> R
     """The resolved RunConfig of one (policy or variant, seed)."""
     data = copy.deepcopy(base)
     variant = exp.variants.get(name, {})
-    apply_overrides(data, list(variant.get("set", [])))
-    data["out"] = str(Path(exp.out) / "runs" / name / f"seed{seed}")
-    data["seed"] = seed
-    for section in ("selector", "influence", "train"):
-        data.setdefault(section, {})["seed"] = seed
-    data["selector"]["policy"] = variant.get("policy", name)
-    cfg = from_dict(RunConfig, data)
-    cfg.selector.validate()
-    cfg.train.validate()
-    return cfg
+    try:
+        apply_overrides(data, list(variant.get("set", [])))
+        data["out"] = str(Path(exp.out) / "runs" / name / f"seed{seed}")
+        data["seed"] = seed
+        for section in SEEDED_SECTIONS:  # the run's seed everywhere, even where the base sets a section seed
+            if isinstance(data.setdefault(section, {}), dict):  # (not a table: from_dict says so)
+                data[section]["seed"] = seed
+        if isinstance(data["selector"], dict):
+            data["selector"]["policy"] = variant.get("policy", name)
+        return run_config_from_dict(data)
+    except ThresherError as e:
+        raise ThresherError(f"experiment policy {name!r}: {e}") from None
 
 
 def _prepare_synthetic(exp: ExperimentConfig, base: dict) -> dict:
@@ -100,19 +111,33 @@ def _prepare_synthetic(exp: ExperimentConfig, base: dict) -> dict:
     return base
 
 
-def _check_same_settings(cfg: RunConfig, run_dir: Path) -> None:
+def check_same_settings(cfg: RunConfig, run_dir: Path, other_out: str = "choose another experiment.out") -> None:
     """The run folder's config.toml, read back (fields it lacks take their defaults: a run saved before an
-    option existed ran with its default), must equal this experiment's config for that run."""
+    option existed ran with its default), must equal ``cfg``; else an error naming the differing settings."""
     saved = run_dir / "config.toml"
     if not saved.exists():
         return
     try:
-        same = dumps(from_dict(RunConfig, load_toml(saved))) == dumps(cfg)
-    except ThresherError:  # a field this version no longer has, or a value it refuses
-        same = False
-    if not same:
-        raise SettingsMismatchError(f"{run_dir} was made with other settings than this experiment's; delete it "
-                                    f"or choose another experiment.out")
+        diff = _differences(to_dict(run_config_from_dict(load_toml(saved))), to_dict(cfg))
+    except ThresherError as e:  # a field this version no longer has, or a value it refuses
+        diff = [f"its config.toml does not load: {e}"]
+    if diff:
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise SettingsMismatchError(f"{run_dir} was made with other settings ({'; '.join(diff[:3])}{more}); "
+                                    f"delete it or {other_out}")
+
+
+def _differences(old: dict, new: dict, where: str = "") -> list[str]:
+    """``key = old there, new now`` for every dotted key whose values differ (JSON-equal values are equal)."""
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{where}{k}.")
+        elif a != b:
+            out.append(f"{where}{k} = {a!r} there, {b!r} now")
+    return out
 
 
 def run_experiment(exp: ExperimentConfig, base: dict, callbacks=(), only: list[str] | None = None,
@@ -132,10 +157,11 @@ def run_experiment(exp: ExperimentConfig, base: dict, callbacks=(), only: list[s
     if unknown:
         raise ThresherError(f"--only {unknown}: not in experiment.policies {exp.policies}")
     todo = [(n, s) for s in (seeds or exp.seeds) for n in names]
-    for i, (name, seed) in enumerate(todo, 1):
-        cfg = run_config_for(exp, base, name, seed)
+    cfgs = [run_config_for(exp, base, name, seed) for name, seed in todo]
+    for cfg in cfgs:  # every existing run folder matches, before anything trains
+        check_same_settings(cfg, Path(cfg.out))
+    for i, ((name, seed), cfg) in enumerate(zip(todo, cfgs), 1):
         run_dir = Path(cfg.out)
-        _check_same_settings(cfg, run_dir)
         if (run_dir / SUMMARY).exists():
             print0(f"[experiment {i}/{len(todo)}] {name} seed {seed}: finished earlier, kept")
         else:

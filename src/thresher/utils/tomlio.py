@@ -27,22 +27,54 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    """Build ``cls`` from a (possibly partial) dict; unknown keys are an error that names them."""
+    """Build ``cls`` from a (possibly partial) dict. Unknown keys and values of the wrong type are errors
+    that name the dotted key (``where`` is the dotted name of the table ``data`` is, "" for the top)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ThresherError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+        raise ThresherError(f"unknown config key(s) {', '.join(_join(where, k) for k in unknown)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        tp = _unwrap_optional(hints[f.name])
-        value = data[f.name]
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, where + f.name + ".")
-        kwargs[f.name] = value
+        if f.name in data:
+            kwargs[f.name] = _checked(hints[f.name], data[f.name], _join(where, f.name))
     return cls(**kwargs)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a table"}
+
+
+def _checked(tp: Any, value: Any, key: str) -> Any:
+    """``value`` if it has type ``tp`` (an int where a float is expected becomes a float; a table for a
+    nested dataclass becomes one), else a ThresherError naming ``key``."""
+    if value is None and _unwrap_optional(tp) is not tp:
+        return None
+    tp = _unwrap_optional(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ThresherError(f"config key {key} = {value!r}: expected a table of {key} settings")
+        return from_dict(tp, value, key)
+    origin = typing.get_origin(tp) or tp
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str), list: lambda v: isinstance(v, list),
+          dict: lambda v: isinstance(v, dict)}.get(origin)
+    if ok is None:  # a type this module does not check (Any, unions of several types)
+        return value
+    if not ok(value):
+        raise ThresherError(f"config key {key} = {value!r}: expected {_EXPECTED[origin]}")
+    args = typing.get_args(tp)
+    if origin is list and args:
+        return [_checked(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and len(args) == 2:
+        return {k: _checked(args[1], v, _join(key, k)) for k, v in value.items()}
+    return float(value) if origin is float else value
 
 
 def _unwrap_optional(tp: Any) -> Any:

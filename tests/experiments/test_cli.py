@@ -1,0 +1,108 @@
+"""The console script: bad input is one line on stderr and writes nothing; the top-level seed reseeds the
+whole run; the demo reuses runs only under the same settings; Ctrl-C says how to continue."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from thresher import cli
+from thresher.experiments.demo import DemoConfig, _gather, run_demo
+from thresher.utils.errors import SettingsMismatchError, ThresherError
+
+
+def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """(exit code, stderr) of ``thresher ARGS`` run in this process."""
+    monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    return e.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train"], "data.store and data.labels must name a token store and a label table"),
+    (["train", "--set", "data.store=nowhere", "--set", "data.labels=nowhere"], "not a token store: nowhere"),
+    (["train", "--set", "train.steps=abc"], "config key train.steps = 'abc': expected an integer"),
+    (["synth", "w2", "--set", "n_docs=abc"], "config key n_docs = 'abc': expected an integer"),
+    (["label", "store", "--out", "lab", "--set", "shard_size=abc"], "config key shard_size = 'abc'"),
+    (["demo", "--out", "d", "--steps", "0"], "demo steps = 0: expected at least 1"),
+    (["demo", "--out", "d", "--policies", "random,bogus"], "demo policies ['bogus']: choose from random"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = _main(monkeypatch, capsys, *args)
+    assert code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_experiment_seeds_must_be_integers(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "exp.toml"
+    path.write_text(f'[experiment]\nout = "{tmp_path / "exp"}"\nseeds = [0]\npolicies = ["random"]\n')
+    code, err = _main(monkeypatch, capsys, "experiment", path, "--seeds", "a")
+    assert (code, err) == (2, "error: --seeds 'a': expected comma-separated integers, e.g. --seeds 0,1")
+    assert not (tmp_path / "exp").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import thresher.config
+    import thresher.experiments.run
+    import thresher.labels.stats
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(thresher.labels.stats, "label_stats", interrupt)
+    assert _main(monkeypatch, capsys, "stats", "labels", "--out", "x") == (130, "interrupted")
+    monkeypatch.setattr(thresher.config, "check_run_inputs", lambda cfg: None)
+    monkeypatch.setattr(thresher.experiments.run, "run", interrupt)
+    assert _main(monkeypatch, capsys, "train") == (130, "interrupted: rerun with --resume to continue")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    return out, _gather(out, DemoConfig(n_docs=1500, seed=0))
+
+
+def test_top_level_seed_reseeds_the_run_and_a_set_section_seed_wins(world, tmp_path, monkeypatch, capsys):
+    _, (w, store, labels) = world
+    config = tmp_path / "run.toml"
+    config.write_text(f"""
+[data]
+store = "{store}"
+labels = "{labels}"
+reference = {json.dumps(w["reference"]).replace(":", " =")}
+reference_max_examples = 20
+[selector]
+policy = "random"
+budget_tokens = 20000
+[train]
+device = "cpu"
+seq_len = 32
+micro_batch = 4
+global_batch_tokens = 128
+steps = 2
+""")
+
+    def model(name, *sets):
+        out = tmp_path / name
+        args = [a for s in (f"out={json.dumps(str(out))}", *sets) for a in ("--set", s)]
+        assert _main(monkeypatch, capsys, "train", "--config", config, *args)[0] == 0
+        return (out / "final" / "model.safetensors").read_bytes()
+
+    seed0 = model("seed0", "seed=0")
+    assert model("seed1", "seed=1") != seed0  # other initial weights and another random selection
+    assert model("seed1-sections0", "seed=1", "selector.seed=0", "influence.seed=0", "train.seed=0") == seed0
+
+
+def test_demo_reuses_runs_only_under_the_same_settings(world):
+    out = world[0]
+    small = dict(n_docs=1500, seed=0, update_every=2, policies=["random"])
+    run_demo(DemoConfig(steps=2, **small), out)
+    with pytest.raises(SettingsMismatchError, match=r"train.steps = 2 there, 3 now.*choose another --out"):
+        run_demo(DemoConfig(steps=3, **small), out)
+    run_demo(DemoConfig(steps=2, **small), out)  # the same settings: the finished run is kept
+    with pytest.raises(ThresherError, match="bogus"):
+        run_demo(DemoConfig(steps=2, **{**small, "policies": ["random", "bogus"]}), out)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["random"]
