@@ -156,3 +156,18 @@ def test_misspelt_agent_columns_and_a_missing_budget_are_errors():
     build_selector(SelectorConfig(policy="domain", eta_agents={"quality": 5.0}), ctx)  # a real column not in use: fine
     with pytest.raises(ThresherError, match="needs a budget"):
         build_selector(SelectorConfig(policy="random"), make_ctx(200, budget_docs=None))
+
+
+def test_quad_threshold_off_the_reward_scale_and_stage_tokens_with_a_doc_budget_are_errors():
+    """An absolute threshold above every reward would score the whole pool and select nothing; stage sizes in
+    tokens under a document budget would be ignored. Both are one clear error."""
+    ctx = make_ctx(2000)
+    ctx.rewards = FakeRewards(ctx.labels, scale=1e-6)  # rewards ~1e-6, the paper's threshold 0.0025
+    sel = build_selector(SelectorConfig(policy="quad", budget_docs=300, update_every=5, initial="scores"), ctx)
+    with pytest.raises(ThresherError, match="threshold_mode = 'quantile'"):
+        sel.initial_selection()
+    ok = build_selector(SelectorConfig(policy="quad", budget_docs=300, update_every=5, initial="scores",
+                                       threshold_mode="quantile"), ctx)
+    assert len(ok.initial_selection()) == 300
+    with pytest.raises(ThresherError, match="quad_stage_tokens"):
+        build_selector(SelectorConfig(policy="quad", budget_docs=300, quad_stage_tokens=500), ctx)

@@ -190,6 +190,9 @@ class QuadSelector(_StagedSelector):
         self.bandit = ClusterBandit(arm_sizes(self.index, col, len(self.categories[col])), c.alpha,
                                     c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round, c.unvisited)
         self.norm = "raw" if c.bandit_normalization == "auto" else c.bandit_normalization
+        if c.quad_stage_tokens and self.budget_tokens is None:
+            raise ThresherError("selector.quad_stage_tokens sizes stages in tokens: it needs a token budget "
+                                "(selector.budget_tokens), not budget_docs")
 
     def initial_selection(self) -> np.ndarray:
         ids = self._random_stage() if self.cfg.initial == "random" else self._fill(0)
@@ -220,6 +223,11 @@ class QuadSelector(_StagedSelector):
             rounds += 1
         ids = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
         sampled = int(sum(p[1] for p in perm.values()))
+        if len(ids) == 0 and sampled:  # every document scored, none above the threshold: never train on nothing
+            raise ThresherError(
+                f"quad: none of the {sampled} documents scored at step {step} has a reward above selector.threshold = "
+                f"{self.cfg.threshold} ({self.cfg.threshold_mode}; rewards {self.norm}): the paper's threshold is on its "
+                "influence scale, not this model's; set selector.threshold_mode = 'quantile' or a threshold on your scale")
         self.log.append({"step": step, "policy": self.name, "rounds": rounds, "sampled": sampled,
                          "selected": int(len(ids)), "arms_visited": int((b.counts > 0).sum()),
                          "composition": composition(self.index, ids, self.categories), "rewards": self._provenance()})
