@@ -28,6 +28,7 @@ def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
     (["label", "store", "--out", "lab", "--set", "shard_size=abc"], "config key shard_size = 'abc'"),
     (["demo", "--out", "d", "--steps", "0"], "demo steps = 0: expected at least 1"),
     (["demo", "--out", "d", "--policies", "random,bogus"], "demo policies ['bogus']: choose from random"),
+    (["demo", "--out", "d", "--projection", "bogus"], "influence.projection = 'bogus'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)

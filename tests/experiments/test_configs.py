@@ -96,6 +96,10 @@ def test_every_variant_resolves_before_anything_runs(tmp_path):
         _experiment(tmp_path, variants.replace('["selector.budget_tokns=1000"]', '"selector.budget_tokens=1000"'))
     exp, base = _experiment(tmp_path, variants.replace("tokns", "tokens"))
     assert exp.variants["big"]["set"] == ["selector.budget_tokens=1000"]
+    from thresher.experiments.experiment import load_experiment
+
+    with pytest.raises(ThresherError, match=r"unknown config key\(s\) experiment.eval.limt"):  # used after training
+        load_experiment(None, ["experiment.downstream=true", "experiment.eval={limt = 5}"])
 
 
 def test_experiment_keys_are_named_with_their_dots():

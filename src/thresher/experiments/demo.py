@@ -57,6 +57,8 @@ class DemoConfig:
             raise ThresherError(f"demo policies {unknown or '(none)'}: choose from {', '.join(POLICIES)}")
         if self.steps < 1:
             raise ThresherError(f"demo steps = {self.steps}: expected at least 1")
+        InfluenceConfig(projection=self.projection, projection_dim=self.projection_dim,
+                        preconditioner=self.preconditioner)  # its own checks, before the world is built
 
 
 def _gather(out: Path, cfg: DemoConfig) -> tuple[dict, Path, Path]:

@@ -80,6 +80,10 @@ def load_experiment(path: str | Path | None, overrides: list[str] | None = None)
     exp.validate()
     for name in exp.policies:  # every variant's overrides resolve, before anything trains
         run_config_for(exp, data, name, exp.seeds[0])
+    if exp.downstream:  # and the evaluation settings, which are read only after the first run trained
+        from thresher.evaluate.config import EvalConfig
+
+        from_dict(EvalConfig, dict(exp.eval), "experiment.eval")
     return exp, data
 
 
