@@ -109,3 +109,21 @@ def test_downstream_evaluation_of_every_run_lands_in_the_table(tmp_path):
     acc = ds["tasks"]["arc_easy"]["acc"]
     assert 0.0 <= acc <= 1.0
     assert "## Downstream accuracy" in results.read_text() and f"{100 * acc:.1f}" in results.read_text()
+
+
+def test_differences_to_the_baseline_are_paired_over_shared_seeds():
+    """random finished seeds {0, 1, 2}, quad only {0, 1} and is 0.05 worse on each: the difference is +0.05
+    over the 2 shared seeds (unpaired means would say -0.10); a seed lacking a task is out of the mean column."""
+    from thresher.experiments.experiment import ExperimentConfig, ref_table
+
+    exp = ExperimentConfig(seeds=[0, 1, 2], policies=["random", "quad"])
+    run = lambda a, b=None: {"ref": {"a": a} | ({} if b is None else {"b": b})}  # noqa: E731
+    runs = {"random": {0: run(3.0, 3.0), 1: run(3.1, 3.1), 2: run(3.5, 3.5)},
+            "quad": {0: run(3.05, 3.05), 1: run(3.15, 3.15), 2: run(2.0)}}
+    lines, numbers = ref_table(exp, runs)
+    assert numbers["quad"]["delta_vs_baseline"] == pytest.approx(0.05)
+    assert numbers["quad"]["delta_seeds"] == [0, 1] and numbers["quad"]["mean_seeds"] == [0, 1]
+    assert numbers["quad"]["mean"]["values"] == pytest.approx([3.05, 3.15])
+    assert any("| quad |" in ln and "+0.050 (2 shared seeds)" in ln for ln in lines)
+    with pytest.raises(ThresherError, match="baseline"):
+        ExperimentConfig(seeds=[0], policies=["random"], baseline="Random").validate()

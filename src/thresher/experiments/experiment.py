@@ -64,6 +64,8 @@ class ExperimentConfig:
                                     f"nor a variant with a known `policy`")
         if not 0 < self.confidence < 1:
             raise ThresherError("experiment.confidence must be in (0, 1)")
+        if self.baseline not in self.policies:
+            raise ThresherError(f"experiment.baseline = {self.baseline!r} is not one of experiment.policies {self.policies}")
         for name, v in self.variants.items():
             where = f"experiment.variants.{name}"
             if not isinstance(v, dict) or set(v) - {"policy", "set"}:
@@ -237,15 +239,22 @@ def _fmt(mean: float, half: float | None, scale: float = 1.0, digits: int = 3) -
 
 
 def ref_table(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
-    """Markdown rows of the reference-loss table + its numbers (per task and mean over tasks)."""
+    """Markdown rows of the reference-loss table + its numbers (per task and mean over tasks).
+
+    A seed's "mean" is over every task (a seed that lacks one is left out of the mean column, not averaged
+    over fewer tasks); the difference to the baseline is the mean of per-seed differences over the seeds
+    both have (paired: equal to the difference of means when the seed sets agree), with their count."""
     tasks = sorted({t for seeds in runs.values() for r in seeds.values() for t in r["ref"]})
     numbers: dict = {}
+    per_seed_mean: dict = {}
     for name, seeds in runs.items():
         per = {t: [r["ref"][t] for r in seeds.values() if t in r["ref"]] for t in tasks}
-        per["mean"] = [sum(r["ref"].values()) / len(r["ref"]) for r in seeds.values() if r["ref"]]
+        per_seed_mean[name] = {s: sum(r["ref"][t] for t in tasks) / len(tasks) for s, r in sorted(seeds.items())
+                               if tasks and all(t in r["ref"] for t in tasks)}
+        per["mean"] = list(per_seed_mean[name].values())
         numbers[name] = {k: {"values": v, "mean_ci": mean_ci(v, exp.confidence) if v else None}
-                         for k, v in per.items()} | {"seeds": sorted(seeds)}
-    base = numbers.get(exp.baseline)
+                         for k, v in per.items()} | {"seeds": sorted(seeds), "mean_seeds": sorted(per_seed_mean[name])}
+    base = per_seed_mean.get(exp.baseline, {})
     head = ["policy", "seeds", *tasks, "mean", f"Δ mean vs {exp.baseline}", "seed range"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(tasks) + 3)]
     for name, num in numbers.items():
@@ -253,12 +262,17 @@ def ref_table(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
         cells += [_fmt(*num[t]["mean_ci"]) if num[t]["mean_ci"] else "-" for t in tasks + ["mean"]]
         vals = num["mean"]["values"]
         delta = "-"
-        if base and base["mean"]["values"] and vals and name != exp.baseline:
-            d = num["mean"]["mean_ci"][0] - base["mean"]["mean_ci"][0]
-            noise = max(_range(vals), _range(base["mean"]["values"]))
-            delta = f"{d:+.3f}" + (" *" if len(vals) > 1 and abs(d) > noise else "")
-            num["delta_vs_baseline"] = d
-            num["exceeds_seed_range"] = bool(len(vals) > 1 and abs(d) > noise)
+        shared = sorted(set(per_seed_mean[name]) & set(base))
+        if shared and name != exp.baseline:
+            mine, theirs = [per_seed_mean[name][s] for s in shared], [base[s] for s in shared]
+            d = sum(a - b for a, b in zip(mine, theirs)) / len(shared)
+            noise = max(_range(mine), _range(theirs))
+            big = bool(len(shared) > 1 and abs(d) > noise)
+            partial = len(shared) < max(len(per_seed_mean[name]), len(base))  # the seed sets differ
+            delta = f"{d:+.3f}" + (" *" if big else "") + (f" ({len(shared)} shared seeds)" if partial else "")
+            num["delta_vs_baseline"], num["exceeds_seed_range"], num["delta_seeds"] = d, big, shared
+        elif name != exp.baseline and vals:
+            delta = "n/a (no seed shared with the baseline)"
         cells += [delta, f"{_range(vals):.3f}" if len(vals) > 1 else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines, numbers
