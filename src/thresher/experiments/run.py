@@ -36,7 +36,7 @@ class LazyInfluenceRewards(RewardSource):
     def __init__(self, cfg, reference: dict[str, ReferenceTask], store, fit_ids: np.ndarray):
         self.cfg, self.reference, self.store, self.fit_ids = cfg, reference, store, fit_ids
         self.inner = None
-        self._pending_state: dict | None = None  # a checkpoint's factor state, loaded once the scorer exists
+        self._pending_state: dict | None = None  # a checkpoint's reward state, loaded once the scorer exists
         self.flops = 0.0
         self.scored_docs = 0
         self._flops_per_token = 0.0
@@ -49,7 +49,7 @@ class LazyInfluenceRewards(RewardSource):
             fit_docs = self.store.docs(self.fit_ids) if self.cfg.preconditioner != "none" else None
             self.inner = InfluenceRewards(InfluenceScorer(model, self.reference, self.cfg, fit_docs), self.store)
             if self._pending_state is not None:
-                self.inner.scorer.load_factor_state_dict(self._pending_state)
+                self.inner.load_state_dict(self._pending_state)
                 self._pending_state = None
             embed = model.get_input_embeddings().weight.numel()
             self._flops_per_token = 4.0 * (sum(p.numel() for p in model.parameters()) - embed)
@@ -78,9 +78,9 @@ class LazyInfluenceRewards(RewardSource):
         if "scorer" not in state:
             return
         if self.inner is None:
-            self._pending_state = state["scorer"]
+            self._pending_state = state
         else:
-            self.inner.scorer.load_factor_state_dict(state["scorer"])
+            self.inner.load_state_dict(state)
 
     def _tokens(self, doc_ids: np.ndarray) -> int:
         return int(np.minimum(np.asarray(self.store.lengths)[np.asarray(doc_ids)], self.cfg.max_len).sum())

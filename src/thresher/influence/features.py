@@ -191,6 +191,7 @@ class GradientFeatures:
 
     def __init__(self, model: nn.Module, cfg: InfluenceConfig):
         self.cfg = cfg
+        self.amp_on_cpu = False  # tests: exercise the autocast path on CPU (as FusedFeatures.amp_on_cpu)
         self.blocks = build_blocks(model, cfg)
         self.dims = block_dims(self.blocks, cfg)
         self._proj_cpu = [
@@ -358,7 +359,7 @@ class GradientFeatures:
         return seqs
 
     def _autocast(self, dev):
-        if not self.cfg.autocast or (dev.type != "cuda" and not getattr(self, "amp_on_cpu", False)):  # tests: on CPU
+        if not self.cfg.autocast or (dev.type != "cuda" and not self.amp_on_cpu):
             return contextlib.nullcontext()
         dt = torch.bfloat16 if self.cfg.autocast == "bf16" else torch.float16
         return torch.autocast(dev.type, dtype=dt)
