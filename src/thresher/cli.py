@@ -117,6 +117,10 @@ def label(
     executor: Optional[str] = typer.Option(None, help="local (processes on this machine; default) or ray (Ray Data)."),
     workers: Optional[int] = typer.Option(None, help="Local worker processes (default 1)."),
     kmeans_k: Optional[int] = typer.Option(None, help="k-means clusters over the embeddings (default 0 = none)."),
+    domain_names: Optional[str] = typer.Option(None, help="The domain labeler's categories, comma-separated, matched "
+                                               "case-insensitively against the store's `domain` field (e.g. The "
+                                               "Pile's set names), or 'auto' (the field's distinct values, most "
+                                               "frequent first). Default: SlimPajama's 7 domains."),
     set_: List[str] = typer.Option([], "--set", help="Override a LabelConfig field: key=value (repeatable), e.g. "
                                    "shard_size=1000 (default 10000 docs; progress and resume are per shard)."),
 ):
@@ -128,7 +132,7 @@ def label(
     from thresher.labels.config import LabelConfig, run_from_config
     from thresher.utils.tomlio import load_config
 
-    overrides = _overrides(set_, {"labelers": labelers},
+    overrides = _overrides(set_, {"labelers": labelers, "domain_names": domain_names},
                            {"executor": executor, "workers": workers, "kmeans_k": kmeans_k})
     cfg = load_config(LabelConfig, config, overrides)
     table = run_from_config(TokenStoreSource(store), cfg, out)

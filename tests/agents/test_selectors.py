@@ -114,6 +114,16 @@ def test_static_mixture_follows_preset_and_init_file(tmp_path):
     np.testing.assert_allclose(sel.console.agents[0].weights, [0, 0, 0.75, 0, 0, 0, 0.25])
 
 
+
+def test_a_table_4_preset_on_other_domains_names_slimpajama_and_the_categories():
+    from thresher.agents.presets import initial_weights
+
+    with pytest.raises(ThresherError, match=r"preset 'doremi' is a mixture of SlimPajama's 7 domains.*\['Pile-CC', 'FreeLaw'\]"):
+        initial_weights("doremi", ["Pile-CC", "FreeLaw"], "selector.init.domain")
+    np.testing.assert_allclose(initial_weights("uniform", ["Pile-CC", "FreeLaw"], "x"), [0.5, 0.5])
+    w = initial_weights("doremi", ["CommonCrawl", "C4", "GitHub", "Books", "ArXiv", "Wikipedia", "StackExchange"], "x")
+    np.testing.assert_allclose(w, np.array(DOMAIN_MIXTURES["doremi"]) / sum(DOMAIN_MIXTURES["doremi"]))
+
 def test_bad_settings_are_one_line_errors():
     ctx = make_ctx(200)
     with pytest.raises(ThresherError, match="unknown selection policy"):

@@ -27,3 +27,40 @@ def test_no_labelers_is_a_clear_error(tmp_path, monkeypatch, capsys):
 def test_sizes_below_one_are_refused(key):
     with pytest.raises(ThresherError, match=f"label.{key}"):
         LabelConfig(**{key: 0})
+
+
+def test_auto_domain_names_label_a_corpus_with_its_own_domains(tmp_path):
+    from thresher.labels.base import InMemorySource
+    from thresher.labels.config import run_from_config
+    from thresher.labels.table import LabelTable
+
+    vals = ["Pile-CC", "FreeLaw", "pile-cc", "Github", None, "Pile-CC", "Github"]
+    src = InMemorySource([f"doc {i}" for i in range(len(vals))], {"domain": vals})
+    table = run_from_config(src, LabelConfig(labelers=["domain"], domain_names=["auto"]), tmp_path / "labels")
+    assert table.categories("domain") == ["Pile-CC", "Github", "FreeLaw"]
+    assert table.codes("domain").tolist() == [0, 2, 0, 1, -1, 0, 1]
+    assert table.provenance("domain")["settings"] == {"field": "domain", "names": ["Pile-CC", "Github", "FreeLaw"]}
+    labels = table.to_agent_labels(["domain"])
+    assert labels.categories["domain"] == ["Pile-CC", "Github", "FreeLaw"]
+    # the same source gives the same names, so a rerun resumes instead of refusing other settings
+    again = run_from_config(src, LabelConfig(labelers=["domain"], domain_names=["auto"]), tmp_path / "labels")
+    assert again.codes("domain").tolist() == table.codes("domain").tolist()
+    with pytest.raises(ThresherError, match="needs a document source"):
+        build_labelers(LabelConfig(labelers=["domain"], domain_names=["auto"]))
+
+
+def test_cli_domain_names_reach_the_label_config(tmp_path, monkeypatch):
+    import thresher.labels.config as lc
+
+    seen = {}
+
+    def fake_run(source, cfg, out):
+        seen["names"] = cfg.domain_names
+        raise SystemExit(0)
+
+    monkeypatch.setattr(lc, "run_from_config", fake_run)
+    monkeypatch.setattr(sys, "argv", ["thresher", "label", str(tmp_path / "store"), "--out", str(tmp_path / "l"),
+                                      "--labelers", "domain", "--domain-names", "Pile-CC, Github,FreeLaw"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert seen["names"] == ["Pile-CC", "Github", "FreeLaw"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thresher.labels.domain import DOMAINS, DomainLabeler
+from thresher.labels.base import InMemorySource
+from thresher.labels.domain import DOMAINS, DomainLabeler, discover_domains
 from thresher.labels.intervals import quality_interval
+from thresher.utils.errors import ThresherError
 from thresher.labels.quality import FastTextQualityLabeler, HFQualityLabeler, RuleQualityLabeler, rule_signals
 
 
@@ -28,6 +30,35 @@ def test_domain_mapping_and_unknowns():
     assert out["domain"].tolist() == list(range(7)) * 2 + [-1, -1]
     assert out["domain_reason"][-2:] == ["unknown:Reddit", "unknown:None"]
     assert out["domain_reason"][:14] == [None] * 14
+
+
+
+def test_domain_names_of_another_corpus_match_case_insensitively_in_the_given_order():
+    lab = DomainLabeler(names=["Pile-CC", "Github", "ArXiv", "FreeLaw"])
+    vals = ["pile-cc", " FreeLaw ", "ArXiv", "GITHUB", "RedPajamaC4", None, "Enron Emails"]
+    out = lab.label(batch(["x"] * len(vals), domain=vals))
+    assert out["domain"].tolist() == [0, 3, 2, 1, -1, -1, -1]
+    assert out["domain_reason"] == [None] * 4 + ["unknown:RedPajamaC4", "unknown:None", "unknown:Enron Emails"]
+    assert lab.categories == {"domain": ["Pile-CC", "Github", "ArXiv", "FreeLaw"]}
+    assert lab.settings() == {"field": "domain", "names": ["Pile-CC", "Github", "ArXiv", "FreeLaw"]}
+    assert DomainLabeler().settings() == {"field": "domain", "mapping": "slimpajama-v1"}  # the default is unchanged
+    assert DomainLabeler().categories == {"domain": DOMAINS}
+
+
+@pytest.mark.parametrize("names, message", [(["web", "Web"], r"twice.*\['Web', 'web'\]"), (["web", " "], "empty name")])
+def test_bad_domain_names_are_refused(names, message):
+    with pytest.raises(ThresherError, match=message):
+        DomainLabeler(names=names)
+
+
+def test_discover_domains_most_frequent_first_ties_by_name_case_merged():
+    vals = ["b", "a", "B", "c", "a ", None, "", "c", "b", 3]
+    src = InMemorySource(["x"] * len(vals), {"domain": vals})
+    assert discover_domains(src, "domain", chunk=3) == ["b", "a", "c"]  # b: 3, then a and c with 2 (by name)
+    with pytest.raises(ThresherError, match="more than 256 distinct values.*domain_names"):
+        discover_domains(InMemorySource(["x"] * 300, {"url": [f"u{i}" for i in range(300)]}), "url")
+    with pytest.raises(ThresherError, match="no string values"):
+        discover_domains(InMemorySource(["x", "y"], {"domain": [None, ""]}), "domain")
 
 
 def test_rule_quality_matches_per_doc_loop(docs):

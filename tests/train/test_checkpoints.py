@@ -13,7 +13,7 @@ from train_fakes import StaticSelector, pattern_store, tiny_config
 from thresher.corpus.reference import ReferenceTask
 from thresher.train import checkpoint as ck
 from thresher.train.callbacks import StopAt
-from thresher.train.checkpoint import apply_retention, list_checkpoints
+from thresher.train.checkpoint import apply_retention, list_checkpoints, step_dirs
 from thresher.train.config import TrainConfig
 from thresher.train.loop import train
 from thresher.utils.errors import SettingsMismatchError, ThresherError
@@ -34,11 +34,21 @@ def _sel():
 def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
     train(tiny_config(steps=4, ckpt_every=4), pattern_store(), _sel(), tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(ThresherError, match=r"checkpoints already holds checkpoints.*--resume.*another out_dir"):
+    with pytest.raises(ThresherError, match=r"checkpoints already holds checkpoints \(step_000004, ...\).*--resume.*another out_dir"):
         train(tiny_config(steps=4, ckpt_every=2), pattern_store(), _sel(), tmp_path)
     assert _steps(tmp_path) == [4] and sorted(p.name for p in tmp_path.iterdir()) == before
     train(tiny_config(steps=6, ckpt_every=2), pattern_store(), _sel(), tmp_path, resume=True)  # resuming is fine
     assert _steps(tmp_path) == [4, 6]
+
+
+def test_step_dirs_sorts_by_step_and_list_checkpoints_keeps_the_complete_ones(tmp_path):
+    for name, complete in (("step_10", True), ("step_9", True), ("step_11", False), ("other", True)):
+        (tmp_path / name).mkdir()
+        if complete:
+            (tmp_path / name / "trainer.pt").write_bytes(b"")
+    assert [s for s, _ in step_dirs(tmp_path)] == [9, 10, 11]
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == ["step_9", "step_10"]
+    assert step_dirs(tmp_path / "missing") == [] and list_checkpoints(tmp_path / "missing") == []
 
 
 def test_retention_never_deletes_the_checkpoint_just_written(tmp_path):

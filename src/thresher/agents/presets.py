@@ -41,6 +41,10 @@ def preset(name: str, categories: list[str]) -> np.ndarray:
         w = np.arange(1, len(categories) + 1, dtype=np.float64)
         return w / w.sum()
     if key in DOMAIN_MIXTURES:
+        known = {_norm(c) for c in categories}
+        if not all(_norm(d) in known for d in _DOMAINS):
+            raise ThresherError(f"weight preset {name!r} is a mixture of SlimPajama's 7 domains ({', '.join(_DOMAINS)}); "
+                                f"this column's categories are {categories}: use uniform or a {{category: weight}} table")
         return from_mapping(dict(zip(_DOMAINS, DOMAIN_MIXTURES[key])), categories, name)
     raise ThresherError(f"unknown weight preset {name!r}; choose uniform, quality-ascending, "
                         + ", ".join(DOMAIN_MIXTURES))

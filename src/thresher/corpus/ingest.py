@@ -225,11 +225,19 @@ def _run_tasks(todo: list[ShardTask], tok_json: str, workers: int) -> list[dict]
     except KeyboardInterrupt:
         # Ctrl-C: stop the shards in progress instead of finishing them (they have no .done yet, so a
         # rerun redoes them). The workers ignore SIGINT, so none died holding a pool lock.
-        for proc in list((ex._processes or {}).values()):
-            proc.terminate()
+        _terminate_workers(ex)
         raise
     finally:
         ex.shutdown(wait=True, cancel_futures=True)  # quick: the workers are done, idle or terminated
+
+
+def _terminate_workers(ex) -> None:
+    """Terminate an executor's worker processes: the public call on Python >= 3.14, else its process table."""
+    if hasattr(ex, "terminate_workers"):
+        ex.terminate_workers()
+        return
+    for proc in list((getattr(ex, "_processes", None) or {}).values()):
+        proc.terminate()
 
 
 def _collect(results: Iterable[dict], total: int) -> list[dict]:

@@ -17,6 +17,7 @@ KNOWN = ("domain", "quality_hf", "quality_fasttext", "quality_rules", "topic_hf"
 class LabelConfig:
     labelers: list = field(default_factory=lambda: ["domain", "quality_rules", "topic_zeroshot", "embed"])
     domain_field: str = "domain"
+    domain_names: list = field(default_factory=list)  # [] = SlimPajama's 7 domains; names; ["auto"] = discover
     quality_model: str = "HuggingFaceFW/fineweb-edu-classifier"  # Hub id or local dir (quality_hf)
     fasttext_model: str = ""  # .bin path (quality_fasttext)
     topic_model: str = ""  # HF classifier (topic_hf)
@@ -64,7 +65,12 @@ def _build_one(name: str, cfg: LabelConfig, source: DocumentSource | None) -> La
 
     hf = dict(max_length=cfg.max_length, batch_size=cfg.model_batch_size, device=cfg.device, max_chars=cfg.max_chars)
     if name == "domain":
-        return domain.DomainLabeler(cfg.domain_field)
+        names = cfg.domain_names
+        if [n.strip().lower() for n in names] == ["auto"]:
+            if source is None:
+                raise ThresherError('label.domain_names = ["auto"] needs a document source to read the domains from')
+            names = domain.discover_domains(source, cfg.domain_field)
+        return domain.DomainLabeler(cfg.domain_field, names)
     if name == "quality_hf":
         return quality.HFQualityLabeler(cfg.quality_model, **hf)
     if name == "quality_fasttext":

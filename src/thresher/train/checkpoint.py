@@ -164,23 +164,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
+def step_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Every ``step_*`` folder under ``root``, complete or not, as (step, path) sorted by step."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
-    return sorted((s, p) for s, p in found if (p / "trainer.pt").exists())
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)))
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The complete checkpoints (those holding ``trainer.pt``, written last) as (step, path) sorted by step."""
+    return [(s, p) for s, p in step_dirs(root) if (p / "trainer.pt").exists()]
 
 
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     ckpts = list_checkpoints(root)
     return ckpts[-1][1] if ckpts else None
-
-
-def step_dirs(root: str | os.PathLike) -> list[Path]:
-    """Every ``step_*`` folder under ``root`` (complete or not)."""
-    root = Path(root)
-    return sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name)) if root.is_dir() else []
 
 
 def apply_retention(root: Path, keep_last: int, keep_every: int, keep: int | None = None) -> None:

@@ -182,7 +182,7 @@ def _check_fresh_start(out_dir: Path) -> None:
     """A fresh run must not share a checkpoint folder with another run (retention and --resume would mix them)."""
     found = step_dirs(out_dir / "checkpoints")
     if found:
-        raise ThresherError(f"{out_dir / 'checkpoints'} already holds checkpoints ({found[-1].name}, ...) of an "
+        raise ThresherError(f"{out_dir / 'checkpoints'} already holds checkpoints ({found[-1][1].name}, ...) of an "
                             "earlier run: pass --resume (resume=True) to continue it, or use another out_dir")
 
 
