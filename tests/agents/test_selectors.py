@@ -124,6 +124,49 @@ def test_a_table_4_preset_on_other_domains_names_slimpajama_and_the_categories()
     w = initial_weights("doremi", ["CommonCrawl", "C4", "GitHub", "Books", "ArXiv", "Wikipedia", "StackExchange"], "x")
     np.testing.assert_allclose(w, np.array(DOMAIN_MIXTURES["doremi"]) / sum(DOMAIN_MIXTURES["doremi"]))
 
+
+def test_categories_without_documents_are_named_once_and_logged(capsys):
+    ctx = make_ctx(2000, rewards=None)
+    codes = np.asarray(ctx.labels.codes["domain"]).copy()
+    codes[codes == 2] = 0  # no Wikipedia left
+    ctx.labels.codes["domain"] = codes
+    ctx.rewards = FakeRewards(ctx.labels)
+    sel = build_selector(SelectorConfig(policy="multi-agent", budget_docs=200, update_every=5), ctx)
+    out = capsys.readouterr().out
+    assert out.count("warning") == 1 and "no document in the pool has domain 'Wikipedia'" in out, out
+    sel.initial_selection()
+    assert sel.log[0]["empty_categories"] == {"domain": ["Wikipedia"]}
+    w0 = sel.console.agents[1].weights.copy()
+    sel.on_step(5, None)
+    dom = sel.log[-1]["agents"][1]
+    assert dom["agent"] == "domain" and dom["n_samples"][2] == 0 and dom["mean_rewards"][2] is None
+    w1 = sel.console.agents[1].weights
+    assert w1[2] == w0[2] and not np.allclose(np.delete(w1, 2), np.delete(w0, 2))  # the others learnt
+    build_selector(SelectorConfig(policy="multi-agent", budget_docs=200), make_ctx(2000, rewards=ctx.rewards))
+    assert "warning" not in capsys.readouterr().out  # every category populated: nothing to say
+
+
+@pytest.mark.parametrize("budget", [{"budget_docs": 1000}, {"budget_tokens": 100_000}])
+def test_static_mixture_says_when_the_pool_cannot_fill_a_share(capsys, budget):
+    ctx = make_ctx(20000, **{"budget_docs": None, **budget})
+    codes = np.asarray(ctx.labels.codes["domain"]).copy()
+    wiki = np.flatnonzero(codes == 2)
+    codes[wiki[10:]] = 0  # 10 Wikipedia docs left, far fewer than DoReMi's 23% share
+    ctx.labels.codes["domain"] = codes
+    sel = build_selector(SelectorConfig(policy="static-mixture", mixture="doremi", **budget), ctx)
+    ids = sel.initial_selection()
+    out = capsys.readouterr().out
+    short = sel.log[0]["shortfall"]
+    assert list(short) == ["Wikipedia"], short
+    unit = "docs" if "budget_docs" in budget else "tokens"
+    got = 10 if unit == "docs" else int(ctx.doc_lengths[np.flatnonzero(codes == 2)].sum())
+    assert short["Wikipedia"]["selected"] == got and short["Wikipedia"]["target"] > got
+    assert out.count("warning") == 1 and f"Wikipedia ({got:,} of {short['Wikipedia']['target']:,} {unit})" in out, out
+    lost = short["Wikipedia"]["target"] - got
+    size = len(ids) if unit == "docs" else int(ctx.doc_lengths[ids].sum())
+    assert f"{lost:,} {unit} short" in out and size <= list(budget.values())[0] - lost + (0 if unit == "docs" else 7 * 200)
+
+
 def test_bad_settings_are_one_line_errors():
     ctx = make_ctx(200)
     with pytest.raises(ThresherError, match="unknown selection policy"):

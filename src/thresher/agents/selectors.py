@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.agents.agent import Agent, CategoricalAgent, normalise_rewards
+from thresher.agents.agent import Agent, CategoricalAgent, category_sizes, normalise_rewards
 from thresher.agents.bandit import BanditAgent, ClusterBandit, arm_sizes
 from thresher.agents.base import SelectionContext, Selector, budget_count, resolve_budget
 from thresher.agents.cells import CellIndex, build_cell_index, gather_cells
@@ -15,6 +15,7 @@ from thresher.agents.console import AgentConsole
 from thresher.agents.presets import initial_weights, read_init_file
 from thresher.agents.select import make_groups, select_gumbel, select_top_k
 from thresher.utils.errors import ThresherError
+from thresher.utils.log import print0
 from thresher.utils.seeding import derive_seed, rng
 
 
@@ -23,6 +24,20 @@ def _categories(ctx: SelectionContext, column: str) -> list[str]:
         raise ThresherError(f"label column {column!r} is missing (have: {sorted(ctx.labels.codes)})")
     cats = list(ctx.labels.categories.get(column, []))
     return cats or [str(i) for i in range(int(np.max(ctx.labels.codes[column], initial=-1)) + 1)]
+
+
+def _warn_empty_categories(policy: str, index: CellIndex, categories: dict[str, list[str]], columns: list[str]) -> dict:
+    """{column: [categories without a document in the pool]}, each column's named in one warning line: their
+    agent weights never learn (no samples, no reward) and they are never selected."""
+    empty = {}
+    for col in columns:
+        sizes = category_sizes(index, col, len(categories[col]))
+        names = [c for c, n in zip(categories[col], sizes) if n == 0]
+        if names:
+            empty[col] = names
+            print0(f"warning: {policy}: no document in the pool has {col} " + ", ".join(map(repr, names))
+                   + ": those categories get no samples, their weights keep their initial values")
+    return empty
 
 
 def composition(index: CellIndex, ids: np.ndarray, categories: dict[str, list[str]]) -> dict:
@@ -97,6 +112,7 @@ class MultiAgentSelector(_StagedSelector):
             if unknown:
                 raise ThresherError(f"selector.{key} names {unknown}: not label columns (have: {sorted(ctx.labels.codes)})")
         self._index(ctx, cols)
+        self.empty = _warn_empty_categories(self.name, self.index, self.categories, self.columns)
         if self.learn and ctx.rewards is None:
             raise ThresherError(f"policy {self.name} needs a reward source (influence) in the context")
         agents = [self._agent(c) for c in self.columns]
@@ -128,7 +144,8 @@ class MultiAgentSelector(_StagedSelector):
         ids = self._random_stage() if self.cfg.initial == "random" and self.learn else self._select()
         self._set_selection(ids)
         self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "initial": self.cfg.initial,
-                         "theta": self.console.theta.tolist(), "composition": self._composition(ids)})
+                         "theta": self.console.theta.tolist(), "composition": self._composition(ids),
+                         **({"empty_categories": self.empty} if self.empty else {})})
         return self._selection
 
     def on_step(self, step: int, model: Any) -> bool:
@@ -290,10 +307,32 @@ class StaticMixtureSelector(_StagedSelector):
             toks = int(self.budget_tokens * w) if self.budget_tokens is not None else None
             parts.append(select_top_k(self.index, self.ctx.doc_lengths, groups, g, docs, toks))
         ids = np.sort(np.concatenate(parts))
+        short = self._shortfall(parts, shares)
         self._set_selection(ids)
         self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)),
-                         "weights": self.weights.tolist(), "composition": composition(self.index, ids, self.categories)})
+                         "weights": self.weights.tolist(), "composition": composition(self.index, ids, self.categories),
+                         **({"shortfall": short} if short else {})})
         return self._selection
+
+    def _shortfall(self, parts: list[np.ndarray], shares: np.ndarray | None) -> dict:
+        """{category: {target, selected}} (docs or tokens) for categories the pool cannot fill, with a warning:
+        the selection is then smaller than the budget and its mixture differs from the weights."""
+        cats = self.categories[self.cfg.mixture_column]
+        unit = "docs" if shares is not None else "tokens"
+        out = {}
+        for j, part in enumerate(parts):
+            got = len(part) if shares is not None else int(self.ctx.doc_lengths[part].sum())
+            target = int(shares[j]) if shares is not None else int(self.budget_tokens * self.weights[j])
+            # a token share is filled up to less than one document (the next one would not fit)
+            slack = 0 if shares is not None else int(self.ctx.doc_lengths.max(initial=0))
+            if target - got > slack:
+                out[cats[j]] = {"target": target, "selected": got}
+        if out:
+            lost = sum(v["target"] - v["selected"] for v in out.values())
+            print0(f"warning: {self.name}: the pool has too few {self.cfg.mixture_column} documents for the mixture's "
+                   f"share of " + ", ".join(f"{c} ({v['selected']:,} of {v['target']:,} {unit})" for c, v in out.items())
+                   + f"; the selection is {lost:,} {unit} short of the budget and its mixture differs from the weights")
+        return out
 
 
 def _shares(k: int, w: np.ndarray) -> np.ndarray:
