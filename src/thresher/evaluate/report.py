@@ -141,7 +141,14 @@ def compute_table(runs: dict[str, Path]) -> list[str]:
         return []
     return ["## Compute: selection against training", "",
             "| policy | train s | selection s | selection/train time | train FLOPs | selection FLOPs | "
-            "selection/train FLOPs |", "|---|---:|---:|---:|---:|---:|---:|", *rows, ""]
+            "selection/train FLOPs |", "|---|---:|---:|---:|---:|---:|---:|", *rows, "", COMPUTE_NOTE, ""]
+
+
+COMPUTE_NOTE = ("Per update, selection costs about 4N x (tokens scored + reference and factor-fit tokens) and "
+                "training 6N x (update_every x batch tokens): the ratio follows the settings "
+                "(`samples_per_category`, `update_every`, `reference_max_examples`), not the engine. A small "
+                "run that scores about as many tokens as it trains spends about half its training FLOPs; the "
+                "multi-agent paper's settings give about 3-6% (docs/experiments.md, 'What sets the ratio').")
 
 
 def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thresher report",

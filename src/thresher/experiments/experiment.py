@@ -327,6 +327,8 @@ def truth_agreement_rows(exp: ExperimentConfig, runs: dict) -> list[str]:
 
 def compute_rows(runs: dict) -> list[str]:
     """Selection against training, per policy (means over seeds)."""
+    from thresher.evaluate.report import COMPUTE_NOTE
+
     lines = ["## Compute: selection against training (mean over seeds)", "",
              "| policy | train s | selection s | selection/train time | selection/train FLOPs |",
              "|---|---:|---:|---:|---:|"]
@@ -336,7 +338,7 @@ def compute_rows(runs: dict) -> list[str]:
                for k in ("train_seconds", "selection_seconds", "train_flops", "selection_flops")}
         ts, ss, tf, sf = avg["train_seconds"], avg["selection_seconds"], avg["train_flops"], avg["selection_flops"]
         lines.append(f"| {name} | {ts:.1f} | {ss:.1f} | {ss / ts if ts else 0:.1%} | {sf / tf if tf else 0:.1%} |")
-    return lines + [""]
+    return lines + ["", COMPUTE_NOTE, ""]
 
 
 def plot_curves(runs: dict, path: Path) -> None:
