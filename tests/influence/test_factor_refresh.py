@@ -105,6 +105,19 @@ def test_flops_count_the_factors_only_when_refit():
     assert s.linalg_flops(100) == sum(100 * 2 * (ki**2 + ko**2) + 10 * (ki**3 + ko**3) for ki, ko in s.feats.dims)
     s.refresh(m1)
     assert s.linalg_flops(100) == 0
+    # the reference tokens of one refresh: every example of every task, truncated to max_len
+    want = sum(min(len(c) + len(t), s.cfg.max_len) for task in R.reference_tasks().values() for c, t in task.examples())
+    assert s.ref_tokens == want > 0
+
+
+def test_reference_tokens_count_only_the_sampled_examples():
+    m0, _ = _models()
+    tasks = R.reference_tasks()
+    s = InfluenceScorer(m0, tasks, _cfg(preconditioner="none", projection="orthogonal", projection_dim=48,
+                                        ref_max_examples=2), fit_docs=FIT)
+    s.refresh(m0)
+    full = sum(min(len(c) + len(t), s.cfg.max_len) for task in tasks.values() for c, t in task.examples())
+    assert 0 < s.ref_tokens < full and all(len(t.examples()) > 2 for t in tasks.values())
 
 
 def test_default_settings_do_not_name_the_option_and_bad_values_are_refused():
@@ -206,3 +219,31 @@ def test_eigenbasis_reuse_second_pass_and_flops():
 def test_eigenbasis_reuse_needs_ekfac():
     with pytest.raises(ThresherError, match="ekfac"):
         InfluenceScorer(R.tiny_llama(), R.reference_tasks(), _cfg(preconditioner="kfac", factor_reuse="eigenbasis"), fit_docs=FIT)
+
+
+def test_run_counts_selection_flops_with_the_work_each_rank_repeats(monkeypatch):
+    """LazyInfluenceRewards (the run's reward source): 4 x matmul parameters x (fit + reference tokens) plus
+    the linear algebra; under torchrun the reference passes and eigendecompositions count once per rank."""
+    import numpy as np
+
+    from thresher.experiments.run import LazyInfluenceRewards
+    from thresher.influence import distributed as hdist
+
+    m0, _ = _models()
+    cfg = _cfg(preconditioner="kfac", projection="orthogonal", projection_dim=48)
+    store = SimpleNamespace(docs=lambda ids: [FIT[i] for i in ids], lengths=np.array([len(d) for d in FIT]))
+    per_token = 4.0 * (sum(p.numel() for p in m0.parameters()) - m0.get_input_embeddings().weight.numel())
+    flops = {}
+    for ranks in (1, 3):
+        monkeypatch.setattr(hdist, "world_size", lambda: ranks)
+        src = LazyInfluenceRewards(cfg, R.reference_tasks(), store, np.arange(len(FIT)))
+        src.refresh(m0, 0)
+        s = src.inner.scorer
+        n_fit, fit_tokens = s.fit_size
+        assert src.flops == per_token * (fit_tokens + ranks * s.ref_tokens) + s.linalg_flops(fit_tokens, n_fit, ranks)
+        flops[ranks] = src.flops
+        before = src.flops
+        src.rewards(np.array([0, 1]))  # scoring is split across ranks: counted once
+        assert src.flops - before == per_token * sum(min(len(FIT[i]), cfg.max_len) for i in (0, 1))
+    eigh = sum(10.0 * (ki**3 + ko**3) for ki, ko in s.feats.dims)
+    assert flops[3] - flops[1] == pytest.approx(2 * (per_token * s.ref_tokens + eigh), rel=1e-12)

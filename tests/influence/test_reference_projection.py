@@ -150,6 +150,16 @@ def test_linalg_flops_count_the_factor_space(model):
                 m = min(d, n)
                 want += 2 * d * n * m + 10 * m**3 + (2 * d * n * k if d > n else 0)
     assert ref.linalg_flops(100, 7) == want
+    # under torchrun every rank repeats the eigendecompositions and the subspaces, not the per-token sums
+    repeated = 0
+    for b, (ki, ko) in zip(ref.feats.blocks, ref.feats.dims):
+        c, r = b.d_in, b.d_out
+        repeated += 10 * (c**3 + r**3)
+        for d, n, k in ((r, 2 * c, ko), (c, 2 * r, ki)):
+            if k < d:
+                m = min(d, n)
+                repeated += 2 * d * n * m + 10 * m**3 + (2 * d * n * k if d > n else 0)
+    assert ref.linalg_flops(100, 7, replicas=3) == want + 2 * repeated
     orth = _scorer(model, preconditioner="ekfac", projection="orthogonal", projection_dim=48)
     assert orth.last_fit_passes == 1
     assert orth.linalg_flops(100, 7) == sum(100 * (2 * (ki**2 + ko**2) + 2 * ki * ko) + 7 * 2 * ki * ko * (ki + ko)

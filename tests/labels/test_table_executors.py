@@ -190,3 +190,63 @@ def test_stats_read_a_table_under_a_path_with_a_quote(tmp_path, docs):
     got, want = joint_counts(quoted, "domain", "topic"), joint_counts(plain, "domain", "topic")
     assert got[:2] == want[:2] and want[2].sum() > 0
     np.testing.assert_array_equal(got[2], want[2])
+
+
+def _cols(n, seed):
+    r = np.random.default_rng(seed)
+    cat = r.integers(-1, 4, n).astype(np.int16)
+    flt = r.normal(size=n).astype(np.float32)
+    flt[r.random(n) < 0.2] = np.nan
+    why = [None if c >= 0 else f"r{i % 3}" for i, c in enumerate(cat)]
+    return cat, flt, why
+
+
+def _specs(tag):
+    prov = {"labeler": tag}
+    return {f"{tag}_cat": {"kind": "category", "categories": list("abcd"), "provenance": prov},
+            f"{tag}_x": {"kind": "float", "provenance": prov}, f"{tag}_reason": {"kind": "reason", "provenance": prov}}
+
+
+def test_streamed_table_in_small_row_groups_equals_the_input(tmp_path, monkeypatch):
+    """Many row groups, blocks of other sizes than the row groups, and a second labeller's columns added
+    to the table (its kept columns read back in step): every value as given, the same as one block."""
+    import pyarrow.parquet as pq
+
+    import thresher.labels.table as table_mod
+
+    n = 23
+    a, b = _cols(n, 0), _cols(n, 1)
+    for name, group in (("one", 1 << 20), ("small", 4)):
+        monkeypatch.setattr(table_mod, "ROW_GROUP", group)
+        d = tmp_path / name
+        LabelTable.write(d, n, dict(zip(_specs("a"), a)), _specs("a"))
+        bounds = [0, 5, 6, 15, 23]  # uneven blocks, as shards would give
+        blocks = [(lo, hi, {k: v[lo:hi] for k, v in zip(_specs("b"), b)})
+                  for lo, hi in zip(bounds, bounds[1:])]
+        t = LabelTable.write(d, n, {}, _specs("b"), blocks=iter(blocks))
+        assert sorted(t.columns) == ["a_cat", "a_reason", "a_x", "b_cat", "b_reason", "b_x"]
+        for tag, (cat, flt, why) in (("a", a), ("b", b)):
+            np.testing.assert_array_equal(t.codes(f"{tag}_cat"), cat)
+            np.testing.assert_array_equal(t.column(f"{tag}_x"), flt)
+            assert t.column(f"{tag}_reason") == why
+            names = t.arrow([f"{tag}_cat"]).column(f"{tag}_cat").to_pylist()
+            assert names == [None if c < 0 else "abcd"[c] for c in cat]
+        assert t.arrow().column("doc_id").to_pylist() == list(range(n))
+        meta = pq.ParquetFile(d / "labels.parquet").metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        assert sum(sizes) == n and max(sizes) <= group and (len(sizes) == 1) == (group > n), sizes
+    tables_equal(LabelTable.open(tmp_path / "one"), LabelTable.open(tmp_path / "small"))
+
+
+@pytest.mark.parametrize("bounds, message", [([0, 5, 4, 10], "out of order"), ([0, 5, 9], "cover 0..8, the table has 10"),
+                                             ([0, 6, 10], "rows 0..5 need 6")])
+def test_streamed_blocks_must_cover_the_rows_in_order(tmp_path, bounds, message):
+    from thresher.utils.errors import ThresherError
+
+    cat, flt, why = _cols(10, 0)
+    short = cat[:5]  # the first block's category values: 5 rows
+    blocks = [(lo, hi, {"a_cat": short if lo == 0 and message.startswith("rows") else cat[lo:hi],
+                        "a_x": flt[lo:hi], "a_reason": why[lo:hi]}) for lo, hi in zip(bounds, bounds[1:])]
+    with pytest.raises(ThresherError, match=message):
+        LabelTable.write(tmp_path / "t", 10, {}, _specs("a"), blocks=iter(blocks))
+    assert not LabelTable.exists(tmp_path / "t") and not any(p.name.endswith(".tmp") for p in (tmp_path / "t").glob(".*"))

@@ -182,3 +182,14 @@ def test_evaluation_off_the_log_grid_is_written(tmp_path):
     rows = _metrics(tmp_path)
     assert [m["step"] for m in rows] == [2, 3, 4, 6]
     assert [m["step"] for m in rows if "ref_loss/t" in m] == [3, 6]
+
+
+def test_resuming_a_finished_run_still_reports_its_reference_losses(tmp_path):
+    store = pattern_store()
+    docs = [store.doc(i) for i in (1, 3, 5)]
+    task = ReferenceTask("t", [d[:10] for d in docs], [d[10:16] for d in docs])
+    first = train(tiny_config(steps=4, eval_every=2, ckpt_every=2), store, _sel(), tmp_path, eval_tasks={"t": task})
+    assert set(first["ref_losses"]) == {"t"}
+    again = train(tiny_config(steps=4, eval_every=2, ckpt_every=2), store, _sel(), tmp_path, eval_tasks={"t": task},
+                  resume=True)  # nothing left to train (a run that died after its last checkpoint)
+    assert again["step"] == 4 and again["ref_losses"] == first["ref_losses"]

@@ -57,10 +57,13 @@ class LazyInfluenceRewards(RewardSource):
         scorer = self.inner.scorer
         n_fit, fit_tokens = scorer.fit_size
         fit = scorer.last_fit_passes * fit_tokens  # 0 without a refit; EK-FAC: 1, or 2 with a second pass
-        ref = sum(min(len(c) + len(t), self.cfg.max_len) for task in self.reference.values()
-                  for c, t in zip(task.contexts, task.continuations))
-        self.flops += self._flops_per_token * (fit + ref)
-        self.flops += scorer.linalg_flops(fit_tokens, n_fit)  # factors, eigh, subspaces
+        # under torchrun the fit documents are split across the ranks, but every rank passes the whole
+        # reference sample and repeats the eigendecompositions: those count once per rank (as the hardware does)
+        from thresher.influence import distributed as hdist
+
+        ranks = hdist.world_size()
+        self.flops += self._flops_per_token * (fit + ranks * scorer.ref_tokens)
+        self.flops += scorer.linalg_flops(fit_tokens, n_fit, replicas=ranks)  # factors, eigh, subspaces
 
     def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
         if self.inner is None:
@@ -152,7 +155,10 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model} for {cfg.train.steps} steps -> {out}")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
                     callbacks=[save_config, *callbacks], tokenizer=_hf_tokenizer(store))
-    write_selector_log(selector.log, out / "selector_log.jsonl")
+    from thresher.utils.log import rank
+
+    if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it
+        write_selector_log(selector.log, out / "selector_log.jsonl")
     return summary
 
 

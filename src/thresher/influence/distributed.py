@@ -14,6 +14,11 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def world_size() -> int:
+    """Processes in the torchrun group (1 without one)."""
+    return dist.get_world_size() if active() else 1
+
+
 def shard(items: list) -> list:
     """This rank's strided share of ``items`` (rank r gets r, r + W, ...)."""
     if not active():

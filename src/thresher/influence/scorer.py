@@ -82,6 +82,7 @@ class InfluenceScorer:
         self.last_refit = False  # whether the last refresh re-estimated the factors
         self.last_fit_passes = 0  # forward/backward passes over the fit documents in the last refresh
         self.fit_size = (0, 0)  # (documents, tokens) of the fit sample, all ranks together
+        self.ref_tokens = 0  # tokens of the reference examples the last refresh passed through (each rank)
         self.factor_step: int | None = None  # the model step the current factors were fit at
         self.last_lambda = False  # whether the last refresh re-estimated EK-FAC's Lambda
         self.last_lambda_kept = False  # ... from per-document gradients kept in the factor pass
@@ -144,6 +145,7 @@ class InfluenceScorer:
         """The reference gradients under the current model, preconditioned: full-space targets for exact
         rewards; for full-space factors the projected whitened reference (and with projection="reference"
         new subspaces); else projected, then preconditioned in the projected space."""
+        self.ref_tokens = 0  # tokens through the reference passes of this refresh (on every rank)
         refs = [self._reference_gradient(t, project=not full) for t in self.reference.values()]  # per block (n, r, c)
         refs = [torch.stack(parts) for parts in zip(*refs)]
         if self.exact():
@@ -190,18 +192,20 @@ class InfluenceScorer:
             return self.cfg.reward_mode == "exact"
         return full_space_entries(self.feats.blocks, self.cfg, len(self.reference)) <= self.cfg.full_space_max_entries
 
-    def linalg_flops(self, fit_tokens: int, fit_docs: int = 0) -> float:
+    def linalg_flops(self, fit_tokens: int, fit_docs: int = 0, replicas: int = 1) -> float:
         """Estimated FLOPs of one refresh beyond its forward/backward passes (those are the caller's to
         count): when the last refresh refit the factors, factor sums 2 (c^2 + r^2) per fit token and block,
         EK-FAC's per-document products and rotations (of the kept per-document gradients, ``fit_docs`` of
         them, or of every token's sequences in a second pass) and ~10 n^3 per symmetric
         eigendecomposition; always projection="reference"'s Gram matrices of the smaller side, their
-        eigendecompositions and the map back to the larger side; (c, r) = the factor space's block sizes."""
+        eigendecompositions and the map back to the larger side; (c, r) = the factor space's block sizes.
+        Under torchrun the per-token work is split across the ranks but every rank repeats the
+        eigendecompositions and the subspaces: ``replicas`` (the world size) counts those once per rank."""
         exact, reference = self.exact(), self.cfg.projection == "reference"
         k, total = len(self.reference), 0.0
         for (c, r), (k_in, k_out) in zip(self._dims(self._full_space_refresh()), self.feats.dims):
             if self.last_refit:  # implies needs_factors
-                total += fit_tokens * 2.0 * (c * c + r * r) + 10.0 * (c**3 + r**3)
+                total += fit_tokens * 2.0 * (c * c + r * r) + replicas * 10.0 * (c**3 + r**3)
             if self.last_lambda:
                 if self.last_lambda_kept:  # per-document gradients kept: (B, r, c) products, then rotated
                     total += fit_tokens * 2.0 * c * r + fit_docs * 2.0 * c * r * (c + r)
@@ -211,7 +215,7 @@ class InfluenceScorer:
                 for d, n, k_side in ((r, k * c, k_out), (c, k * r, k_in)):
                     m = min(d, n)
                     if k_side < d:  # a side with k >= d is not projected
-                        total += 2.0 * d * n * m + 10.0 * m**3 + (2.0 * d * n * k_side if d > n else 0.0)
+                        total += replicas * (2.0 * d * n * m + 10.0 * m**3 + (2.0 * d * n * k_side if d > n else 0.0))
         return total
 
     def _member_targets(self, blocks: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -290,6 +294,7 @@ class InfluenceScorer:
         if 0 < self.cfg.ref_max_examples < len(ex):  # a seeded uniform sample (multi-agent A.4), the same every refresh
             keep = np.sort(rng(self.cfg.seed, "influence-reference", task.name).choice(len(ex), self.cfg.ref_max_examples, replace=False))
             ex = [ex[i] for i in keep]
+        self.ref_tokens += sum(min(len(c) + len(t), self.cfg.max_len) for c, t in ex)
         total = None
         for i in range(0, len(ex), self.cfg.batch_size):
             batch = pad_examples(ex[i : i + self.cfg.batch_size], self.cfg.max_len, self.cfg.pad_id)

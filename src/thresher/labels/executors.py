@@ -224,20 +224,14 @@ def _work_dir(out: Path, specs: dict, n: int, shard_size: int) -> Path:
 
 def merge_shards(out: Path, work: Path, shards: list, specs: dict, n: int,
                  clusterer: KMeansClusterer | None) -> LabelTable:
-    """Concatenate shards in doc-id order (checked: no gap, no duplicate), cluster, write the table."""
+    """Stream the shards in doc-id order (checked: no gap, no duplicate) into the table, clustering first.
+    One shard's rows are in memory at a time (and the embeddings are memory-mapped), however large N."""
     label_specs = {c: s for c, s in specs.items() if clusterer is None or c != clusterer.column}
     scalar = [c for c, s in label_specs.items() if s["kind"] != "embedding"]
-    t = pa.concat_tables([pq.read_table(work / f"{i:06d}.parquet") for i, _, _ in shards]) if scalar else None
-    if t is not None and not np.array_equal(t.column("doc_id").to_numpy(), np.arange(n)):
-        raise ThresherError(f"shards in {work} do not cover doc ids 0..{n - 1} exactly once")
     data: dict[str, Any] = {}
     for col, spec in label_specs.items():
         if spec["kind"] == "embedding":
             data[col] = _merge_embedding(out, work, shards, col, n)
-        elif spec["kind"] == "reason":
-            data[col] = t.column(col)
-        else:
-            data[col] = t.column(col).to_numpy()
     if clusterer is not None:
         emb_path = data.get("embedding") or out / "embedding.npy"
         emb = np.load(emb_path, mmap_mode="r")
@@ -246,7 +240,21 @@ def merge_shards(out: Path, work: Path, shards: list, specs: dict, n: int,
         del emb
         with atomic_path(out / f"{clusterer.column}.centroids.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, centroids)
-    return LabelTable.write(out, n, data, specs)
+    kinds = {c: label_specs[c]["kind"] for c in scalar}
+    return LabelTable.write(out, n, data, specs, blocks=_shard_blocks(work, shards, kinds, n) if scalar else None)
+
+
+def _shard_blocks(work: Path, shards: list, kinds: dict[str, str], n: int):
+    """(lo, hi, {column: values}) per shard, in doc-id order; a gap, overlap or wrong doc id is an error."""
+    end = 0
+    for i, lo, hi in sorted(shards, key=lambda s: s[1]):
+        t = pq.read_table(work / f"{i:06d}.parquet", columns=["doc_id", *kinds])
+        if lo != end or not np.array_equal(t.column("doc_id").to_numpy(), np.arange(lo, hi)):
+            raise ThresherError(f"shards in {work} do not cover doc ids 0..{n - 1} exactly once (shard {i})")
+        end = hi
+        yield lo, hi, {c: t.column(c) if k == "reason" else t.column(c).to_numpy() for c, k in kinds.items()}
+    if end != n:
+        raise ThresherError(f"shards in {work} do not cover doc ids 0..{n - 1} exactly once")
 
 
 def _merge_embedding(out: Path, work: Path, shards: list, col: str, n: int) -> Path:

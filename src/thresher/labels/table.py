@@ -14,10 +14,11 @@ provenance (else SettingsMismatchError), so results of different settings never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -135,65 +136,149 @@ class LabelTable:
         return same
 
     @staticmethod
-    def write(path: str | os.PathLike, n_docs: int, data: Mapping[str, Any], specs: Mapping[str, dict]) -> "LabelTable":
+    def write(path: str | os.PathLike, n_docs: int, data: Mapping[str, Any], specs: Mapping[str, dict],
+              blocks: Iterable[tuple[int, int, Mapping[str, Any]]] | None = None) -> "LabelTable":
         """Add/replace columns. ``data[col]``: category -> int16 codes, float -> float32, reason ->
-        pyarrow/list of str|None, embedding -> path of a finished (N, d) float16 .npy (moved in)."""
+        pyarrow/list of str|None, embedding -> path of a finished (N, d) float16 .npy (moved in).
+
+        ``blocks`` streams scalar columns instead: (lo, hi, {col: values of rows lo..hi-1}) in row order,
+        covering 0..n_docs-1 (a column found in neither is an error). Nothing holds more than one row
+        group (``ROW_GROUP`` rows) of the table at a time: the codes go into memory-mapped files and the
+        Parquet file (this table's kept columns, read back in step, plus the new ones) is written row
+        group by row group, so a table of hundreds of millions of documents needs little memory."""
         path = Path(path)
         LabelTable.check_settings(path, {c: s["provenance"] for c, s in specs.items()}, n_docs)
         old = LabelTable.open(path) if LabelTable.exists(path) else None
-        cols = {"doc_id": pa.array(np.arange(n_docs, dtype=np.int64))}
         manifest = {"version": 1, "n_docs": n_docs, "columns": dict(old.manifest["columns"]) if old else {}}
-        if old:
-            keep = [c for c in old.columns if c not in specs and old.kind(c) != "embedding"]
-            cols.update({c: a for c, a in zip(keep, old.arrow(keep).select(keep).columns)})
+        keep = [c for c in old.columns if c not in specs and old.kind(c) != "embedding"] if old else []
+        scalar = [c for c, sp in specs.items() if sp["kind"] != "embedding"]
         for col, spec in specs.items():
-            manifest["columns"][col] = _write_column(path, col, spec, data[col], n_docs, cols)
-        order = ["doc_id"] + [c for c in manifest["columns"] if c in cols]
-        table = pa.table({c: cols[c] for c in order})
-        table = table.replace_schema_metadata({b"thresher": json.dumps(manifest, default=str).encode()})
-        with atomic_path(path / PARQUET) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+            if spec["kind"] not in ("category", "float", "reason", "embedding"):
+                raise ThresherError(f"unknown column kind {spec['kind']!r} for {col!r}")
+            manifest["columns"][col] = {"kind": spec["kind"], "provenance": spec["provenance"]}
+            if spec["kind"] == "category":
+                manifest["columns"][col]["categories"] = list(spec["categories"])
+        embedded = {col: _check_embedding(col, data[col], n_docs) for col in specs if specs[col]["kind"] == "embedding"}
+        for col, dim in embedded.items():
+            manifest["columns"][col]["dim"] = dim
+        order = ["doc_id"] + [c for c in manifest["columns"] if c in keep or c in scalar]
+        schema = pa.schema([pa.field("doc_id", pa.int64())] + [
+            pa.field(c, _arrow_type(manifest["columns"][c]["kind"])) for c in order[1:]],
+            metadata={b"thresher": json.dumps(manifest, default=str).encode()})
+        with contextlib.ExitStack() as stack:
+            codes = {}
+            for col in scalar:
+                if specs[col]["kind"] == "category":
+                    tmp = stack.enter_context(atomic_path(_codes_path(path, col)))
+                    codes[col] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(n_docs,))
+            tmp_parquet = stack.enter_context(atomic_path(path / PARQUET))
+            kept = _RowStream(pq.ParquetFile(old.path / PARQUET).iter_batches(ROW_GROUP, columns=keep)) if keep else None
+            with pq.ParquetWriter(tmp_parquet, schema, compression="zstd") as writer:
+                pending, rows, done = [], 0, 0
+                for lo, hi, part in _blocks(n_docs, data, scalar, blocks):
+                    if lo != done or hi < lo or hi > n_docs:
+                        raise ThresherError(f"label rows {lo}..{hi - 1} out of order: expected rows from {done}")
+                    cols = {"doc_id": pa.array(np.arange(lo, hi, dtype=np.int64))}
+                    if kept is not None:
+                        cols.update(kept.take(hi - lo))
+                    for col in scalar:
+                        value = part[col] if col in part else _slice(col, data, lo, hi)
+                        cols[col] = _column_block(col, specs[col], value, lo, hi, codes.get(col))
+                    pending.append(pa.table([cols[c] for c in order], schema=schema))
+                    rows, done = rows + hi - lo, hi
+                    if rows >= ROW_GROUP:
+                        writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
+                        pending, rows = [], 0
+                if done != n_docs:
+                    raise ThresherError(f"label rows cover 0..{done - 1}, the table has {n_docs}")
+                if pending or n_docs == 0:
+                    writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table())
+            for col in list(codes):
+                codes.pop(col).flush()
+        for col in embedded:
+            os.replace(data[col], _emb_path(path, col))
         atomic_write_json(path / MANIFEST, manifest)
         return LabelTable.open(path)
 
 
-def _write_column(path: Path, col: str, spec: dict, values: Any, n: int, cols: dict) -> dict:
-    """Write one column's side files, put its Parquet array in ``cols``; return its manifest entry."""
-    kind, entry = spec["kind"], {"kind": spec["kind"], "provenance": spec["provenance"]}
+ROW_GROUP = 1 << 20  # rows per Parquet row group and per block of an in-memory write
+
+
+def _arrow_type(kind: str) -> pa.DataType:
+    return {"category": pa.dictionary(pa.int32(), pa.string()), "float": pa.float32(), "reason": pa.string()}[kind]
+
+
+def _blocks(n: int, data: Mapping[str, Any], scalar: list[str], blocks) -> Iterable[tuple[int, int, Mapping[str, Any]]]:
+    if blocks is not None:
+        return blocks
+    missing = [c for c in scalar if c not in data]
+    if missing:
+        raise ThresherError(f"no values for column(s) {missing}")
+    for c in scalar:
+        _check_len(c, data[c], n)
+    return ((lo, min(lo + ROW_GROUP, n), {}) for lo in range(0, n, ROW_GROUP))
+
+
+def _slice(col: str, data: Mapping[str, Any], lo: int, hi: int) -> Any:
+    if col not in data:
+        raise ThresherError(f"no values for column {col!r} in rows {lo}..{hi - 1}")
+    return data[col][lo:hi]
+
+
+def _column_block(col: str, spec: dict, values: Any, lo: int, hi: int, codes_out: np.ndarray | None) -> pa.Array:
+    """Rows lo..hi-1 of one new column as an Arrow array (category codes also go to ``codes_out``)."""
+    kind, n = spec["kind"], hi - lo
     if kind == "category":
         codes = np.asarray(values, dtype=np.int16)
         names = list(spec["categories"])
-        _check_len(col, codes, n)
+        _check_len(col, codes, n, lo)
         if codes.size and (codes.max(initial=-1) >= len(names) or codes.min(initial=0) < -1):
             raise ThresherError(f"column {col!r} has codes outside [-1, {len(names) - 1}]")
-        with atomic_path(_codes_path(path, col)) as tmp, open(tmp, "wb") as f:
-            np.save(f, codes)
+        codes_out[lo:hi] = codes
         idx = pa.array(codes.astype(np.int32), mask=codes < 0)
-        cols[col] = pa.DictionaryArray.from_arrays(idx, pa.array(names, pa.string()))
-        entry["categories"] = names
-    elif kind == "float":
+        return pa.DictionaryArray.from_arrays(idx, pa.array(names, pa.string()))
+    if kind == "float":
         v = np.asarray(values, dtype=np.float32)
-        _check_len(col, v, n)
-        cols[col] = pa.array(v, mask=np.isnan(v))
-    elif kind == "reason":
-        arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), pa.string())
-        _check_len(col, arr, n)
-        cols[col] = arr
-    elif kind == "embedding":
-        emb = np.load(values, mmap_mode="r")
-        if emb.shape[0] != n or emb.dtype != np.float16:
-            raise ThresherError(f"embedding {col!r} must be ({n}, d) float16, got {emb.shape} {emb.dtype}")
-        entry["dim"] = int(emb.shape[1])
-        del emb
-        os.replace(values, _emb_path(path, col))
-    else:
-        raise ThresherError(f"unknown column kind {kind!r} for {col!r}")
-    return entry
+        _check_len(col, v, n, lo)
+        return pa.array(v, mask=np.isnan(v))
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), pa.string())
+    _check_len(col, arr, n, lo)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr.cast(pa.string())
 
 
-def _check_len(col: str, v: Any, n: int) -> None:
+def _check_embedding(col: str, npy: Any, n: int) -> int:
+    emb = np.load(npy, mmap_mode="r")
+    if emb.shape[0] != n or emb.dtype != np.float16 or emb.ndim != 2:
+        raise ThresherError(f"embedding {col!r} must be ({n}, d) float16, got {emb.shape} {emb.dtype}")
+    return int(emb.shape[1])
+
+
+class _RowStream:
+    """Rows of a record-batch iterator handed out in blocks of any size, in order."""
+
+    def __init__(self, batches: Iterable[pa.RecordBatch]):
+        self._it, self._buf = iter(batches), []
+
+    def take(self, n: int) -> dict[str, pa.Array]:
+        have = sum(len(b) for b in self._buf)
+        while have < n:
+            b = next(self._it, None)
+            if b is None:
+                raise ThresherError("the label table's Parquet file has fewer rows than its manifest says")
+            self._buf.append(b)
+            have += len(b)
+        t = pa.Table.from_batches(self._buf)
+        head, rest = t.slice(0, n), t.slice(n)
+        self._buf = rest.to_batches() if len(rest) else []
+        return {c: head.column(c).combine_chunks() for c in head.column_names}
+
+
+def _check_len(col: str, v: Any, n: int, lo: int | None = None) -> None:
     if len(v) != n:
-        raise ThresherError(f"column {col!r} has {len(v)} rows, the table has {n}")
+        where = f"rows {lo}..{lo + n - 1} need" if lo is not None else "the table has"
+        raise ThresherError(f"column {col!r} has {len(v)} rows, {where} {n}")
 
 
 def _norm(prov: dict) -> str:

@@ -86,7 +86,8 @@ class Run:
         return {"step": self.step, "config": self.cfg.to_dict(), "rng": rng_state(), "counters": dict(self.counters),
                 "loader": self.loader.state_dict(), "selector": self.selector.state_dict(),
                 "schedule": {"name": self.cfg.schedule, "step": self.step}, "world_size": self.dist.world,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "ref_losses": dict(self.ref_losses)}
 
     def save_checkpoint(self, keep_last: int = 2, keep_every: int = 0) -> Path | None:
         path = save_checkpoint(self.out_dir / "checkpoints", self.step, self.engine, self.optimizer,
@@ -209,6 +210,7 @@ def _resume(run: Run) -> bool:
             print0(f"warning: {e}; resuming from the previous checkpoint {ckpts[i + 1].name} instead")
     _warn_schedule_change(run.cfg, state)
     run.step, run.counters = int(state["step"]), dict(state["counters"])
+    run.ref_losses = dict(state.get("ref_losses", {}))  # the last evaluation's, so a finished run still reports them
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.selector.load_state_dict(state["selector"])
