@@ -44,7 +44,10 @@ def test_state_dict_round_trip_mid_run(policy, selection):
                          selection=selection, reuse_penalty=0.3, clusters_per_round=3, threshold_mode="quantile")
     full, _, picks = _run(cfg, 15)
     half, _, _ = _run(cfg, 6)
-    resumed, _, rest = _run(cfg, 15, state=half.state_dict(), start=6)
+    state = half.state_dict()
+    assert state["selection"].dtype == np.int32  # half the checkpoint bytes while doc ids fit
+    resumed, _, rest = _run(cfg, 15, state=state, start=6)
+    assert resumed.selection().dtype == np.int64
     assert len(picks) == 5 and len(rest) == 3
     for a, b in zip(picks[2:], rest):
         np.testing.assert_array_equal(a, b)
@@ -224,3 +227,23 @@ def test_quad_threshold_off_the_reward_scale_and_stage_tokens_with_a_doc_budget_
     assert len(ok.initial_selection()) == 300
     with pytest.raises(ThresherError, match="quad_stage_tokens"):
         build_selector(SelectorConfig(policy="quad", budget_docs=300, quad_stage_tokens=500), ctx)
+
+
+def test_checkpointed_selection_keeps_ids_beyond_int32():
+    from thresher.agents.base import Selector
+
+    class Fixed(Selector):
+        def setup(self, ctx):
+            pass
+
+        def initial_selection(self):
+            self._set_selection(np.array([3, 2**31 + 5], dtype=np.int64))
+            return self._selection
+
+    a = Fixed()
+    a.initial_selection()
+    state = a.state_dict()
+    assert state["selection"].dtype == np.int64
+    b = Fixed()
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.selection(), [3, 2**31 + 5])
