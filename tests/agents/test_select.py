@@ -42,6 +42,9 @@ def test_cell_index_groups_every_doc_once():
     np.testing.assert_array_equal(index.tokens, np.bincount(index.cell_id, weights=lengths))
     for c in range(index.n_cells):
         assert (index.cell_id[index.docs(c)] == c).all()
+    for j, col in enumerate(["a", "b", "a"]):  # asked twice: the cached grouping answers the same
+        for code in (-1, 0, 1, 2, 7):
+            np.testing.assert_array_equal(index.cells_with(col, code), np.flatnonzero(index.codes[:, j % 2] == code))
 
 
 @settings(max_examples=150, deadline=None)

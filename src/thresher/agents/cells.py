@@ -46,7 +46,17 @@ class CellIndex:
         return self.order[self.offsets[c] : self.offsets[c + 1]]
 
     def cells_with(self, column: str, code: int) -> np.ndarray:
-        return np.flatnonzero(self.codes[:, self.col(column)] == code)
+        """The cells (ascending) whose ``column`` code is ``code``: O(answer) after one O(cells log cells)
+        grouping per column (a bandit over 10k clusters asks for every arm; a scan each time was
+        O(cells) per arm)."""
+        by_code = self.__dict__.setdefault("_by_code", {})
+        j = self.col(column)
+        if j not in by_code:
+            cells = np.argsort(self.codes[:, j], kind="stable")  # ascending cell ids within a code
+            by_code[j] = (cells, self.codes[cells, j])
+        cells, codes = by_code[j]
+        lo, hi = np.searchsorted(codes, code, side="left"), np.searchsorted(codes, code, side="right")
+        return cells[lo:hi]
 
 
 def build_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray) -> CellIndex:
