@@ -172,7 +172,10 @@ class LabelTable:
                     tmp = stack.enter_context(atomic_path(_codes_path(path, col)))
                     codes[col] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(n_docs,))
             tmp_parquet = stack.enter_context(atomic_path(path / PARQUET))
-            kept = _RowStream(pq.ParquetFile(old.path / PARQUET).iter_batches(ROW_GROUP, columns=keep)) if keep else None
+            kept = None
+            if keep:  # the old file stays open (and readable) until it is replaced, after the write
+                source = stack.enter_context(pq.ParquetFile(old.path / PARQUET))
+                kept = _RowStream(source.iter_batches(ROW_GROUP, columns=keep))
             with pq.ParquetWriter(tmp_parquet, schema, compression="zstd") as writer:
                 pending, rows, done = [], 0, 0
                 for lo, hi, part in _blocks(n_docs, data, scalar, blocks):
