@@ -319,12 +319,12 @@ class StaticMixtureSelector(_StagedSelector):
         the selection is then smaller than the budget and its mixture differs from the weights."""
         cats = self.categories[self.cfg.mixture_column]
         unit = "docs" if shares is not None else "tokens"
+        # a token share is filled up to less than one document (the next one would not fit)
+        slack = 0 if shares is not None else int(self.ctx.doc_lengths.max(initial=0))
         out = {}
         for j, part in enumerate(parts):
             got = len(part) if shares is not None else int(self.ctx.doc_lengths[part].sum())
             target = int(shares[j]) if shares is not None else int(self.budget_tokens * self.weights[j])
-            # a token share is filled up to less than one document (the next one would not fit)
-            slack = 0 if shares is not None else int(self.ctx.doc_lengths.max(initial=0))
             if target - got > slack:
                 out[cats[j]] = {"target": target, "selected": got}
         if out:

@@ -20,7 +20,7 @@ from thresher.influence.rewards import RewardSource
 from thresher.train.callbacks import Callback
 from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_write_jsonl
-from thresher.utils.log import print0
+from thresher.utils.log import print0, rank
 from thresher.utils.seeding import rng
 
 
@@ -155,8 +155,6 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model} for {cfg.train.steps} steps -> {out}")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
                     callbacks=[save_config, *callbacks], tokenizer=_hf_tokenizer(store))
-    from thresher.utils.log import rank
-
     if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it
         write_selector_log(selector.log, out / "selector_log.jsonl")
     return summary

@@ -13,14 +13,8 @@ from thresher.utils.errors import ThresherError
 DOMAINS = ["CommonCrawl", "C4", "GitHub", "Books", "ArXiv", "Wikipedia", "StackExchange"]
 _SLIMPAJAMA = {f"RedPajama{d}": d for d in DOMAINS}
 _SLIMPAJAMA["RedPajamaBook"] = "Books"  # SlimPajama spells the set in the singular
+# matched after _key (case and surrounding whitespace ignored): 'RedPajamaC4' / 'c4' / ' C4 ' -> 'C4'
 _ALIASES = {k.lower(): v for k, v in {**_SLIMPAJAMA, **{d: d for d in DOMAINS}, "Book": "Books"}.items()}
-
-
-def normalise_domain(value: Any) -> str | None:
-    """'RedPajamaC4' / 'c4' / 'C4' -> 'C4'; anything else -> None."""
-    if not isinstance(value, str):
-        return None
-    return _ALIASES.get(value.strip().lower())
 
 
 AUTO_MAX = 256  # more distinct values than this in "auto" mode: probably not a domain field

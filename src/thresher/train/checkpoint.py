@@ -211,15 +211,17 @@ def _unreadable(path: Path):
         raise ThresherError(f"checkpoint {path} is unreadable: {reason}") from e
 
 
-def load_checkpoint(path: str | os.PathLike, model, optimizer) -> dict:
+def load_checkpoint(path: str | os.PathLike, model, optimizer, trainer: dict | None = None) -> dict:
     """Restore weights and optimizer in place; return the trainer dict (RNG is NOT applied here).
+    ``trainer``: the dict ``read_trainer_state(path)`` already returned (it is not read again).
 
     Any failure to read or apply a file is ``ThresherError("checkpoint <path> is unreadable: <reason>")``;
     the weights may then be partly loaded, so load another checkpoint or stop."""
     path = Path(path)
     if not (path / "trainer.pt").exists():
         raise ThresherError(f"not a complete checkpoint: {path}")
-    trainer = read_trainer_state(path)
+    if trainer is None:
+        trainer = read_trainer_state(path)
     with _unreadable(path):
         optim_sd = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
         if _is_fsdp(model):

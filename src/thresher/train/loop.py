@@ -198,7 +198,7 @@ def _resume(run: Run) -> bool:
         try:
             state = read_trainer_state(path)
             _check_resume_settings(run.cfg, state, path)
-            state = load_checkpoint(path, run.engine, run.optimizer)
+            load_checkpoint(path, run.engine, run.optimizer, trainer=state)  # weights only after the check
             break
         except SettingsMismatchError:
             raise
