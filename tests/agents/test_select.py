@@ -1,11 +1,13 @@
 """Per-cell top-k and Gumbel-top-k against brute force over documents."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from thresher.agents.base import Labels
 from thresher.agents.cells import build_cell_index, gather_cells
 from thresher.agents.select import make_groups, select_gumbel, select_top_k
+from thresher.utils.errors import ThresherError
 
 
 def _index(codes_a, codes_b, lengths):
@@ -45,6 +47,38 @@ def test_cell_index_groups_every_doc_once():
     for j, col in enumerate(["a", "b", "a"]):  # asked twice: the cached grouping answers the same
         for code in (-1, 0, 1, 2, 7):
             np.testing.assert_array_equal(index.cells_with(col, code), np.flatnonzero(index.codes[:, j % 2] == code))
+
+
+@pytest.mark.parametrize("n_cat", [3, 5000])  # 4 * 5001^2 keys > 2^24: the sort path, not the lookup table
+def test_cell_index_matches_unique_rows_in_both_key_paths(n_cat):
+    g = np.random.default_rng(2)
+    a, b = g.integers(-1, n_cat, 3000).astype(np.int16), g.integers(-1, n_cat, 3000).astype(np.int16)
+    labels = Labels({"a": a, "b": b}, {"a": [str(i) for i in range(n_cat)], "b": [str(i) for i in range(n_cat)]})
+    index = build_cell_index(labels, ["a", "b"], np.ones(3000, np.int32))
+    rows, inverse = np.unique(np.stack([a, b], axis=1).astype(np.int64), axis=0, return_inverse=True)
+    np.testing.assert_array_equal(index.codes, rows)  # cells in ascending code order, like np.unique
+    np.testing.assert_array_equal(index.cell_id, inverse.reshape(-1))
+    assert index.cell_id.dtype == index.order.dtype == np.int32
+
+
+def test_cell_index_refuses_non_integer_codes():
+    labels = Labels({"a": np.array([0.0, 1.0])}, {"a": ["x", "y"]})
+    with pytest.raises(ThresherError, match="label column 'a' holds float64 values; agents need integer"):
+        build_cell_index(labels, ["a"], np.ones(2, np.int64))
+
+
+def test_gather_cells_keeps_the_index_dtype_when_asked():
+    g = np.random.default_rng(3)
+    index = _index(g.integers(-1, 3, 400), g.integers(0, 2, 400), g.integers(1, 9, 400))
+    for cells in (np.arange(index.n_cells), np.array([2]), np.array([3, 0]), np.zeros(0, np.int64)):
+        wide, narrow = gather_cells(index, cells), gather_cells(index, cells, None)
+        assert wide.dtype == np.int64 and narrow.dtype == np.int32
+        np.testing.assert_array_equal(wide, np.concatenate([index.docs(c) for c in cells] or [np.zeros(0)]))
+        np.testing.assert_array_equal(wide, narrow)
+    # Quad shuffles each arm's docs in the narrow dtype: numpy draws the same permutation for either
+    docs = gather_cells(index, np.arange(index.n_cells))
+    np.testing.assert_array_equal(np.random.default_rng(4).permutation(docs),
+                                  np.random.default_rng(4).permutation(docs.astype(np.int32)))
 
 
 @settings(max_examples=150, deadline=None)

@@ -52,3 +52,11 @@ def test_store_json_holds_the_settings(store, tok_path, corpus):
 def test_open_refuses_a_non_store(tmp_path):
     with pytest.raises(ThresherError, match="not a token store"):
         TokenStore.open(tmp_path)
+
+
+def test_lengths_are_int32_unless_a_document_needs_more(store, tmp_path):
+    assert store.lengths.dtype == np.int32 and store.lengths.sum() == store.n_tokens
+    np.testing.assert_array_equal(store.lengths, np.diff(store.offsets))
+    huge = TokenStore(tmp_path, {"dtype": "uint16"})  # only offsets.npy is read for lengths
+    np.save(tmp_path / "offsets.npy", np.array([0, 5, 5 + 2**31, 2**31 + 7], np.int64))
+    assert huge.lengths.dtype == np.int64 and huge.lengths.tolist() == [5, 2**31, 2]

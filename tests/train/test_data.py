@@ -146,6 +146,20 @@ def test_doc_positions_restart_after_eos():
     assert torch.equal(pos, expect)
 
 
+def test_int32_lengths_plan_the_same_rows_without_a_copy():
+    store = random_store(n_docs=60, seed=2)
+    narrow = store.lengths.astype(np.int32)  # the TokenStore's dtype
+    rows = []
+    for lengths in (store.lengths, narrow):
+        packer = Packer(lengths, row_len=13, seed=SEED)
+        packer.set_selection(np.arange(0, 60, 3), version=1)
+        rows.append([packer.next_row() for _ in range(50)])
+    assert rows[0] == rows[1]
+    assert np.shares_memory(Packer(narrow, 13).lengths, narrow)
+    with pytest.raises(ThresherError, match="document lengths must be integers, got float64"):
+        Packer(narrow.astype(np.float64), 13)
+
+
 def test_bad_inputs_raise_thresher_error():
     store = random_store()
     empty = StaticSelector(np.array([], np.int64))

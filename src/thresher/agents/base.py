@@ -39,7 +39,7 @@ class Labels:
 
 @dataclass
 class SelectionContext:
-    """What a selector may read. ``doc_lengths`` are token counts (int64, len n_docs)."""
+    """What a selector may read. ``doc_lengths`` are token counts (len n_docs; int32 or int64)."""
 
     doc_lengths: np.ndarray
     labels: Labels

@@ -63,11 +63,16 @@ def build_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray
     """Group documents by their tuple of codes in ``columns``; O(n_docs) plus one integer argsort."""
     n = len(doc_lengths)
     key, radices = _mixed_radix_key(labels, columns, n)
-    if int(np.prod(radices, dtype=np.float64)) <= max(4 * n, 1 << 24):
-        present = np.flatnonzero(np.bincount(key, minlength=int(np.prod(radices))))
-        lut = np.full(int(np.prod(radices)), -1, dtype=np.int64)
-        lut[present] = np.arange(len(present))
-        cell_id = lut[key].astype(np.int32)
+    space = int(np.prod(radices, dtype=np.float64))
+    if space <= max(4 * n, 1 << 24):  # a lookup table of 5 bytes per possible key, O(n)
+        seen = np.zeros(space, dtype=bool)
+        seen[key] = True
+        present = np.flatnonzero(seen)
+        del seen
+        lut = np.full(space, -1, dtype=np.int32)
+        lut[present] = np.arange(len(present), dtype=np.int32)
+        cell_id = lut[key]
+        del lut
     else:  # a huge key space: sort the keys instead of a lookup table
         present, cell_id = np.unique(key, return_inverse=True)
         cell_id = cell_id.astype(np.int32)
@@ -89,12 +94,15 @@ def _mixed_radix_key(labels: Labels, columns: list[str], n: int) -> tuple[np.nda
         codes = np.asarray(labels.codes[name])
         if len(codes) != n:
             raise ThresherError(f"label column {name!r} has {len(codes)} rows but the corpus has {n} documents")
+        if codes.dtype.kind not in "iu":
+            raise ThresherError(f"label column {name!r} holds {codes.dtype} values; agents need integer category codes")
         n_cat = len(labels.categories.get(name, [])) or int(codes.max(initial=-1)) + 1
         if codes.size and (codes.min() < -1 or codes.max() >= n_cat):
             raise ThresherError(f"label column {name!r} has codes outside [-1, {n_cat - 1}]")
         radix = n_cat + 1  # code -1 (missing) is stored as 0
         key *= radix
-        key += codes.astype(np.int64) + 1
+        key += codes  # in place: no int64 copy of the column
+        key += 1
         radices.append(radix)
     return key, radices
 
@@ -115,16 +123,23 @@ def _group_by_cell(cell_id: np.ndarray, n_cells: int) -> np.ndarray:
     return np.argsort(keys, kind="stable").astype(idx_dtype, copy=False)
 
 
-def gather_cells(index: CellIndex, cells: np.ndarray) -> np.ndarray:
-    """All docs of ``cells`` concatenated (int64), vectorised: O(total docs), no Python loop."""
+def gather_cells(index: CellIndex, cells: np.ndarray, dtype=np.int64) -> np.ndarray:
+    """All docs of ``cells`` concatenated, vectorised: O(total docs), no Python loop.
+
+    ``dtype=None`` keeps the index's own (int32 below 2^31 docs): half the memory of int64 for a
+    caller that holds many docs (Quad's per-arm orders)."""
     cells = np.asarray(cells, dtype=np.int64)
     counts = index.counts[cells]
     total = int(counts.sum())
+    dtype = index.order.dtype if dtype is None else dtype
     if total == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=dtype)
+    if len(cells) == 1:  # one cell: a slice, no index arithmetic
+        return index.docs(int(cells[0])).astype(dtype)
     starts = index.offsets[cells]
     shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
-    return index.order[shift + np.arange(total)].astype(np.int64)
+    shift += np.arange(total)
+    return index.order[shift].astype(dtype, copy=False)
 
 
 def sample_within(index: CellIndex, cells: np.ndarray, take: np.ndarray, g: np.random.Generator,

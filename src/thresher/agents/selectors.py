@@ -256,14 +256,15 @@ class QuadSelector(_StagedSelector):
         docs, arm_of = [], []
         for a in arms.tolist():
             if a not in perm:
-                perm[a] = [self.g.permutation(gather_cells(self.index, self.index.cells_with(col, a))), 0]
+                # the arm's docs in the index's dtype (int32 below 2^31 docs): half of int64's memory
+                perm[a] = [self.g.permutation(gather_cells(self.index, self.index.cells_with(col, a), None)), 0]
             m = min(self.cfg.samples_per_category if initial else b.round_size(a), int(left[a]))
             d, cur = perm[a]
             docs.append(d[cur : cur + m])
             perm[a][1] += m
             left[a] -= m
             arm_of.append(np.full(m, a, dtype=np.int64))
-        docs, arm_of = np.concatenate(docs), np.concatenate(arm_of)
+        docs, arm_of = np.concatenate(docs).astype(np.int64), np.concatenate(arm_of)
         r = normalise_rewards(self.ctx.rewards.rewards(docs), self.norm)
         b.observe(arm_of, r)
         thr = self.cfg.threshold if self.cfg.threshold_mode == "absolute" else np.quantile(r, self.cfg.threshold_quantile)

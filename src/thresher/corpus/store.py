@@ -83,8 +83,12 @@ class TokenStore:
 
     @cached_property
     def lengths(self) -> np.ndarray:
-        """int64 (n_docs,): tokens per document."""
-        return np.diff(np.asarray(self.offsets))
+        """(n_docs,) tokens per document: int32 (4 bytes a document, held by every torchrun rank; a
+        sum or cumsum of it is int64 in numpy), int64 only for a document of 2^31 tokens or more."""
+        lengths = np.diff(np.asarray(self.offsets))
+        if lengths.size and lengths.max() >= 2**31:
+            return lengths
+        return lengths.astype(np.int32)
 
     @cached_property
     def tokens(self) -> np.ndarray:

@@ -50,7 +50,9 @@ class Packer:
     """Cuts the seeded stream of selected documents (+EOS) into rows of ``row_len`` tokens."""
 
     def __init__(self, lengths: np.ndarray, row_len: int, seed: int = 0):
-        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.lengths = np.asarray(lengths)  # the store's own array (int32), shared with the selector: no copy
+        if self.lengths.dtype.kind not in "iu":
+            raise ThresherError(f"document lengths must be integers, got {self.lengths.dtype}")
         self.row_len, self.seed = int(row_len), int(seed)
         self.state = PackerState()
         self._selection: np.ndarray | None = None
