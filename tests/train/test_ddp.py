@@ -41,7 +41,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         return SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=2)
 
     for mode in ("ddp", "fsdp"):
-        train(_cfg(fsdp=mode == "fsdp"), pattern_store(), selector(), os.path.join(out, mode))
+        train(_cfg(fsdp=mode == "fsdp"), pattern_store(), selector(), os.path.join(out, mode),
+              eval_tasks={"t": _eval_task()})
     # DDP around the chunked-loss wrapper (train/loss.py)
     chunked = _cfg(loss_impl="chunked", loss_chunk_tokens=48)
     train(chunked, pattern_store(), selector(), os.path.join(out, "ddp-chunked"))
@@ -52,7 +53,29 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     # FSDP killed after step 4 (last checkpoint: step 3), then resumed by fresh objects
     train(_cfg(fsdp=True), pattern_store(), selector(), os.path.join(out, "fsdp-resumed"), callbacks=[StopAt(4)])
     train(_cfg(fsdp=True), pattern_store(), selector(), os.path.join(out, "fsdp-resumed"), resume=True)
+    # the reference loss split across ranks (3 batches on 2 ranks: rank 1 runs its last one twice)
+    from thresher.evaluate.refloss import reference_loss
+    from thresher.train.dist import Dist, wrap_model
+    from thresher.train.models import build_model
+
+    got = {}
+    for mode in ("plain", "fsdp"):
+        torch.manual_seed(0)
+        model = build_model("tiny", vocab_size=64)
+        if mode == "fsdp":
+            wrap_model(model, Dist(rank=rank, world=world), fsdp=True)
+        got[mode] = reference_loss(model, _eval_task(), 3, 64, rank=rank, world=world)
+    with open(os.path.join(out, f"refloss{rank}.json"), "w") as f:
+        json.dump(got, f)
     dist.destroy_process_group()
+
+
+def _eval_task():
+    from thresher.corpus.reference import ReferenceTask
+
+    g = np.random.default_rng(5)
+    return ReferenceTask("t", [g.integers(2, 64, g.integers(1, 12)) for _ in range(7)],
+                         [g.integers(2, 64, g.integers(1, 5)) for _ in range(7)])
 
 
 def _losses(out) -> list[float]:
@@ -62,9 +85,23 @@ def _losses(out) -> list[float]:
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     from thresher.train.loop import train
 
-    one = train(_cfg(), pattern_store(), SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=2),
-                tmp_path / "one")["losses"]
+    from thresher.evaluate.refloss import reference_loss
+    from thresher.train.models import build_model
+
+    out = train(_cfg(), pattern_store(), SwitchingSelector(np.arange(0, 64, 2), np.arange(1, 64, 2), at=2),
+                tmp_path / "one", eval_tasks={"t": _eval_task()})
+    one = out["losses"]
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single = reference_loss(build_model("tiny", vocab_size=64), _eval_task(), 3, 64)
+    for r in (0, 1):  # every rank reports the whole value: bit-exact when plain, FSDP's all-gathers aside
+        got = json.load(open(tmp_path / f"refloss{r}.json"))
+        assert got["plain"] == single and got["fsdp"] == pytest.approx(single, rel=1e-6)
+    for mode in ("ddp", "fsdp"):  # evaluated during training, each rank its share of the batches
+        rows = [json.loads(ln) for ln in open(tmp_path / mode / "metrics.jsonl")]
+        assert [r["ref_loss/t"] for r in rows if "ref_loss/t" in r] == pytest.approx(
+            [r["ref_loss/t"] for r in map(json.loads, open(tmp_path / "one" / "metrics.jsonl")) if "ref_loss/t" in r],
+            rel=1e-5), mode
     for mode in ("ddp", "fsdp", "ddp-chunked"):
         assert _losses(tmp_path / mode) == pytest.approx(one, rel=1e-5, abs=1e-5), mode
         assert (tmp_path / mode / "checkpoints" / "step_000006" / "trainer.pt").exists()

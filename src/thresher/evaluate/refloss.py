@@ -13,27 +13,45 @@ from thresher.corpus.batching import IGNORE, pad_examples
 
 @torch.no_grad()
 def reference_loss(model, task, batch_size: int = 16, max_len: int = 1024, device: str | torch.device = "cpu",
-                   pad_id: int = 0, autocast_dtype: torch.dtype | None = None) -> float:
+                   pad_id: int = 0, autocast_dtype: torch.dtype | None = None, rank: int = 0, world: int = 1) -> float:
     """Sum of continuation-token NLLs over all examples / number of continuation tokens.
 
     Token-weighted (a long continuation counts more than a short one), which is what the influence
     rewards differentiate. Examples are batched in length order to waste little on padding; the
     value does not depend on ``batch_size`` (right padding + attention mask, tested).
+
+    ``world`` > 1 (under torchrun; every rank calls this): rank r evaluates batches r, r + world, ...
+    and the per-batch sums are all-reduced, then added in batch order as one process adds them, so
+    the value equals the single-process one bit for bit. Every rank runs the same number of forward
+    passes (the last batch again where it has none left), which FSDP's collectives require.
     """
     examples = task.examples()
     if not examples:
         return float("nan")
     order = np.argsort([len(c) + len(t) for c, t in examples], kind="stable")
+    starts = range(0, len(order), batch_size)
+    sums = np.zeros((len(starts), 2), dtype=np.float64)  # (nll, tokens) per batch
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
     try:
-        for i in range(0, len(order), batch_size):
+        for r in range(-(-len(starts) // world)):
+            b = rank + r * world
+            i = starts[min(b, len(starts) - 1)]
             batch = pad_examples([examples[j] for j in order[i : i + batch_size]], max_len, pad_id)
             nll, n = _batch_nll(model, batch, torch.device(device), autocast_dtype)
-            total, count = total + nll, count + n
+            if b < len(starts):
+                sums[b] = nll, n
     finally:
         model.train(was_training)
+    if world > 1:
+        import torch.distributed as tdist
+
+        t = torch.from_numpy(sums).to(device)  # each batch is non-zero on one rank only: x + 0 = x exactly
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+        sums = t.cpu().numpy()
+    total, count = 0.0, 0
+    for nll, n in sums.tolist():
+        total, count = total + nll, count + int(n)
     return total / count if count else float("nan")  # nothing scorable (empty continuations): no loss, not 0
 
 

@@ -40,7 +40,7 @@ class Evaluate(Callback):
 
         for name, task in self.tasks.items():
             loss = reference_loss(run.model, task, self.batch_size, self.max_len, run.dist.device, self.pad_id,
-                                  run.autocast_dtype)
+                                  run.autocast_dtype, run.dist.rank, run.dist.world)  # each rank its share
             metrics[f"ref_loss/{name}"] = loss
             run.ref_losses[name] = loss
 
