@@ -200,8 +200,9 @@ def eval_downstream(
     from thresher.utils.tomlio import load_config
 
     overrides = _overrides(set_, {"tasks": tasks}, {"limit": limit, "data_root": data_root, "device": device})
-    results = run_eval(load_config(EvalConfig, config, overrides), model_dir, out)
-    typer.echo(results_table_markdown(results))
+    cfg = load_config(EvalConfig, config, overrides)
+    results = run_eval(cfg, model_dir, out)
+    typer.echo(results_table_markdown(results, cfg.metric))
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """Under torchrun, 2 gloo ranks (fit documents and candidates sharded, factor sums all-reduced, rewards
-all-gathered) give every rank the rewards one process computes."""
+all-gathered) give every rank the rewards one process computes; also with the model FSDP-sharded, where
+the uneven shards (9 and 8 fit documents, 8 and 7 candidates) would hang without spare passes."""
 
+import datetime
 import os
 import socket
 
@@ -15,9 +17,17 @@ DOCS = R.random_docs(9, seed=5) + R.pattern_docs(6, seed=6)  # odd count: uneven
 FIT = R.random_docs(11, seed=7) + R.pattern_docs(6, seed=8)
 
 
-def _rewards() -> np.ndarray:
+CASES = {"ekfac": {}, "ekfac-second-pass": {"lambda_keep_max_entries": 0}, "exact": {"reward_mode": "exact"}}
+
+
+def _rewards(case: str = "ekfac", fsdp: bool = False) -> np.ndarray:
     model = R.tiny_llama(hidden=32, heads=4, inter=64)
-    s = InfluenceScorer(model, R.reference_tasks(), InfluenceConfig(preconditioner="ekfac", batch_size=4), FIT)
+    if fsdp:  # FSDP2 per decoder layer, as train.fsdp does
+        from thresher.train.dist import Dist, wrap_model
+
+        wrap_model(model, Dist(rank=int(os.environ["RANK"]), world=int(os.environ["WORLD_SIZE"])), fsdp=True)
+    cfg = InfluenceConfig(preconditioner="ekfac", batch_size=4, **CASES[case])
+    s = InfluenceScorer(model, R.reference_tasks(), cfg, FIT)
     s.refresh(model, step=0)
     return s.score_docs(DOCS)
 
@@ -34,8 +44,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       THRESHER_NO_PROGRESS="1")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a collective one rank never joins (the hang this guards against) fails in 2 minutes, not never
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     np.save(os.path.join(out, f"rank{rank}.npy"), _rewards())
+    for case in CASES:
+        np.save(os.path.join(out, f"fsdp-{case}-rank{rank}.npy"), _rewards(case, fsdp=True))
     dist.destroy_process_group()
 
 
@@ -45,3 +58,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), one, rtol=1e-8, atol=1e-12 * np.abs(one).max())
+    for case in CASES:
+        ref = one if case == "ekfac" else _rewards(case)
+        for rank in (0, 1):
+            got = np.load(tmp_path / f"fsdp-{case}-rank{rank}.npy")
+            np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-9 * np.abs(ref).max(), err_msg=case)

@@ -146,3 +146,15 @@ def test_cuda_n_names_that_gpu(monkeypatch):
     assert init_distributed("cuda:1").device == torch.device("cuda", 1)
     with pytest.raises(ThresherError, match="only 2 CUDA device"):
         init_distributed("cuda:2")
+
+
+def test_global_batch_that_the_ranks_cannot_split_names_a_micro_batch_that_fits():
+    from thresher.train.loop import _accum_steps
+
+    cfg = tiny_config(seq_len=1024, micro_batch=32, global_batch_tokens=131072)  # configs/pool.toml's batch
+    assert [_accum_steps(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
+    with pytest.raises(ThresherError, match=r"not a multiple of micro_batch\*seq_len\*world_size=262144; "
+                                            r"with 8 rank\(s\) set train.micro_batch=16 \(same global batch\)"):
+        _accum_steps(cfg, 8)
+    with pytest.raises(ThresherError, match="128 sequences per step cannot be split over 3 ranks"):
+        _accum_steps(cfg, 3)

@@ -33,6 +33,7 @@ class EvalConfig:
     metric: str = "acc"  # "acc" | "acc_norm": the one the Markdown table shows
     write_samples: bool = False  # per-doc log-likelihoods -> <out_dir>/samples_<task>.jsonl
     fewshot_seed: int = 1234  # lm-eval's default
+    model_args: dict = field(default_factory=dict)  # extra lm-eval HFLM arguments, e.g. {dtype = "bfloat16", max_length = 1024}
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t.removeprefix("thresher_") not in TASKS]
@@ -69,5 +70,5 @@ def run_eval(cfg: EvalConfig, model_dir: str | Path, out_dir: str | Path) -> dic
         model_dir, cfg.tasks, cfg.shots(), cfg.resolved_data_root(), out_dir,
         limit=cfg.limit or None, batch_size=cfg.batch_size, device=cfg.device,
         cache_dir=cfg.cache_dir or None, categories=CATEGORY_LAYOUTS[cfg.layout],
-        write_samples=cfg.write_samples, fewshot_seed=cfg.fewshot_seed,
+        write_samples=cfg.write_samples, fewshot_seed=cfg.fewshot_seed, model_args=dict(cfg.model_args),
     )

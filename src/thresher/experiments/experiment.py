@@ -400,6 +400,7 @@ def plot_influence_by_category(log: list[dict], path: Path) -> bool:
 
 def write_results(exp: ExperimentConfig) -> Path:
     """results.md, results.json and the plots, from the finished runs' files alone."""
+    from thresher.evaluate.config import EvalConfig
     from thresher.evaluate.report import plot_agent_weights, read_jsonl
     from thresher.utils.io import atomic_write_text
 
@@ -414,7 +415,7 @@ def write_results(exp: ExperimentConfig) -> Path:
     if runs:
         plot_curves(runs, out / "curves.png")
         lines += ["![reference loss over training](curves.png)", ""]
-    lines += downstream_table(exp, runs)
+    lines += downstream_table(exp, runs, from_dict(EvalConfig, dict(exp.eval), "experiment.eval").metric)
     lines += truth_agreement_rows(exp, runs)
     lines += compute_rows(runs) if runs else []
     for name, seeds in runs.items():

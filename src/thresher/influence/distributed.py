@@ -26,6 +26,21 @@ def shard(items: list) -> list:
     return list(items)[dist.get_rank() :: dist.get_world_size()]
 
 
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has FSDP2-sharded parts: their weights are all-gathered in every forward and
+    backward, so every rank must run as many passes as the others (else the collectives hang)."""
+    return any(type(m).__name__.startswith("FSDP") for m in model.modules())
+
+
+def max_count(n: int, device: torch.device | str = "cpu") -> int:
+    """The largest ``n`` over the ranks (``n`` in one process)."""
+    if not active():
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)

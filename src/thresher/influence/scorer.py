@@ -256,9 +256,12 @@ class InfluenceScorer:
         zeros = lambda *shape: torch.zeros(*shape, dtype=fdt, device=dev)  # noqa: E731
         stats = [FactorStats(zeros(ki, ki), zeros(ko, ko), zeros(())) for ki, ko in self._dims(full)]
         doc_grads = [[] for _ in stats] if keep_doc_grads else None
-        for batch in progress(self._batches(sample), desc="influence factors", unit="batch"):
+        for batch, real in progress(self._batches(sample, self.fit_docs), desc="influence factors", unit="batch"):
+            seqs = self.feats.sequences(self.model, batch, project=not full)
+            if not real:  # a pass that only keeps FSDP's collectives in step
+                continue
             n_tok = batch["attention_mask"].sum().to(device=dev, dtype=fdt)
-            for bi, (st, s) in enumerate(zip(stats, self.feats.sequences(self.model, batch, project=not full))):
+            for bi, (st, s) in enumerate(zip(stats, seqs)):
                 a, d = s.a.to(fdt), s.delta.to(fdt)
                 if sums:
                     st.A += a.flatten(0, 1).T @ a.flatten(0, 1)
@@ -281,8 +284,11 @@ class InfluenceScorer:
         fdt, dev = self._factor_dtype_device()
         sums = [torch.zeros(ko, ki, dtype=fdt, device=dev) for ki, ko in self._dims(full)]
         n_docs = torch.zeros((), dtype=fdt, device=dev)
-        for batch in progress(self._batches(sample), desc="influence eigenvalues", unit="batch"):
-            for bi, s in enumerate(self.feats.sequences(self.model, batch, project=not full)):
+        for batch, real in progress(self._batches(sample, self.fit_docs), desc="influence eigenvalues", unit="batch"):
+            seqs = self.feats.sequences(self.model, batch, project=not full)
+            if not real:
+                continue
+            for bi, s in enumerate(seqs):
                 a, d = self.pre.rotate_sequences(bi, s.a.to(fdt), s.delta.to(fdt))
                 sums[bi] += (torch.bmm(d.transpose(1, 2), a) ** 2).sum(0)  # (r, c)
             n_docs += batch["input_ids"].shape[0]
@@ -366,15 +372,34 @@ class InfluenceScorer:
         out = np.zeros((len(idx), len(self.reference)))
         order = sorted(range(len(idx)), key=lambda j: len(docs[idx[j]]))
         bs = batch_size or self.cfg.batch_size
+        spare = self._spare_passes(-(-len(order) // bs))  # agreed before any pass
         for i in range(0, len(order), bs):
             js = order[i : i + bs]
             batch = pad_docs([docs[idx[j]] for j in js], max_len or self.cfg.max_len, self.cfg.pad_id)
             out[js] = self._task_matrix(batch).cpu().numpy()
+        for _ in range(spare):
+            self._task_matrix(self._spare_batch(docs))
         return hdist.gather_rows(idx, out, len(docs))
 
-    def _batches(self, docs: list[np.ndarray]):
-        for i in range(0, len(docs), self.cfg.batch_size):
-            yield pad_docs(docs[i : i + self.cfg.batch_size], self.cfg.max_len, self.cfg.pad_id)
+    def _batches(self, docs: list[np.ndarray], every_doc: Sequence[np.ndarray] | None = None):
+        """(batch, True) for this rank's ``docs``, then under FSDP (batch, False) for the spare passes."""
+        bs = self.cfg.batch_size
+        spare = self._spare_passes(-(-len(docs) // bs))  # agreed before any pass (every rank is here)
+        for i in range(0, len(docs), bs):
+            yield pad_docs(docs[i : i + bs], self.cfg.max_len, self.cfg.pad_id), True
+        for _ in range(spare):
+            yield self._spare_batch(every_doc), False
+
+    def _spare_passes(self, n_batches: int) -> int:
+        """Passes this rank runs beyond its ``n_batches``: under FSDP as many as the busiest rank has more
+        (every pass all-gathers the sharded weights on every rank); 0 otherwise."""
+        if not (hdist.active() and hdist.is_fsdp(self.model)):
+            return 0
+        return hdist.max_count(n_batches, next(self.model.parameters()).device) - n_batches
+
+    def _spare_batch(self, every_doc: Sequence[np.ndarray]) -> dict:
+        """A one-document batch (the first 8 tokens of the first of all ranks' documents); results dropped."""
+        return pad_docs([np.asarray(every_doc[0])[:8]], self.cfg.max_len, self.cfg.pad_id)
 
     # ---- settings & state -------------------------------------------------------------------
     def settings(self) -> dict:

@@ -132,8 +132,12 @@ def _seed_all(seed: int) -> None:
 def _accum_steps(cfg: TrainConfig, world: int) -> int:
     per_micro = cfg.micro_batch * cfg.seq_len * world
     if cfg.global_batch_tokens % per_micro:
+        rows = cfg.global_batch_tokens // cfg.seq_len  # sequences per optimizer step, all ranks together
+        fits = [m for m in range(cfg.micro_batch, 0, -1) if cfg.global_batch_tokens % (m * cfg.seq_len * world) == 0]
+        hint = (f"; with {world} rank(s) set train.micro_batch={fits[0]} (same global batch)" if fits
+                else f" for any micro_batch: {rows} sequences per step cannot be split over {world} ranks")
         raise ThresherError(f"train.global_batch_tokens={cfg.global_batch_tokens} is not a multiple of "
-                            f"micro_batch*seq_len*world_size={per_micro}")
+                            f"micro_batch*seq_len*world_size={per_micro}{hint}")
     return cfg.global_batch_tokens // per_micro
 
 
