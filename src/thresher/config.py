@@ -48,8 +48,8 @@ class DataConfig:
 
 @dataclass
 class RunConfig:
-    out: str = "runs/run"
-    seed: int = 0
+    out: str = "runs/run"  # run folder: checkpoints, metrics.jsonl, selector_log.jsonl, final/
+    seed: int = 0  # the seed of [selector], [influence] and [train] wherever they do not set their own
     data: DataConfig = field(default_factory=DataConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)

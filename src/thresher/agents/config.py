@@ -12,7 +12,7 @@ from thresher.utils.errors import ThresherError
 class SelectorConfig:
     policy: str = "multi-agent"  # see thresher.agents.policies.POLICIES
     agents: list = field(default_factory=list)  # label columns used as agents; [] = the policy's default
-    seed: int = 0
+    seed: int = 0  # selection's random streams; follows the run's seed unless set
     # Algorithm 1
     update_every: int = 1000  # U: steps between agent updates and re-selection
     eta_agent: float = 0.1  # eta_A of Eq. 5 (all agents) ...
@@ -29,15 +29,15 @@ class SelectorConfig:
     selection: str = "top-k"  # top-k (the paper) | gumbel (Gumbel-top-k, MATES)
     temperature: float = 1.0  # tau of Gumbel-top-k on the scores S
     budget_docs: Optional[int] = None  # overrides the context's budget when set
-    budget_tokens: Optional[int] = None
+    budget_tokens: Optional[int] = None  # (set one of the two budgets)
     reuse_penalty: float = 0.0  # subtracted from S of docs already trained on (0 = off)
     initial: str = "random"  # D_k before the first update: random (Algorithm 1 line 2) | scores
     # initial agent weights: {column: "uniform" | preset name | {category: weight}}; file: same JSON
     init: dict = field(default_factory=dict)
-    init_file: Optional[str] = None
+    init_file: Optional[str] = None  # JSON {column: spec}, e.g. RegMix weights (thresher regmix); init wins per key
     mixture: str = "slimpajama"  # static-mixture: a preset name (Table 4) ...
     mixture_weights: dict = field(default_factory=dict)  # ... or {domain: weight}
-    mixture_column: str = "domain"
+    mixture_column: str = "domain"  # the label column the mixture weights are over
     # Quad's cluster bandit
     bandit_column: str = "cluster"
     alpha: float = 0.002  # exploration weight of the UCB cluster score (paper scale)
@@ -46,7 +46,7 @@ class SelectorConfig:
     clusters_per_round: int = 16  # top clusters by CS sampled each round
     threshold: float = 0.0025  # keep a sampled doc if its reward > threshold (paper scale)
     threshold_mode: str = "absolute"  # absolute | quantile (threshold_quantile of the round's rewards)
-    threshold_quantile: float = 0.5
+    threshold_quantile: float = 0.5  # threshold_mode = "quantile": keep docs above this quantile of a round
     unvisited: str = "inf"  # CS of a never-sampled cluster: inf (UCB1 reading) | initial-visit
     bandit_normalization: str = "auto"  # auto: raw for quad, `normalization` for the bandit agent
     bandit_rounds_per_update: int = 1  # rounds the bandit agent plays per console update

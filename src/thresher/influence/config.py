@@ -21,7 +21,7 @@ class InfluenceConfig:
     # which Linears are tracked (regexes searched in the module's qualified name); [] = DEFAULT_MODULES
     modules: list = field(default_factory=list)
     grouping: str = "qkv"  # "qkv" | "independent" | "mlp_only"
-    groups: list = field(default_factory=lambda: [list(g) for g in DEFAULT_GROUPS])
+    groups: list = field(default_factory=lambda: [list(g) for g in DEFAULT_GROUPS])  # grouping = "qkv": modules sharing one input block (q,k,v; gate,up)
     # projection of per-block gradients: "orthogonal" (random Gaussian made orthonormal, scaled sqrt(d/k):
     # lower variance than "gaussian") | "gaussian" | "rademacher" (JL sketches) | "none" (exact) |
     # "reference": per block the top singular subspaces of the (whitened) preconditioned reference gradients,
@@ -34,20 +34,20 @@ class InfluenceConfig:
     projection_split: str = "balanced"  # (k_in, k_out) of a share k: "balanced" | "square" | "exact_side"
     k_in: int = 0  # > 0 overrides the per-block input-side dimension
     k_out: int = 0  # > 0 overrides the per-block output-side dimension
-    seed: int = 0
+    seed: int = 0  # projections and the fit/reference samples; follows the run's seed unless set
     # preconditioner P in reward = g_ref^T P^-1 g_x: "none" | "kfac" | "ekfac"
     preconditioner: str = "ekfac"
     # where (E)K-FAC is computed: "projected" (factors of the projected gradients; memory independent of
     # width; measured closest to exact), "full" (true factors, whitened projections: exact without a
     # projection, unbiased with one), "auto" = full when the full factors hold <= full_space_max_entries
     precondition_space: str = "projected"
-    full_space_max_entries: int = 1 << 29
+    full_space_max_entries: int = 1 << 29  # size limit of the "auto" choices (numbers held in the full space)
     # how rewards are computed: "exact" = <H^-1 g_ref, g_x> in the full space with no projection and no
     # per-document gradient (one extra forward of the tracked Linears per task, see scorer.py);
     # "features" = dot products of (projected) per-document features; "auto" = exact when the full factors
     # plus one full-size reference per task hold <= full_space_max_entries numbers, else features
     reward_mode: str = "features"
-    damping: float = 0.1
+    damping: float = 0.1  # added to the factors' eigenvalues (scaled by damping_mode)
     damping_mode: str = "relative"  # "relative": damping * mean eigenvalue of the block; "absolute"
     kfac_damping: str = "joint"  # "joint": (G (x) A + d I)^-1; "factored": (G + dG I)^-1 (x) (A + dA I)^-1
     factor_dtype: str = "float64"  # "float64" | "float32"
@@ -71,9 +71,9 @@ class InfluenceConfig:
     # two passes)
     lambda_keep_max_entries: int = 1 << 27
     doc_loss: str = "mean"  # per-document loss: "mean" NLL over its scored tokens | "sum"
-    batch_size: int = 8
-    max_len: int = 1024
-    pad_id: int = 0
+    batch_size: int = 8  # documents per scoring / fitting batch
+    max_len: int = 1024  # tokens of a document scored (the rest is cut)
+    pad_id: int = 0  # a run sets it from the token store
     ref_max_examples: int = 0  # 0 = every example of each reference task
     task_weights: dict = field(default_factory=dict)  # {} = plain mean over tasks
     autocast: str = ""  # "" (model dtype) | "bf16" | "fp16": autocast on CUDA while scoring

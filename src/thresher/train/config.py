@@ -15,25 +15,25 @@ DEVICE_PATTERN = r"auto|cpu|cuda(?::(\d+))?"  # train.device; group 1: the index
 class TrainConfig:
     # model: a name from thresher.train.models.MODELS (tiny, debug, 20m, 60m, 125m, 370m, 1.3b)
     model: str = "tiny"
-    seq_len: int = 128
+    seq_len: int = 128  # tokens per training sequence (documents packed, EOS between them)
     micro_batch: int = 4  # sequences per forward/backward on one rank
     global_batch_tokens: int = 2048  # tokens per optimizer update, all ranks and micro-steps together
-    steps: int = 100
+    steps: int = 100  # optimizer updates
     # optimizer (multi-agent paper A.2: Adam, beta 0.9/0.95, eps 1e-8)
     lr: float = 3e-4
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine floor / WSD decay target)
-    warmup_steps: int = 10
+    warmup_steps: int = 10  # linear warmup from 0 to lr
     schedule: str = "cosine"  # "cosine" (warmup + cosine), "wsd" (warmup-stable-decay), "constant"
     decay_fraction: float = 0.2  # WSD: the last fraction of steps that decays linearly
-    beta1: float = 0.9
+    beta1: float = 0.9  # AdamW betas, eps and decoupled weight decay (fused AdamW on CUDA)
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
     clip: float = 1.0  # global grad-norm clip; 0 disables
-    seed: int = 0
+    seed: int = 0  # model init, data order; follows the run's top-level seed unless set
     # runtime
     dtype: str = "bfloat16"  # autocast dtype on CUDA (float16 adds loss scaling; not with fsdp); CPU: float32
-    compile: bool = False
+    compile: bool = False  # torch.compile the training step (scope: compile_scope)
     # what torch.compile compiles: "model" (the whole trained module, one graph) | "layers" (each decoder
     # layer's forward, compiled once and reused by every layer: a fraction of the compile time; active
     # only inside the training micro-steps, so the selector and evaluation run the layers eagerly)
@@ -45,16 +45,16 @@ class TrainConfig:
     # "full": cross-entropy on the (B, T, V) logits; "chunked": LM head + loss + their grads computed
     # loss_chunk_tokens tokens at a time, never holding all logits (train/loss.py; not with fsdp)
     loss_impl: str = "full"
-    loss_chunk_tokens: int = 4096
+    loss_chunk_tokens: int = 4096  # tokens per chunk of loss_impl = "chunked"
     # evaluation / logging / checkpoints
     eval_every: int = 0  # steps between reference-loss evaluations (0 = only at the end)
-    eval_batch_size: int = 16
-    eval_max_len: int = 1024
+    eval_batch_size: int = 16  # reference examples per evaluation batch
+    eval_max_len: int = 1024  # window of an evaluated example (context cut from the left)
     ckpt_every: int = 0  # steps between checkpoints (0 = none, except the final export)
     keep_last: int = 2  # checkpoints kept (>= 1); older ones deleted ...
     keep_every: int = 0  # ... except every keep_every-th step (0 = none kept permanently)
     log_every: int = 1  # metrics.jsonl line every this many steps
-    tensorboard: bool = False
+    tensorboard: bool = False  # also write TensorBoard events to out_dir/tensorboard (rank 0; needs tensorboard)
     peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU; None = look up the GPU, CPU -> no MFU
     export: bool = True  # write out_dir/final as a Hugging Face folder at the end
 
