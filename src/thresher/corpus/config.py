@@ -18,7 +18,7 @@ class IngestConfig:
     keep_parts: bool = False  # keep out_dir/parts/ after the merge (doubles disk use)
     # used only when `tokenizer` is empty: train byte-level BPE into out_dir/tokenizer.train.json first
     train_vocab_size: int = 8192
-    train_sample_docs: int = 50_000
+    train_sample_docs: int = 50_000  # documents the tokenizer is trained on
 
     def run(self) -> dict:
         """Train a tokenizer if none is named, then ingest; returns the ingest stats."""

@@ -21,14 +21,14 @@ PAPER_TASKS = ["arc_easy", "arc_challenge", "mathqa", "mmlu", "openbookqa", "siq
 
 @dataclass
 class EvalConfig:
-    tasks: list = field(default_factory=lambda: list(PAPER_TASKS))
+    tasks: list = field(default_factory=lambda: list(PAPER_TASKS))  # benchmarks (default: the paper's Table 1 set)
     num_fewshot: dict = field(default_factory=lambda: dict(PAPER_SHOTS))  # task -> shots
     default_fewshot: int = 0  # shots for a task missing from num_fewshot
     data_root: str = ""  # shared/data or shared/data/eval; "" = $THRESHER_SHARED_DATA or <repo>/../shared/data
     cache_dir: str = ""  # converted JSONL + rendered YAMLs; "" = <out_dir>/eval_data
     limit: int = 0  # docs per task (per MMLU subject); 0 = all
-    batch_size: int = 8
-    device: str = "cpu"
+    batch_size: int = 8  # lm-eval batch size
+    device: str = "cpu"  # cpu | cuda
     layout: str = "multi_agent"  # category layout: "multi_agent" (paper Table 1) | "quad"
     metric: str = "acc"  # "acc" | "acc_norm": the one the Markdown table shows
     write_samples: bool = False  # per-doc log-likelihoods -> <out_dir>/samples_<task>.jsonl

@@ -25,17 +25,17 @@ from thresher.utils.log import print0
 
 @dataclass
 class DemoConfig:
-    seed: int = 0
-    n_docs: int = 20_000
-    policies: list = field(default_factory=lambda: ["random", "multi-agent"])
+    seed: int = 0  # the world, the labels and the runs
+    n_docs: int = 20_000  # documents in the synthetic world
+    policies: list = field(default_factory=lambda: ["random", "multi-agent"])  # trained one after another
     # label noise of the stand-in scorers (probability of a wrong category; quality N(0, sigma))
     domain_noise: float = 0.02
     topic_noise: float = 0.1
-    quality_noise: float = 0.3
+    quality_noise: float = 0.3  # sigma of the quality score's noise
     budget_fraction: float = 0.25  # D_k holds this fraction of the pool's tokens
-    steps: int = 1200
+    steps: int = 1200  # training steps per policy
     update_every: int = 100  # U of Algorithm 1
-    seq_len: int = 128
+    seq_len: int = 128  # the tiny model's training sequence
     micro_batch: int = 16
     lr: float = 3e-3
     # exact rewards: a projection's error is the same linear functional e^T g_x for every doc of an

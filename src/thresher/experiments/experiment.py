@@ -38,9 +38,9 @@ SUMMARY = "summary.json"
 
 @dataclass
 class ExperimentConfig:
-    out: str = "runs/experiment"
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    policies: list[str] = field(default_factory=lambda: ["random", "multi-agent"])
+    out: str = "runs/experiment"  # runs/<policy>/seed<k>, results.md, results.json, plots
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # each run's top-level seed (selection, model init, data order)
+    policies: list[str] = field(default_factory=lambda: ["random", "multi-agent"])  # POLICIES names or variant names
     # name -> {"policy": a POLICIES name, "set": ["section.key=value", ...]}
     variants: dict = field(default_factory=dict)
     # build the synthetic world (``thresher demo``'s) with this many documents and use it as [data];

@@ -15,8 +15,10 @@ KNOWN = ("domain", "quality_hf", "quality_fasttext", "quality_rules", "topic_hf"
 
 @dataclass
 class LabelConfig:
+    # which labelers run, in order (thresher label --labelers): domain, quality_rules, quality_hf, quality_fasttext,
+    # topic_zeroshot, topic_hf, embed, perplexity, dsir, synthetic
     labelers: list = field(default_factory=lambda: ["domain", "quality_rules", "topic_zeroshot", "embed"])
-    domain_field: str = "domain"
+    domain_field: str = "domain"  # the token store metadata column holding each document's source domain
     domain_names: list = field(default_factory=list)  # [] = SlimPajama's 7 domains; names; ["auto"] = discover
     quality_model: str = "HuggingFaceFW/fineweb-edu-classifier"  # Hub id or local dir (quality_hf)
     fasttext_model: str = ""  # .bin path (quality_fasttext)
@@ -25,25 +27,25 @@ class LabelConfig:
     perplexity_model: str = ""  # small causal LM (perplexity)
     dsir_reference: list = field(default_factory=list)  # reference-task JSONL files (target distribution)
     dsir_raw_sample: int = 10_000  # pool docs used to fit the raw distribution
-    dsir_buckets: int = 10_000
+    dsir_buckets: int = 10_000  # hashed n-gram buckets of DSIR's feature space
     max_length: int = 512  # model tokens per doc (longer docs are truncated)
     max_chars: int = 1_000_000  # longer docs are refused with reason 'too_long'
-    device: str = "auto"
-    model_batch_size: int = 32
+    device: str = "auto"  # where model labelers run: auto (cuda if available) | cpu | cuda
+    model_batch_size: int = 32  # documents per model forward
     domain_noise: float = 0.0  # synthetic only
-    topic_noise: float = 0.0
-    quality_noise: float = 0.0
+    topic_noise: float = 0.0  # synthetic only
+    quality_noise: float = 0.0  # synthetic only
     kmeans_k: int = 0  # 0 = no clustering; the Quad paper: 10000
-    kmeans_sample: int = 1_000_000
-    kmeans_niter: int = 20
+    kmeans_sample: int = 1_000_000  # embeddings the centroids are trained on (faiss k-means); all are assigned
+    kmeans_niter: int = 20  # k-means iterations
     executor: str = "local"  # local | ray
-    shard_size: int = 10_000
-    workers: int = 1
+    shard_size: int = 10_000  # documents per labelling shard (the unit of progress and resume)
+    workers: int = 1  # local processes (executor = "local")
     batch_size: int = 256  # docs per label() call
     num_gpus: float = 0.0  # per Ray actor
-    ray_address: Optional[str] = None
-    keep_shards: bool = False
-    seed: int = 0
+    ray_address: Optional[str] = None  # executor = "ray": the cluster to join (None = start a local one)
+    keep_shards: bool = False  # keep the per-shard results after the merge
+    seed: int = 0  # k-means and sampling
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "model_batch_size", "shard_size", "workers", "max_length", "max_chars"):
