@@ -31,7 +31,8 @@ class DataConfig:
     store: str = ""  # token store folder (thresher ingest)
     labels: str = ""  # label table folder (thresher label)
     # agent label name -> label-table column (absent columns are skipped); the quality agent reads
-    # the Eq. 3 intervals, Quad's bandit the k-means cluster ids
+    # the Eq. 3 intervals, Quad's bandit the k-means cluster ids. A config's table is merged over these
+    # (naming one agent changes that agent only); "" drops an agent's column
     label_columns: dict[str, str] = field(default_factory=lambda: {
         "quality": "quality_interval", "domain": "domain", "topic": "topic", "cluster": "cluster"})
     reference: dict[str, str] = field(default_factory=dict)  # task name -> JSONL with context / continuation
@@ -67,6 +68,9 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
 def run_config_from_dict(data: dict) -> RunConfig:
     """The validated RunConfig of a TOML tree; section seeds it does not set take the top-level seed."""
     data = copy.deepcopy(data)
+    columns = data.get("data", {}).get("label_columns") if isinstance(data.get("data"), dict) else None
+    if isinstance(columns, dict):  # names only the agents it changes: the others keep their default columns
+        data["data"]["label_columns"] = {**DataConfig().label_columns, **columns}
     for name in SEEDED_SECTIONS:
         section = data.setdefault(name, {})
         if isinstance(section, dict) and "seed" not in section and "seed" in data:

@@ -247,3 +247,17 @@ def test_checkpointed_selection_keeps_ids_beyond_int32():
     b = Fixed()
     b.load_state_dict(state)
     np.testing.assert_array_equal(b.selection(), [3, 2**31 + 5])
+
+
+def test_budget_must_be_positive_and_a_whole_pool_budget_is_named(capsys):
+    from thresher.agents.base import resolve_budget
+
+    ctx = make_ctx(200, budget_docs=None)
+    with pytest.raises(ThresherError, match="selector budget must be positive, got budget_tokens = -5"):
+        resolve_budget(SelectorConfig(budget_tokens=-5), ctx)
+    assert resolve_budget(SelectorConfig(budget_docs=50), ctx) == (50, None)
+    assert "holds the whole pool" not in capsys.readouterr().out
+    assert resolve_budget(SelectorConfig(budget_docs=500), ctx) == (500, None)
+    assert "budget_docs = 500 holds the whole pool (200 docs" in capsys.readouterr().out
+    resolve_budget(SelectorConfig(budget_tokens=int(ctx.doc_lengths.sum())), ctx)
+    assert "every document is selected" in capsys.readouterr().out

@@ -51,3 +51,25 @@ def test_tokenize_keeps_the_continuation_separate():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     task = tokenize_task("t", [("the cat", "sat")], tok)
     assert task.contexts[0].tolist() == [1, 2] and task.continuations[0].tolist() == [3]
+
+
+def test_a_limit_samples_the_file_seeded_in_file_order(tmp_path):
+    import json
+
+    from thresher.corpus.reference import read_reference
+
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps({"context": f"c{i}", "continuation": f" x{i}"}) + "\n" for i in range(50)))
+    assert [c for c, _ in read_reference(path, limit=10)] == [f"c{i}" for i in range(10)]  # no seed: the first rows
+    a, b = read_reference(path, limit=10, sample_seed=0), read_reference(path, limit=10, sample_seed=0)
+    ids = [int(c[1:]) for c, _ in a]
+    assert a == b and len(a) == 10 and ids == sorted(ids) and ids != list(range(10)) and max(ids) > 20
+    assert read_reference(path, limit=10, sample_seed=1) != a
+    assert len(read_reference(path, limit=100, sample_seed=0)) == 50
+
+
+def test_label_columns_from_a_config_merge_over_the_defaults():
+    from thresher.config import DataConfig, run_config_from_dict
+
+    cfg = run_config_from_dict({"data": {"label_columns": {"topic": "topic_v2", "cluster": ""}}})
+    assert cfg.data.label_columns == {**DataConfig().label_columns, "topic": "topic_v2", "cluster": ""}

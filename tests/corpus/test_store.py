@@ -60,3 +60,18 @@ def test_lengths_are_int32_unless_a_document_needs_more(store, tmp_path):
     huge = TokenStore(tmp_path, {"dtype": "uint16"})  # only offsets.npy is read for lengths
     np.save(tmp_path / "offsets.npy", np.array([0, 5, 5 + 2**31, 2**31 + 7], np.int64))
     assert huge.lengths.dtype == np.int64 and huge.lengths.tolist() == [5, 2**31, 2]
+
+
+def test_fingerprint_follows_the_documents_not_the_path(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store.path, copy)
+    assert TokenStore.open(copy).fingerprint == store.fingerprint  # moved or copied: the same corpus
+    lengths = np.diff(store.offsets)
+    other = tmp_path / "reordered"  # the same documents in another order (a re-ingest of reordered shards)
+    other.mkdir()
+    np.save(other / "offsets.npy", np.concatenate([[0], np.cumsum(lengths[::-1])]).astype(np.int64))
+    reordered = TokenStore(other, store.meta)
+    assert (reordered.n_docs, reordered.n_tokens) == (store.n_docs, store.n_tokens)
+    assert reordered.fingerprint != store.fingerprint

@@ -70,3 +70,42 @@ def test_resume_reuses_the_checkpointed_influence_factors(world, tmp_path, reuse
     assert [r["rewards"]["factors_step"] for r in updates] == [12, 12]
     assert [r["rewards"]["lambda_step"] for r in updates] == ([12, 12] if reuse == "all" else [12, 24])
     assert resumed == full
+
+
+def test_resume_refuses_changed_data_and_influence_settings(world, tmp_path):
+    """A resume that changes the reference sample, the eval split or the rewards would mix two runs' metrics."""
+    from thresher.config import save_run_config
+    from thresher.experiments.run import check_resume_config
+    from thresher.utils.errors import SettingsMismatchError
+
+    rc = _config(world, "multi-agent", tmp_path)
+    save_run_config(rc, tmp_path)
+    check_resume_config(rc, tmp_path)  # unchanged: fine
+    for section, change in (("data", {"reference_max_examples": 61}), ("data", {"reference_eval_fraction": 0.3}),
+                            ("influence", {"projection_dim": 128})):
+        changed = _config(world, "multi-agent", tmp_path)
+        setattr(changed, section, dataclasses.replace(getattr(changed, section), **change))
+        with pytest.raises(SettingsMismatchError, match=f"{section}.{next(iter(change))}"):
+            check_resume_config(changed, tmp_path)
+    faster = _config(world, "multi-agent", tmp_path)  # speed-only settings may change
+    faster.influence = dataclasses.replace(faster.influence, batch_size=3, scoring_impl="hooks")
+    check_resume_config(faster, tmp_path)
+
+
+def test_a_label_table_of_another_store_is_refused(world, tmp_path):
+    import json
+    import shutil
+
+    from thresher.experiments.run import build_run
+    from thresher.utils.errors import ThresherError
+
+    rc = _config(world, "multi-agent", tmp_path / "run")
+    labels = tmp_path / "labels"
+    shutil.copytree(rc.data.labels, labels)
+    manifest = json.loads((labels / "table.json").read_text())
+    assert manifest["source"].startswith("store-sha256:")  # labelling recorded the store it read
+    manifest["source"] = "store-sha256:" + "0" * 32
+    (labels / "table.json").write_text(json.dumps(manifest))
+    rc.data = dataclasses.replace(rc.data, labels=str(labels))
+    with pytest.raises(ThresherError, match="labelled from another token store"):
+        build_run(rc)

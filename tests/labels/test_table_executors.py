@@ -250,3 +250,20 @@ def test_streamed_blocks_must_cover_the_rows_in_order(tmp_path, bounds, message)
     with pytest.raises(ThresherError, match=message):
         LabelTable.write(tmp_path / "t", 10, {}, _specs("a"), blocks=iter(blocks))
     assert not LabelTable.exists(tmp_path / "t") and not any(p.name.endswith(".tmp") for p in (tmp_path / "t").glob(".*"))
+
+
+def test_table_records_its_corpus_and_refuses_another(tmp_path):
+    n, g = 6, np.random.default_rng(0)
+
+    def data(tag):
+        return {f"{tag}_cat": g.integers(0, 4, n).astype(np.int16), f"{tag}_x": g.random(n).astype(np.float32),
+                f"{tag}_reason": [None] * n}
+
+    t = LabelTable.write(tmp_path / "t", n, data("a"), _specs("a"), source="store-sha256:aaa")
+    assert t.source == "store-sha256:aaa"
+    with pytest.raises(SettingsMismatchError, match="labelled from another corpus"):
+        LabelTable.write(tmp_path / "t", n, data("b"), _specs("b"), source="store-sha256:bbb")
+    assert LabelTable.write(tmp_path / "t", n, data("b"), _specs("b")).source == "store-sha256:aaa"  # kept
+    assert LabelTable.check_settings(tmp_path / "t", {}, n, "store-sha256:aaa") == []
+    legacy = LabelTable.write(tmp_path / "old", n, data("a"), _specs("a"))  # a table from before sources: unchecked
+    assert legacy.source is None and LabelTable.check_settings(tmp_path / "old", {}, n, "store-sha256:x") == []

@@ -23,6 +23,7 @@ import numpy as np
 from thresher.influence.results import check_same_settings
 from thresher.influence.rewards import RewardSource
 from thresher.utils.errors import ThresherError
+from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 
 
@@ -131,6 +132,13 @@ def resolve_budget(cfg: Any, ctx: SelectionContext) -> tuple[int | None, int | N
     tokens = cfg.budget_tokens if cfg.budget_tokens is not None else ctx.budget_tokens
     if docs is None and tokens is None:
         raise ThresherError("selection needs a budget: set selector.budget_docs or selector.budget_tokens")
+    if (tokens if tokens is not None else docs) <= 0:
+        raise ThresherError(f"selector budget must be positive, got budget_{'tokens' if tokens is not None else 'docs'}"
+                            f" = {tokens if tokens is not None else docs}")
+    if tokens is not None and tokens >= int(np.sum(ctx.doc_lengths)) or tokens is None and docs >= ctx.n_docs:
+        what = f"budget_tokens = {tokens}" if tokens is not None else f"budget_docs = {docs}"
+        print0(f"warning: selector {what} holds the whole pool ({ctx.n_docs} docs, {int(np.sum(ctx.doc_lengths))} "
+               "tokens): every document is selected, so the policy has no effect")
     return (None, int(tokens)) if tokens is not None else (int(docs), None)
 
 

@@ -86,10 +86,13 @@ def _records(path: Path, skipped: Counter) -> Iterator[dict]:
             yield rec
 
 
-def read_reference(path: str | Path, limit: int | None = None) -> list[tuple[str, str]]:
+def read_reference(path: str | Path, limit: int | None = None, sample_seed: int | None = None) -> list[tuple[str, str]]:
     """(context, continuation) strings from JSONL (plain, .gz, .zst) or Parquet.
 
-    Lines of no known layout, not JSON or not UTF-8 are skipped; their count is printed once.
+    ``limit``: at most this many examples: the first ones, or with ``sample_seed`` a seeded uniform sample
+    of all of them (in file order). Files are often sorted (SQuAD by article: its first 1000 rows are 2 of
+    48 articles), so a run samples. Lines of no known layout, not JSON or not UTF-8 are skipped; their
+    count is printed once.
     """
     path = Path(path)
     if not path.exists():
@@ -103,7 +106,7 @@ def read_reference(path: str | Path, limit: int | None = None) -> list[tuple[str
             skipped["no_pair"] += 1
         else:
             out.append(pair)
-        if limit is not None and len(out) >= limit:
+        if limit is not None and sample_seed is None and len(out) >= limit:
             break
     why = ", ".join(f"{skipped[r]} {text}" for r, text in _SKIPPED.items() if skipped[r])
     if not out:
@@ -112,6 +115,9 @@ def read_reference(path: str | Path, limit: int | None = None) -> list[tuple[str
     if why:
         unit = "rows" if path.name.lower().endswith(".parquet") else "lines"
         print0(f"reference {path}: skipped {sum(skipped.values())} {unit} ({why})")
+    if limit is not None and sample_seed is not None and len(out) > limit:
+        keep = np.sort(rng(sample_seed, "reference-sample", path.name).choice(len(out), limit, replace=False))
+        out = [out[i] for i in keep]
     return out
 
 

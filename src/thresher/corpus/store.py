@@ -91,6 +91,20 @@ class TokenStore:
         return lengths.astype(np.int32)
 
     @cached_property
+    def fingerprint(self) -> str:
+        """What identifies this corpus's documents, for a label table to record and a run to check: the
+        tokenizer, the counts, and 33 evenly spaced blocks of 4096 document offsets (1 MB read however
+        large the store), so the same files ingested in another order or another corpus of the same size
+        differ; a copy of the store on another path or machine does not."""
+        import hashlib
+
+        h = hashlib.sha256(repr((self.meta.get("tokenizer_sha256"), self.n_docs, self.n_tokens, str(self.dtype))).encode())
+        offsets, block = self.offsets, 4096
+        for start in np.linspace(0, max(len(offsets) - block, 0), 33).astype(np.int64):
+            h.update(np.ascontiguousarray(offsets[start : start + block]).tobytes())
+        return "store-sha256:" + h.hexdigest()[:32]
+
+    @cached_property
     def tokens(self) -> np.ndarray:
         """The flat token array, memory-mapped read-only (n_tokens,)."""
         if self.n_tokens == 0:  # mmap cannot map an empty file

@@ -57,12 +57,12 @@ class LazyInfluenceRewards(RewardSource):
         scorer = self.inner.scorer
         n_fit, fit_tokens = scorer.fit_size
         fit = scorer.last_fit_passes * fit_tokens  # 0 without a refit; EK-FAC: 1, or 2 with a second pass
-        # under torchrun the fit documents are split across the ranks, but every rank passes the whole
-        # reference sample and repeats the eigendecompositions: those count once per rank (as the hardware does)
+        # under torchrun the fit documents and the reference batches are split across the ranks, but every
+        # rank repeats the eigendecompositions: those count once per rank (as the hardware does)
         from thresher.influence import distributed as hdist
 
         ranks = hdist.world_size()
-        self.flops += self._flops_per_token * (fit + ranks * scorer.ref_tokens)
+        self.flops += self._flops_per_token * (fit + scorer.ref_tokens)
         self.flops += scorer.linalg_flops(fit_tokens, n_fit, replicas=ranks)  # factors, eigh, subspaces
 
     def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
@@ -98,9 +98,14 @@ def load_reference(cfg: RunConfig, tokenizer) -> tuple[dict[str, ReferenceTask],
         raise ThresherError("data.reference is empty: name at least one reference task JSONL")
     reward, evals = {}, {}
     for name, path in sorted(cfg.data.reference.items()):
-        pairs = read_reference(path, limit=cfg.data.reference_max_examples or None)
+        # more rows than reference_max_examples: a seeded uniform sample (files are often sorted by topic)
+        pairs = read_reference(path, limit=cfg.data.reference_max_examples or None, sample_seed=cfg.seed)
         task = tokenize_task(name, pairs, tokenizer)
         reward[name], evals[name] = task.split(cfg.data.reference_eval_fraction, seed=cfg.seed)
+        if len(reward[name]) == 0 or len(evals[name]) == 0:
+            raise ThresherError(f"reference task {name!r} ({path}) has {len(task)} usable example(s): too few to split into "
+                                f"a reward part and a held-out eval part (data.reference_eval_fraction = "
+                                f"{cfg.data.reference_eval_fraction}); give it more examples")
     return reward, evals
 
 
@@ -112,6 +117,15 @@ def agent_labels(cfg: RunConfig, table) -> Labels:
     """Label-table columns under the names the agents use (``data.label_columns``); absent ones skipped."""
     present = {name: col for name, col in cfg.data.label_columns.items()
                if col in table.columns and table.kind(col) == "category"}
+    from thresher.config import DataConfig
+
+    defaults = DataConfig().label_columns
+    for name, col in cfg.data.label_columns.items():  # say why an agent will find no column the user named
+        if col and col not in table.columns and col != defaults.get(name):
+            print0(f"data.label_columns: {name} -> {col!r}, which label table {cfg.data.labels} does not have "
+                   f"(columns: {', '.join(table.columns)}); the {name} agent cannot run")
+        elif col and table.kind(col) != "category":
+            print0(f"data.label_columns: {name} -> {col!r} is a {table.kind(col)} column; agents need category codes")
     if not present and cfg.selector.policy in _SCORE_POLICIES:
         return Labels()
     if not present:
@@ -130,6 +144,9 @@ def build_run(cfg: RunConfig):
     table = LabelTable.open(cfg.data.labels)
     if table.n_docs != store.n_docs:
         raise ThresherError(f"label table has {table.n_docs} rows but the token store has {store.n_docs} documents")
+    if table.source is not None and table.source != store.fingerprint:
+        raise ThresherError(f"label table {cfg.data.labels} was labelled from another token store than {cfg.data.store} "
+                            f"(same size, other documents or order): relabel this store, or point data.store at the right one")
     reward_tasks, eval_tasks = load_reference(cfg, store.tokenizer())
     cfg.influence.pad_id = store.pad_id
     fit_ids = np.sort(rng(cfg.seed, "influence-fit").choice(store.n_docs, min(cfg.data.influence_fit_docs, store.n_docs), replace=False))
@@ -149,6 +166,8 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     from thresher.train.loop import train
 
     out = Path(cfg.out)
+    if resume:
+        check_resume_config(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config = SaveRunConfig(cfg)  # as given: build_run fills in derived fields
     store, selector, eval_tasks = build_run(cfg)
@@ -158,6 +177,34 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it
         write_selector_log(selector.log, out / "selector_log.jsonl")
     return summary
+
+
+# [data] and [influence] keys a resume may change: where the data lives (its content is checked: the
+# label table against the store, the store against the checkpoint's selection) and how fast scoring runs
+RESUME_MAY_CHANGE = {"data": {"store", "labels"},
+                     "influence": {"batch_size", "scoring_impl", "compile_scoring", "compile_seq_multiple",
+                                   "lambda_keep_max_entries"}}
+
+
+def check_resume_config(cfg: RunConfig, out: Path) -> None:
+    """Refuse a resume whose [data] or [influence] settings differ from the run's config.toml: they change the
+    reference sample, the held-out eval split or the rewards, so the metrics before and after would not be
+    one run's (the trainer checks [train]; the selector checks [selector] against its checkpoint)."""
+    from thresher.config import load_run_config
+    from thresher.utils.errors import SettingsMismatchError
+    from thresher.utils.tomlio import to_dict
+
+    if not (out / "config.toml").is_file():
+        return
+    saved = load_run_config(out / "config.toml")
+    diff = []
+    for section, free in RESUME_MAY_CHANGE.items():
+        a, b = to_dict(getattr(saved, section)), to_dict(getattr(cfg, section))
+        diff += [f"{section}.{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b))
+                 if k not in free and a.get(k) != b.get(k)]
+    if diff:
+        raise SettingsMismatchError(f"cannot resume {out}: {', '.join(diff)} differ from the run's config.toml (they "
+                                    "change the reference data, the eval split or the rewards); start a new run folder")
 
 
 class SaveRunConfig(Callback):

@@ -82,7 +82,7 @@ class InfluenceScorer:
         self.last_refit = False  # whether the last refresh re-estimated the factors
         self.last_fit_passes = 0  # forward/backward passes over the fit documents in the last refresh
         self.fit_size = (0, 0)  # (documents, tokens) of the fit sample, all ranks together
-        self.ref_tokens = 0  # tokens of the reference examples the last refresh passed through (each rank)
+        self.ref_tokens = 0  # tokens of the reference examples the last refresh passed through (all ranks)
         self.factor_step: int | None = None  # the model step the current factors were fit at
         self.last_lambda = False  # whether the last refresh re-estimated EK-FAC's Lambda
         self.last_lambda_kept = False  # ... from per-document gradients kept in the factor pass
@@ -145,7 +145,7 @@ class InfluenceScorer:
         """The reference gradients under the current model, preconditioned: full-space targets for exact
         rewards; for full-space factors the projected whitened reference (and with projection="reference"
         new subspaces); else projected, then preconditioned in the projected space."""
-        self.ref_tokens = 0  # tokens through the reference passes of this refresh (on every rank)
+        self.ref_tokens = 0  # tokens through the reference passes of this refresh (all ranks together)
         refs = [self._reference_gradient(t, project=not full) for t in self.reference.values()]  # per block (n, r, c)
         refs = [torch.stack(parts) for parts in zip(*refs)]
         if self.exact():
@@ -301,13 +301,19 @@ class InfluenceScorer:
             keep = np.sort(rng(self.cfg.seed, "influence-reference", task.name).choice(len(ex), self.cfg.ref_max_examples, replace=False))
             ex = [ex[i] for i in keep]
         self.ref_tokens += sum(min(len(c) + len(t), self.cfg.max_len) for c, t in ex)
-        total = None
-        for i in range(0, len(ex), self.cfg.batch_size):
+        # under torchrun each rank passes its share of the batches (r, r + W, ...) and the sums are all-reduced
+        mine = hdist.shard(list(range(0, len(ex), self.cfg.batch_size)))
+        spare = self._spare_passes(len(mine))
+        dev = next(self.model.parameters()).device
+        total = [torch.zeros(r, c, dtype=torch.float64, device=dev) for c, r in self._dims(not project)]
+        for i in mine:
             batch = pad_examples(ex[i : i + self.cfg.batch_size], self.cfg.max_len, self.cfg.pad_id)
             seqs = self.feats.sequences(self.model, batch, project=project)
-            g = [s.delta.flatten(0, 1).double().T @ s.a.flatten(0, 1).double() for s in seqs]  # sum over examples
-            total = g if total is None else [t + x for t, x in zip(total, g)]
-        return [t / len(ex) for t in total]
+            total = [t + s.delta.flatten(0, 1).double().T @ s.a.flatten(0, 1).double()  # sum over examples
+                     for t, s in zip(total, seqs)]
+        for _ in range(spare):
+            self.feats.sequences(self.model, pad_examples(ex[:1], 8, self.cfg.pad_id), project=project)
+        return [hdist.all_reduce_sum(t) / len(ex) for t in total]
 
     @staticmethod
     def _flat(blocks: list[torch.Tensor]) -> torch.Tensor:

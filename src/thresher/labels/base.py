@@ -244,5 +244,10 @@ class TokenStoreSource(TableSource):
     def n_docs(self) -> int:
         return int(self.store.n_docs)
 
+    @property
+    def identity(self) -> str:
+        """The store's fingerprint: the label table records it, and a run refuses a table of another store."""
+        return self.store.fingerprint
+
     def texts(self, ids: np.ndarray) -> list[str]:
         return list(self.store.texts(np.asarray(ids)))

@@ -178,7 +178,8 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
     specs = column_specs(labelers)
     if clusterer is not None:
         specs[clusterer.column] = _cluster_spec(clusterer, specs, out)
-    if set(LabelTable.check_settings(out, {c: s["provenance"] for c, s in specs.items()}, n)) == set(specs):
+    identity = getattr(source, "identity", None)  # a token store's fingerprint: the table records it
+    if set(LabelTable.check_settings(out, {c: s["provenance"] for c, s in specs.items()}, n, identity)) == set(specs):
         print0(f"label table {out} is up to date")
         return LabelTable.open(out)
     work = _work_dir(out, specs, n, shard_size)
@@ -193,7 +194,7 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
             run_ray(source, labelers, work, todo, batch_size, workers, num_gpus, ray_address)
         else:
             raise ThresherError(f"unknown executor {executor!r}; use 'local' or 'ray'")
-    table = merge_shards(out, work, shards, specs, n, clusterer)
+    table = merge_shards(out, work, shards, specs, n, clusterer, identity)
     _write_run_stats(out, work, shards, labelers, time.perf_counter() - t0)
     if not keep_shards:
         shutil.rmtree(work, ignore_errors=True)
@@ -223,7 +224,7 @@ def _work_dir(out: Path, specs: dict, n: int, shard_size: int) -> Path:
 
 
 def merge_shards(out: Path, work: Path, shards: list, specs: dict, n: int,
-                 clusterer: KMeansClusterer | None) -> LabelTable:
+                 clusterer: KMeansClusterer | None, source: str | None = None) -> LabelTable:
     """Stream the shards in doc-id order (checked: no gap, no duplicate) into the table, clustering first.
     One shard's rows are in memory at a time (and the embeddings are memory-mapped), however large N."""
     label_specs = {c: s for c, s in specs.items() if clusterer is None or c != clusterer.column}
@@ -241,7 +242,8 @@ def merge_shards(out: Path, work: Path, shards: list, specs: dict, n: int,
         with atomic_path(out / f"{clusterer.column}.centroids.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, centroids)
     kinds = {c: label_specs[c]["kind"] for c in scalar}
-    return LabelTable.write(out, n, data, specs, blocks=_shard_blocks(work, shards, kinds, n) if scalar else None)
+    return LabelTable.write(out, n, data, specs, blocks=_shard_blocks(work, shards, kinds, n) if scalar else None,
+                            source=source)
 
 
 def _shard_blocks(work: Path, shards: list, kinds: dict[str, str], n: int):

@@ -6,7 +6,8 @@ Layout of a table directory::
                             the manifest below is also in the Parquet schema metadata (key b"thresher")
     <col>.codes.npy         int16 codes of each categorical column (memory-mappable; -1 = missing)
     <col>.npy               float16 (N, d) embedding columns (memory-mappable; NaN row = missing)
-    table.json              manifest: n_docs and per column {kind, categories, provenance}; written last
+    table.json              manifest: n_docs, source (the token store's fingerprint) and per column
+                            {kind, categories, provenance}; written last
 
 Every file is replaced atomically. A column may only be replaced by one computed under the same
 provenance (else SettingsMismatchError), so results of different settings never mix silently.
@@ -57,6 +58,11 @@ class LabelTable:
     @property
     def n_docs(self) -> int:
         return int(self.manifest["n_docs"])
+
+    @property
+    def source(self) -> str | None:
+        """The identity of the corpus the table was labelled from (a token store's fingerprint), if recorded."""
+        return self.manifest.get("source")
 
     @property
     def columns(self) -> list[str]:
@@ -117,14 +123,19 @@ class LabelTable:
 
     # ------------------------------------------------------------------ writing
     @staticmethod
-    def check_settings(path: str | os.PathLike, provenance: Mapping[str, dict], n_docs: int | None = None) -> list[str]:
-        """Columns already present with exactly this provenance; raises if any differs."""
+    def check_settings(path: str | os.PathLike, provenance: Mapping[str, dict], n_docs: int | None = None,
+                       source: str | None = None) -> list[str]:
+        """Columns already present with exactly this provenance; raises if any differs, or if the table was
+        labelled from another corpus (``source``: the source's identity, e.g. a token store's fingerprint)."""
         path = Path(path)
         if not LabelTable.exists(path):
             return []
         t = LabelTable.open(path)
         if n_docs is not None and t.n_docs != n_docs:
             raise SettingsMismatchError(f"label table {path} has {t.n_docs} docs, the source has {n_docs}")
+        if source and t.source not in (None, source):
+            raise SettingsMismatchError(f"label table {path} was labelled from another corpus ({t.source}, this one is "
+                                        f"{source}): its rows would be other documents' labels; write to a new table directory")
         same = []
         for col, prov in provenance.items():
             if col in t.manifest["columns"]:
@@ -137,7 +148,8 @@ class LabelTable:
 
     @staticmethod
     def write(path: str | os.PathLike, n_docs: int, data: Mapping[str, Any], specs: Mapping[str, dict],
-              blocks: Iterable[tuple[int, int, Mapping[str, Any]]] | None = None) -> "LabelTable":
+              blocks: Iterable[tuple[int, int, Mapping[str, Any]]] | None = None,
+              source: str | None = None) -> "LabelTable":
         """Add/replace columns. ``data[col]``: category -> int16 codes, float -> float32, reason ->
         pyarrow/list of str|None, embedding -> path of a finished (N, d) float16 .npy (moved in).
 
@@ -147,9 +159,12 @@ class LabelTable:
         Parquet file (this table's kept columns, read back in step, plus the new ones) is written row
         group by row group, so a table of hundreds of millions of documents needs little memory."""
         path = Path(path)
-        LabelTable.check_settings(path, {c: s["provenance"] for c, s in specs.items()}, n_docs)
+        LabelTable.check_settings(path, {c: s["provenance"] for c, s in specs.items()}, n_docs, source)
         old = LabelTable.open(path) if LabelTable.exists(path) else None
         manifest = {"version": 1, "n_docs": n_docs, "columns": dict(old.manifest["columns"]) if old else {}}
+        source = source or (old.source if old else None)
+        if source:
+            manifest["source"] = source
         keep = [c for c in old.columns if c not in specs and old.kind(c) != "embedding"] if old else []
         scalar = [c for c, sp in specs.items() if sp["kind"] != "embedding"]
         for col, spec in specs.items():
