@@ -37,7 +37,7 @@ class DataConfig:
         "quality": "quality_interval", "domain": "domain", "topic": "topic", "cluster": "cluster"})
     reference: dict[str, str] = field(default_factory=dict)  # task name -> JSONL with context / continuation
     reference_eval_fraction: float = 0.5  # held out for evaluation, never used for rewards
-    reference_max_examples: int = 512  # per task, before the split
+    reference_max_examples: int = 512  # per task, before the split: a seeded uniform sample of a larger file
     influence_fit_docs: int = 256  # pool documents sampled to fit K-FAC/EK-FAC factors
 
     def validate(self) -> None:
