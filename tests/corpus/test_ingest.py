@@ -252,3 +252,19 @@ def test_shared_pool_shard_with_json_meta(tok_path, tmp_path):
     src = pq.read_table(shard, columns=["meta"]).column(0).to_pylist()
     idx = store.column("source_index")
     assert store.column("quality").tolist() == [json.loads(src[i]).get("quality_label") for i in idx]
+
+
+def test_a_shard_whose_column_is_all_null_takes_the_other_shards_type(tok_path, tmp_path):
+    """Before: the all-null shard's part typed the column as string, and the merge made every value a string."""
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"hello world {i}", "meta": {"q": i % 3}}) + "\n"
+                                              for i in range(6)))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"bye world {i}", "meta": {"q": None}}) + "\n"
+                                              for i in range(4)))
+    ingest([str(tmp_path / "b.jsonl"), str(tmp_path / "a.jsonl")], tmp_path / "s", str(tok_path),
+           field_map={"q": "meta.q"}, workers=1)
+    assert str(pq.read_schema(tmp_path / "s" / "docs.parquet").field("q").type) == "int64"
+    assert TokenStore.open(tmp_path / "s").column("q").tolist() == [None] * 4 + [0, 1, 2, 0, 1, 2]
+    ingest([str(tmp_path / "b.jsonl")], tmp_path / "only_null", str(tok_path), field_map={"q": "meta.q"}, workers=1)
+    assert str(pq.read_schema(tmp_path / "only_null" / "docs.parquet").field("q").type) == "string"  # as before

@@ -325,7 +325,7 @@ class PartWriter:
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         with open(self.part / "offsets.npy", "wb") as f:
             np.save(f, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        pq.write_table(concat_unified(self.tables) if self.tables else docs_table([], lengths, self.meta_cols),
+        pq.write_table(concat_unified(self.tables, keep_null=True) if self.tables else docs_table([], lengths, self.meta_cols),
                        self.part / "docs.parquet")
         stats = {"shard": self.shard, "docs": int(len(lengths)), "tokens": int(lengths.sum()),
                  "excluded": dict(sorted(self.reasons.items())), "seconds": round(seconds, 3)}
@@ -361,16 +361,19 @@ def meta_array(values: list):
         return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in vals], pa.string())
 
 
-def unify_schema(schemas: list):
+def unify_schema(schemas: list, keep_null: bool = False):
     """One schema for tables whose metadata types differ: nulls take the other type, ints widen to
-    float64 next to floats, any other mix becomes string."""
+    float64 next to floats, any other mix becomes string. A column null everywhere stays null with
+    ``keep_null`` (a shard's part: the merge gives it the other shards' type), else becomes string."""
     import pyarrow as pa
 
     names = list(dict.fromkeys(n for s in schemas for n in s.names))
     fields = []
     for n in names:
         types = {s.field(n).type for s in schemas if n in s.names} - {pa.null()}
-        if len(types) == 1:
+        if not types:
+            t = pa.null() if keep_null else pa.string()
+        elif len(types) == 1:
             t = types.pop()
         elif types and all(pa.types.is_integer(t) for t in types):
             t = pa.int64()
@@ -382,10 +385,10 @@ def unify_schema(schemas: list):
     return pa.schema(fields)
 
 
-def concat_unified(tables: list):
+def concat_unified(tables: list, keep_null: bool = False):
     import pyarrow as pa
 
-    schema = unify_schema([t.schema for t in tables])
+    schema = unify_schema([t.schema for t in tables], keep_null)
     return pa.concat_tables([t.cast(schema) for t in tables])
 
 
