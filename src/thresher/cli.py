@@ -256,9 +256,37 @@ def experiment(
     typer.echo(f"results: {run_experiment(exp, base, only=only_list, seeds=picked)}")
 
 
+@app.command()
+def regmix(
+    config: Optional[Path] = typer.Option(None, help="Base run config TOML (data, selector, influence, train), "
+                                          "optionally with a [regmix] table of RegMixConfig fields."),
+    column: Optional[str] = typer.Option(None, help="Agent label whose categories are mixed (a key of "
+                                         "data.label_columns, e.g. domain or topic). Default: domain."),
+    out: Optional[Path] = typer.Option(None, help="Folder for proxies/, init_<column>.json, regmix.json, results.md."),
+    proxies: Optional[int] = typer.Option(None, help="Number of proxy runs (default 64; the paper: 512)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per proxy (default 300)."),
+    set_: List[str] = typer.Option([], "--set", help="Override any field: regmix.key=value (e.g. regmix.top_k=50, "
+                                   "regmix.regressor=linear) or section.key=value of the run config (repeatable)."),
+):
+    """Initial agent weights from RegMix: proxy runs on random mixtures of one label column, a LightGBM fit from
+    mixture to reference loss, the mixture it predicts best; writes a selector.init_file. Resumable."""
+    from thresher.config import check_run_inputs
+    from thresher.experiments.regmix import load_regmix, run_regmix
+
+    overrides = _overrides(set_, scalars={"regmix.column": column, "regmix.out": str(out) if out else None,
+                                          "regmix.n_proxies": proxies, "regmix.steps": steps})
+    cfg, base = load_regmix(config, overrides)
+    check_run_inputs(base)
+    result = run_regmix(cfg, base)
+    path = Path(cfg.out) / f"init_{cfg.column}.json"
+    typer.echo(f"weights: {json.dumps({k: round(v, 4) for k, v in result['weights'].items()})}")
+    typer.echo(f"init file: {path} (use --set selector.init_file={path})")
+
+
 # what to tell after Ctrl-C, per command that resumes
 _RESUME_HINTS = {"train": "rerun with --resume to continue", "experiment": "rerun the same command to continue",
-                 "demo": "rerun the same command to continue", "ingest": "rerun the same command to continue"}
+                 "demo": "rerun the same command to continue", "ingest": "rerun the same command to continue",
+                 "regmix": "rerun the same command to continue"}
 
 
 def _interrupted() -> None:

@@ -34,6 +34,8 @@ SECTIONS = [
      "an eval config: `thresher eval downstream --config eval.toml`, `--set key=value`; `[eval]` of an experiment"),
     ("Experiments", "thresher.experiments.experiment", "ExperimentConfig",
      "`[experiment]` of an experiment file: `thresher experiment exp.toml`"),
+    ("RegMix", "thresher.experiments.regmix", "RegMixConfig",
+     "`[regmix]` of a run config: `thresher regmix --config run.toml`, `--set regmix.top_k=...`"),
     ("Synthetic world", "thresher.corpus.synth_config", "SynthConfig", "`thresher synth world --config synth.toml`"),
     ("Demo", "thresher.experiments.demo", "DemoConfig", "`DemoConfig` (Python; `thresher demo` flags)"),
 ]
