@@ -259,7 +259,7 @@ def experiment(
 @app.command()
 def regmix(
     config: Optional[Path] = typer.Option(None, help="Base run config TOML (data, selector, influence, train), "
-                                          "optionally with a [regmix] table of RegMixConfig fields."),
+                                          "optionally with a \\[regmix] table of RegMixConfig fields."),
     column: Optional[str] = typer.Option(None, help="Agent label whose categories are mixed (a key of "
                                          "data.label_columns, e.g. domain or topic). Default: domain."),
     out: Optional[Path] = typer.Option(None, help="Folder for proxies/, init_<column>.json, regmix.json, results.md."),
