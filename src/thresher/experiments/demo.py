@@ -45,8 +45,8 @@ class DemoConfig:
     projection_dim: int = 1024
     preconditioner: str = "ekfac"
     share_samples: bool = True  # selector.share_samples: worst-case quality 0.40 -> 0.90 (docs/agents.md)
-    # docs sampled per category per update: 64 puts every agent's Spearman vs the truth >= 0.7 on seeds 0-2
-    # (24 left topic at 0.60-0.71; docs/agents.md)
+    # docs sampled per category per update: 64 gave every agent a Spearman vs the truth >= 0.7 on seeds 0-2
+    # (24 left topic at 0.60-0.71); with the reference rows sampled, topic 0.47-0.74 (docs/agents.md)
     samples_per_category: int = 64
 
     def validate(self) -> None:
