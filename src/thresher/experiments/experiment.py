@@ -146,14 +146,31 @@ def _differences(old: dict, new: dict, where: str = "") -> list[str]:
     return out
 
 
+def run_or_keep(cfg: RunConfig, tag: str, what: str, callbacks=()) -> Path:
+    """Train ``cfg`` unless its folder holds a summary.json (a finished run is never redone); an interrupted
+    run resumes from its newest checkpoint. Returns the run folder."""
+    from thresher.experiments.run import run
+
+    run_dir = Path(cfg.out)
+    if (run_dir / SUMMARY).exists():
+        print0(f"{tag} {what}: finished earlier, kept")
+        return run_dir
+    print0(f"{tag} {what} -> {run_dir}")
+    t = time.perf_counter()
+    summary = run(cfg, resume=(run_dir / "checkpoints").exists(), callbacks=callbacks)
+    if not summary.get("finished"):
+        raise ThresherError(f"{what} stopped at step {summary.get('step')}; rerun to resume")
+    summary = {k: v for k, v in summary.items() if k != "losses"} | {"wall_seconds": time.perf_counter() - t}
+    atomic_write_json(run_dir / SUMMARY, summary)
+    return run_dir
+
+
 def run_experiment(exp: ExperimentConfig, base: dict, callbacks=(), only: list[str] | None = None,
                    seeds: list[int] | None = None) -> Path:
     """Run every missing (policy, seed), then write the report; returns the path of results.md.
 
     ``only`` / ``seeds`` restrict what trains now (e.g. one process per seed on one GPU); the report
     always covers every finished run of the experiment."""
-    from thresher.experiments.run import run
-
     out = Path(exp.out)
     out.mkdir(parents=True, exist_ok=True)
     if exp.synthetic_docs:
@@ -167,17 +184,7 @@ def run_experiment(exp: ExperimentConfig, base: dict, callbacks=(), only: list[s
     for cfg in cfgs:  # every existing run folder matches, before anything trains
         check_same_settings(cfg, Path(cfg.out))
     for i, ((name, seed), cfg) in enumerate(zip(todo, cfgs), 1):
-        run_dir = Path(cfg.out)
-        if (run_dir / SUMMARY).exists():
-            print0(f"[experiment {i}/{len(todo)}] {name} seed {seed}: finished earlier, kept")
-        else:
-            print0(f"[experiment {i}/{len(todo)}] {name} seed {seed} -> {run_dir}")
-            t = time.perf_counter()
-            summary = run(cfg, resume=(run_dir / "checkpoints").exists(), callbacks=callbacks)
-            if not summary.get("finished"):
-                raise ThresherError(f"{name} seed {seed} stopped at step {summary.get('step')}; rerun to resume")
-            summary = {k: v for k, v in summary.items() if k != "losses"} | {"wall_seconds": time.perf_counter() - t}
-            atomic_write_json(run_dir / SUMMARY, summary)
+        run_dir = run_or_keep(cfg, f"[experiment {i}/{len(todo)}]", f"{name} seed {seed}", callbacks)
         if exp.downstream:
             _downstream(exp, run_dir)
         report = write_results(exp)  # after every run, so a kill leaves a table of what finished

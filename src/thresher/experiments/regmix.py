@@ -20,7 +20,6 @@ Outputs in ``out``: ``init_<column>.json`` (the ``selector.init_file`` format), 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -204,25 +203,14 @@ def target_loss(ref_losses: dict[str, float], target: str) -> float:
 def train_proxies(cfg: RegMixConfig, base: RunConfig, cats: list[str], mixtures: np.ndarray) -> list[dict]:
     """Train every proxy that has no summary yet (an interrupted one resumes from its checkpoint); after
     each, ``proxies.jsonl`` is rewritten with every finished proxy's (weights, final reference losses)."""
-    from thresher.experiments.experiment import check_same_settings
-    from thresher.experiments.run import run
+    from thresher.experiments.experiment import check_same_settings, run_or_keep
 
     configs = [proxy_config(base, cfg, i, dict(zip(cats, w.tolist()))) for i, w in enumerate(mixtures)]
     for rc in configs:  # an existing proxy is reused only under the same settings
         check_same_settings(rc, Path(rc.out), "choose another --out")
     rows = []
     for i, rc in enumerate(configs):
-        run_dir = Path(rc.out)
-        if (run_dir / SUMMARY).exists():
-            print0(f"[regmix {i + 1}/{len(configs)}] proxy {i}: finished earlier, kept")
-        else:
-            print0(f"[regmix {i + 1}/{len(configs)}] proxy {i} -> {run_dir}")
-            t = time.perf_counter()
-            summary = run(rc, resume=(run_dir / "checkpoints").exists())
-            if not summary.get("finished"):
-                raise ThresherError(f"proxy {i} stopped at step {summary.get('step')}; rerun to resume")
-            summary = {k: v for k, v in summary.items() if k != "losses"} | {"wall_seconds": time.perf_counter() - t}
-            atomic_write_json(run_dir / SUMMARY, summary)
+        run_dir = run_or_keep(rc, f"[regmix {i + 1}/{len(configs)}]", f"proxy {i}")
         ref = read_json(run_dir / SUMMARY)["ref_losses"]
         rows.append({"proxy": i, "weights": rc.selector.mixture_weights, "ref_losses": ref,
                      "loss": target_loss(ref, cfg.target)})
