@@ -1,0 +1,81 @@
+"""Benchmark: memory each torchrun rank holds for selection, in bytes per document.
+
+    .venv/bin/python benchmarks/selection_memory.py --n 8000000
+
+What a run keeps per process: the token store's document lengths (shared by the selector and the data
+packer), the cell index over the agents' label columns, and Quad's shuffled documents of every arm it
+touches in a stage; plus the peak while the index is built. Labels: quality 10, domain 7, topic 13 and
+10k clusters nested in domain x topic (5% noise), as embedding clusters roughly are. Baseline, in the
+same run: the same structures with int64 lengths and int64 arm orders (what they were before session 9).
+The label codes themselves are memory-mapped in a run (shared by the ranks) and not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from thresher.agents.base import Labels
+from thresher.agents.cells import build_cell_index, gather_cells
+from thresher.corpus.store import TokenStore
+from thresher.train.data import Packer
+
+SIZES = {"quality": 10, "domain": 7, "topic": 13, "cluster": 10_000}
+
+
+def labels(n: int, seed: int) -> Labels:
+    g = np.random.default_rng(seed)
+    codes = {c: g.integers(0, k, n).astype(np.int16) for c, k in SIZES.items()}
+    cl = codes["cluster"]
+    codes["domain"] = np.where(g.random(n) < 0.95, cl % 7, codes["domain"]).astype(np.int16)
+    codes["topic"] = np.where(g.random(n) < 0.95, (cl // 7) % 13, codes["topic"]).astype(np.int16)
+    return Labels(codes, {c: [f"{c}{i}" for i in range(k)] for c, k in SIZES.items()})
+
+
+def measure(store: TokenStore, lab: Labels, wide: bool) -> dict:
+    """Bytes per document of each structure (tracemalloc counts numpy's allocations)."""
+    n = store.n_docs
+    tracemalloc.start()
+    lengths = np.diff(np.asarray(store.offsets)) if wide else store.lengths  # int64 | the store's int32
+    a = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    index = build_cell_index(lab, list(SIZES), lengths)
+    b, peak = tracemalloc.get_traced_memory()
+    packer = Packer(lengths, 1025)
+    c = tracemalloc.get_traced_memory()[0]
+    arms = [gather_cells(index, index.cells_with("cluster", k), np.int64 if wide else None) for k in range(SIZES["cluster"])]
+    d = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    cells = index.n_cells
+    del index, packer, arms
+    out = {"lengths": a / n, "cell index": (b - a) / n, "packer": (c - b) / n, "held": c / n,
+           "index build peak": (peak - a) / n, "Quad arms (all)": (d - c) / n, "cells": cells}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=8_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    lab = labels(a.n, a.seed)
+    with tempfile.TemporaryDirectory() as d:  # a store's offsets are all `lengths` reads
+        lens = np.random.default_rng(a.seed).integers(10, 2000, a.n)
+        np.save(Path(d) / "offsets.npy", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+        meta = {"dtype": "uint16", "n_docs": a.n, "n_tokens": int(lens.sum())}
+        wide = measure(TokenStore(Path(d), meta), lab, wide=True)
+        ours = measure(TokenStore(Path(d), meta), lab, wide=False)
+    print(f"N={a.n:,} documents, label columns {SIZES}")
+    print(f"{'bytes per document':<20} {'int64 baseline':>15} {'thresher':>10} {'ratio':>7}")
+    for k in [k for k in wide if k != "cells"]:
+        ratio = f"{ours[k] / wide[k]:7.2f}" if wide[k] > 0.01 else "      -"
+        print(f"{k:<20} {wide[k]:>15.2f} {ours[k]:>10.2f} {ratio}")
+    print(f"{ours['cells']:,} cells; the cell index is 8 bytes per document (cell id, grouped order) plus ~56 per cell")
+
+
+if __name__ == "__main__":
+    main()
