@@ -135,10 +135,11 @@ def resolve_budget(cfg: Any, ctx: SelectionContext) -> tuple[int | None, int | N
     if (tokens if tokens is not None else docs) <= 0:
         raise ThresherError(f"selector budget must be positive, got budget_{'tokens' if tokens is not None else 'docs'}"
                             f" = {tokens if tokens is not None else docs}")
-    if tokens is not None and tokens >= int(np.sum(ctx.doc_lengths)) or tokens is None and docs >= ctx.n_docs:
+    pool_tokens = int(np.sum(ctx.doc_lengths))
+    if tokens is not None and tokens >= pool_tokens or tokens is None and docs >= ctx.n_docs:
         what = f"budget_tokens = {tokens}" if tokens is not None else f"budget_docs = {docs}"
-        print0(f"warning: selector {what} holds the whole pool ({ctx.n_docs} docs, {int(np.sum(ctx.doc_lengths))} "
-               "tokens): every document is selected, so the policy has no effect")
+        print0(f"warning: selector {what} holds the whole pool ({ctx.n_docs} docs, {pool_tokens} tokens): every "
+               "document is selected, so the policy has no effect")
     return (None, int(tokens)) if tokens is not None else (int(docs), None)
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from thresher.corpus.batching import IGNORE, pad_examples
+from thresher.influence.distributed import all_reduce_sum
 
 
 @torch.no_grad()
@@ -43,12 +44,8 @@ def reference_loss(model, task, batch_size: int = 16, max_len: int = 1024, devic
                 sums[b] = nll, n
     finally:
         model.train(was_training)
-    if world > 1:
-        import torch.distributed as tdist
-
-        t = torch.from_numpy(sums).to(device)  # each batch is non-zero on one rank only: x + 0 = x exactly
-        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
-        sums = t.cpu().numpy()
+    if world > 1:  # each batch is non-zero on one rank only: x + 0 = x exactly
+        sums = all_reduce_sum(torch.from_numpy(sums).to(device)).cpu().numpy()
     total, count = 0.0, 0
     for nll, n in sums.tolist():
         total, count = total + nll, count + int(n)

@@ -31,7 +31,7 @@ from thresher.config import SEEDED_SECTIONS, RunConfig, run_config_from_dict
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_json, read_json
 from thresher.utils.log import print0
-from thresher.utils.tomlio import apply_overrides, from_dict, load_toml, to_dict
+from thresher.utils.tomlio import apply_overrides, differences, from_dict, load_toml, to_dict
 
 SUMMARY = "summary.json"
 
@@ -124,26 +124,13 @@ def check_same_settings(cfg: RunConfig, run_dir: Path, other_out: str = "choose 
     if not saved.exists():
         return
     try:
-        diff = _differences(to_dict(run_config_from_dict(load_toml(saved))), to_dict(cfg))
+        diff = differences(to_dict(run_config_from_dict(load_toml(saved))), to_dict(cfg))
     except ThresherError as e:  # a field this version no longer has, or a value it refuses
         diff = [f"its config.toml does not load: {e}"]
     if diff:
         more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
         raise SettingsMismatchError(f"{run_dir} was made with other settings ({'; '.join(diff[:3])}{more}); "
                                     f"delete it or {other_out}")
-
-
-def _differences(old: dict, new: dict, where: str = "") -> list[str]:
-    """``key = old there, new now`` for every dotted key whose values differ (JSON-equal values are equal)."""
-    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{where}{k}.")
-        elif a != b:
-            out.append(f"{where}{k} = {a!r} there, {b!r} now")
-    return out
 
 
 def run_or_keep(cfg: RunConfig, tag: str, what: str, callbacks=()) -> Path:

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from thresher.agents.base import Labels, SelectionContext
-from thresher.config import RunConfig, save_run_config
+from thresher.config import DataConfig, RunConfig, load_run_config, save_run_config
 from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_task
 from thresher.influence.rewards import RewardSource
 from thresher.train.callbacks import Callback
-from thresher.utils.errors import ThresherError
+from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_jsonl
 from thresher.utils.log import print0, rank
 from thresher.utils.seeding import rng
@@ -117,8 +117,6 @@ def agent_labels(cfg: RunConfig, table) -> Labels:
     """Label-table columns under the names the agents use (``data.label_columns``); absent ones skipped."""
     present = {name: col for name, col in cfg.data.label_columns.items()
                if col in table.columns and table.kind(col) == "category"}
-    from thresher.config import DataConfig
-
     defaults = DataConfig().label_columns
     for name, col in cfg.data.label_columns.items():  # say why an agent will find no column the user named
         if col and col not in table.columns and col != defaults.get(name):
@@ -190,18 +188,15 @@ def check_resume_config(cfg: RunConfig, out: Path) -> None:
     """Refuse a resume whose [data] or [influence] settings differ from the run's config.toml: they change the
     reference sample, the held-out eval split or the rewards, so the metrics before and after would not be
     one run's (the trainer checks [train]; the selector checks [selector] against its checkpoint)."""
-    from thresher.config import load_run_config
-    from thresher.utils.errors import SettingsMismatchError
-    from thresher.utils.tomlio import to_dict
+    from thresher.utils.tomlio import differences, to_dict
 
     if not (out / "config.toml").is_file():
         return
-    saved = load_run_config(out / "config.toml")
+    saved, now = to_dict(load_run_config(out / "config.toml")), to_dict(cfg)
     diff = []
     for section, free in RESUME_MAY_CHANGE.items():
-        a, b = to_dict(getattr(saved, section)), to_dict(getattr(cfg, section))
-        diff += [f"{section}.{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b))
-                 if k not in free and a.get(k) != b.get(k)]
+        kept = [{k: v for k, v in c[section].items() if k not in free} for c in (saved, now)]
+        diff += differences(*kept, f"{section}.")
     if diff:
         raise SettingsMismatchError(f"cannot resume {out}: {', '.join(diff)} differ from the run's config.toml (they "
                                     "change the reference data, the eval split or the rewards); start a new run folder")

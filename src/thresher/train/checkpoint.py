@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from thresher.influence.distributed import is_fsdp
 from thresher.train.loss import CausalLMWithLoss
 from thresher.utils.errors import ThresherError
 
@@ -82,13 +83,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.lm if isinstance(model, CausalLMWithLoss) else model
 
 
-def _is_fsdp(model) -> bool:
-    return any(type(m).__name__.startswith("FSDP") for m in model.modules())
-
-
 def full_state(model, optimizer) -> tuple[dict, dict]:
     """(model state, optimizer state), gathered to full CPU tensors when the model is FSDP-sharded."""
-    if _is_fsdp(model):
+    if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -106,7 +103,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, traine
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        if _is_fsdp(model):
+        if is_fsdp(model):
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in model_sd.items()}, tmp / "model.safetensors")
@@ -224,7 +221,7 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, trainer: dict | N
         trainer = read_trainer_state(path)
     with _unreadable(path):
         optim_sd = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
-        if _is_fsdp(model):
+        if is_fsdp(model):
             from safetensors.torch import load_file
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 

@@ -26,6 +26,19 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def differences(old: dict, new: dict, where: str = "") -> list[str]:
+    """``key = old there, new now`` for every dotted key whose values differ (JSON-equal values are equal)."""
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{where}{k}.")
+        elif a != b:
+            out.append(f"{where}{k} = {a!r} there, {b!r} now")
+    return out
+
+
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
     """Build ``cls`` from a (possibly partial) dict. Unknown keys and values of the wrong type are errors
     that name the dotted key (``where`` is the dotted name of the table ``data`` is, "" for the top)."""
