@@ -50,6 +50,7 @@ class SelectionContext:
     seed: int = 0
     embeddings: np.ndarray | None = None  # (n_docs, d) float16, for embedding-based policies
     scores: Mapping[str, np.ndarray] | None = None  # float label columns by name (len n_docs; NaN = missing)
+    cell_cache: str | None = None  # folder for the cell index, memory-mapped and shared by a node's ranks (None: in memory)
 
     @property
     def n_docs(self) -> int:

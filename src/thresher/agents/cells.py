@@ -9,16 +9,31 @@ cost O(cells + k) instead of O(n_docs):
     counts, tokens (n_cells,)   int64   docs and token sums per cell
 
 Within a cell the order is arbitrary; every selection draws its own seeded random order.
+
+``cached_cell_index`` keeps the index in a folder, memory-mapped: under torchrun one process per node
+builds it and every rank of the node maps the same pages (the per-document arrays are held once per node,
+not once per rank), and a resumed run or another run over the same labels skips the build.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from thresher.agents.base import Labels
 from thresher.utils.errors import ThresherError
+from thresher.utils.log import print0
+
+CACHE_VERSION = 1
+_PER_DOC = ("cell_id", "order")  # memory-mapped; the per-cell arrays are small and read into memory
+_PER_CELL = ("offsets", "codes", "counts", "tokens")
 
 
 @dataclass
@@ -83,6 +98,95 @@ def build_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray
     order = _group_by_cell(cell_id, n_cells)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return CellIndex(list(columns), cell_id, order, offsets, _decode(present, radices), counts, tokens)
+
+
+def cell_index_key(labels: Labels, columns: list[str], doc_lengths: np.ndarray) -> str:
+    """A digest of everything the index is built from: the columns' codes, their category counts and the
+    document lengths (SHA-1 over the bytes; about 2 GB/s, a few seconds at 600M documents)."""
+    h = hashlib.sha1(json.dumps({"version": CACHE_VERSION, "columns": list(columns), "n_docs": int(len(doc_lengths)),
+                                 "categories": [len(labels.categories.get(c, [])) for c in columns]}).encode())
+    arrays = [doc_lengths] + [labels.codes[c] for c in columns if c in labels.codes]
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.reshape(-1).view(np.uint8) if a.size else b"")
+    return h.hexdigest()[:20]
+
+
+def save_cell_index(index: CellIndex, folder: str | os.PathLike) -> Path:
+    """Write ``index`` to ``folder`` atomically: into a temporary sibling, renamed when complete. If another
+    process published the same folder first, its copy is kept (both were built from the same inputs)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        for name in _PER_DOC + _PER_CELL:
+            np.save(tmp / f"{name}.npy", getattr(index, name))
+        meta = {"version": CACHE_VERSION, "columns": index.columns, "n_docs": index.n_docs, "n_cells": index.n_cells}
+        (tmp / "meta.json").write_text(json.dumps(meta))  # last: a folder with meta.json is complete
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_cell_index(folder: str | os.PathLike, n_docs: int | None = None, mmap: bool = True) -> CellIndex:
+    """The index saved in ``folder``; the per-document arrays memory-mapped read-only (``mmap``)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap and name in _PER_DOC else None)
+                  for name in _PER_DOC + _PER_CELL}
+    except (OSError, ValueError) as e:
+        raise ThresherError(f"cell index cache {folder} is unreadable ({e}); delete that folder to rebuild it") from None
+    n = meta.get("n_docs")
+    ok = (meta.get("version") == CACHE_VERSION and (n_docs is None or n == n_docs)
+          and len(arrays["cell_id"]) == n and len(arrays["order"]) == n
+          and len(arrays["offsets"]) == meta.get("n_cells", -1) + 1 and int(arrays["offsets"][-1]) == n)
+    if not ok:
+        raise ThresherError(f"cell index cache {folder} does not match its inputs (version {meta.get('version')}, "
+                            f"{n} docs for a pool of {n_docs}); delete that folder to rebuild it")
+    return CellIndex(list(meta["columns"]), **arrays)
+
+
+def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray, cache_dir: str | os.PathLike,
+                      local_rank: int | None = None, wait_s: float = 3600.0) -> CellIndex:
+    """``build_cell_index`` through a folder of ``cache_dir`` named by ``cell_index_key``, memory-mapped.
+
+    Under torchrun (``LOCAL_RANK`` set) the node's local rank 0 builds and publishes the folder and the other
+    ranks wait for it (at most ``wait_s``), so a node builds the index once and holds its per-document
+    arrays once in the page cache. Runs before the process group exists: it needs no collective."""
+    key = cell_index_key(labels, columns, doc_lengths)
+    folder = Path(cache_dir) / f"cells-{key}"
+    if not (folder / "meta.json").is_file():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+        if local_rank == 0:
+            if len(doc_lengths) >= 1_000_000:
+                print0(f"building the cell index of {len(doc_lengths):,} documents over {', '.join(columns)} -> {folder}")
+            index = build_cell_index(labels, columns, doc_lengths)
+            save_cell_index(index, folder)
+            del index
+        else:
+            _wait_for(folder / "meta.json", wait_s)
+    return load_cell_index(folder, n_docs=len(doc_lengths))
+
+
+def _wait_for(path: Path, wait_s: float) -> None:
+    start, told = time.monotonic(), 0.0
+    while not path.is_file():
+        waited = time.monotonic() - start
+        if waited > wait_s:
+            raise ThresherError(f"waited {waited:.0f} s for local rank 0 to write the cell index {path.parent}; "
+                                f"is it running, and is {path.parent.parent} the same folder on every rank?")
+        if waited - told >= 60:
+            print(f"waiting for local rank 0 to build the cell index ({waited:.0f} s)", flush=True)
+            told = waited
+        time.sleep(0.2)
 
 
 def _mixed_radix_key(labels: Labels, columns: list[str], n: int) -> tuple[np.ndarray, list[int]]:

@@ -9,7 +9,7 @@ import numpy as np
 from thresher.agents.agent import Agent, CategoricalAgent, category_sizes, normalise_rewards
 from thresher.agents.bandit import BanditAgent, ClusterBandit, arm_sizes
 from thresher.agents.base import SelectionContext, Selector, budget_count, resolve_budget
-from thresher.agents.cells import CellIndex, build_cell_index, gather_cells
+from thresher.agents.cells import CellIndex, build_cell_index, cached_cell_index, gather_cells
 from thresher.agents.config import SelectorConfig
 from thresher.agents.console import AgentConsole
 from thresher.agents.presets import initial_weights, read_init_file
@@ -67,7 +67,9 @@ class _StagedSelector(Selector):
         self.ctx = ctx
         self.budget_docs, self.budget_tokens = resolve_budget(self.cfg, ctx)
         self.categories = {c: _categories(ctx, c) for c in columns}
-        self.index = build_cell_index(ctx.labels, columns, np.asarray(ctx.doc_lengths))
+        lengths = np.asarray(ctx.doc_lengths)
+        self.index = (cached_cell_index(ctx.labels, columns, lengths, ctx.cell_cache) if ctx.cell_cache
+                      else build_cell_index(ctx.labels, columns, lengths))
 
     def _random_stage(self) -> np.ndarray:
         """Algorithm 1 line 2: D_k as a uniformly random subset at the budget."""

@@ -151,8 +151,14 @@ def build_run(cfg: RunConfig):
     rewards = LazyInfluenceRewards(cfg.influence, reward_tasks, store, fit_ids)
     scores, embeddings = numeric_context_fields(cfg.data, table, cfg.selector)
     ctx = SelectionContext(doc_lengths=np.asarray(store.lengths), labels=agent_labels(cfg, table), rewards=rewards,
-                           seed=cfg.seed, scores=scores, embeddings=embeddings)
+                           seed=cfg.seed, scores=scores, embeddings=embeddings, cell_cache=cell_index_cache(cfg))
     return store, build_selector(cfg.selector, ctx), eval_tasks
+
+
+def cell_index_cache(cfg: RunConfig) -> str | None:
+    """Where the run's selector keeps its memory-mapped cell index (None: in memory)."""
+    where = cfg.data.cell_index_cache
+    return None if where == "memory" else where or str(Path(cfg.out) / "cache")
 
 
 def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
@@ -179,7 +185,7 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
 
 # [data] and [influence] keys a resume may change: where the data lives (its content is checked: the
 # label table against the store, the store against the checkpoint's selection) and how fast scoring runs
-RESUME_MAY_CHANGE = {"data": {"store", "labels"},
+RESUME_MAY_CHANGE = {"data": {"store", "labels", "cell_index_cache"},
                      "influence": {"batch_size", "scoring_impl", "compile_scoring", "compile_seq_multiple",
                                    "lambda_keep_max_entries"}}
 

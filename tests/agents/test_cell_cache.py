@@ -1,0 +1,136 @@
+"""The cell index kept in a folder, memory-mapped: equal to the in-memory index, built once per node (local
+rank 0; the others wait and map it), keyed by its inputs, and every policy selects exactly as without it."""
+
+import multiprocessing as mp
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from agents_helpers import FakeRewards, make_ctx
+
+from thresher.agents import cells
+from thresher.agents.cells import (build_cell_index, cached_cell_index, cell_index_key, load_cell_index,
+                                   save_cell_index)
+from thresher.agents.config import SelectorConfig
+from thresher.agents.policies import build_selector
+from thresher.utils.errors import ThresherError
+
+COLUMNS = ["quality", "domain", "topic"]
+
+
+def _assert_same(a, b):
+    assert a.columns == b.columns
+    for name in ("cell_id", "order", "offsets", "codes", "counts", "tokens"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def test_cached_index_equals_the_built_one_mapped_read_only_and_is_not_rebuilt(tmp_path, monkeypatch):
+    ctx = make_ctx(3000, missing=0.1)
+    built = build_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths)
+    cached = cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path)
+    _assert_same(built, cached)
+    assert isinstance(cached.order, np.memmap) and isinstance(cached.cell_id, np.memmap)
+    with pytest.raises(ValueError, match="read-only"):
+        cached.order[0] = 1
+    monkeypatch.setattr(cells, "build_cell_index", lambda *a: pytest.fail("rebuilt a cached index"))
+    _assert_same(built, cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == [f"cells-{cell_index_key(ctx.labels, COLUMNS, ctx.doc_lengths)}"]
+
+
+def test_the_key_follows_every_input():
+    ctx = make_ctx(500)
+    key = cell_index_key(ctx.labels, COLUMNS, ctx.doc_lengths)
+    assert key == cell_index_key(make_ctx(500).labels, COLUMNS, make_ctx(500).doc_lengths)  # deterministic
+    code = dict(ctx.labels.codes)
+    code["topic"] = code["topic"].copy()
+    code["topic"][123] = (code["topic"][123] + 1) % 13  # one document's label
+    lengths = ctx.doc_lengths.copy()
+    lengths[7] += 1  # one document's length
+    others = [cell_index_key(type(ctx.labels)(code, ctx.labels.categories), COLUMNS, ctx.doc_lengths),
+              cell_index_key(ctx.labels, COLUMNS, lengths),
+              cell_index_key(ctx.labels, COLUMNS[:2], ctx.doc_lengths),
+              cell_index_key(ctx.labels, ["domain", "quality", "topic"], ctx.doc_lengths)]
+    assert len({key, *others}) == 5
+
+
+def test_other_ranks_wait_for_local_rank_0_and_map_its_index(tmp_path):
+    ctx = make_ctx(2000)
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(r1=cached_cell_index(
+        ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path, local_rank=1, wait_s=60)))
+    waiter.start()
+    time.sleep(0.5)
+    assert "r1" not in got and not list(tmp_path.glob("cells-*"))  # rank 1 builds nothing
+    r0 = cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path, local_rank=0)
+    waiter.join(30)
+    _assert_same(r0, got["r1"])
+    with pytest.raises(ThresherError, match="local rank 0"):
+        cached_cell_index(ctx.labels, ["domain"], ctx.doc_lengths, tmp_path, local_rank=3, wait_s=0.3)
+
+
+def _rank_worker(local_rank: int, cache: str, out: str) -> None:
+    os.environ["LOCAL_RANK"] = str(local_rank)
+    from agents_helpers import make_ctx as ctx_of
+
+    from thresher.agents import cells as c
+
+    if local_rank:  # the other ranks of the node must never build
+        c.build_cell_index = lambda *a: (_ for _ in ()).throw(AssertionError("rank > 0 built the index"))
+    ctx = ctx_of(2000)
+    index = c.cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, cache, wait_s=120)
+    np.save(os.path.join(out, f"order{local_rank}.npy"), np.asarray(index.order))
+
+
+def test_processes_of_one_node_build_once_from_the_torchrun_environment(tmp_path):
+    spawn = mp.get_context("spawn")
+    procs = [spawn.Process(target=_rank_worker, args=(r, str(tmp_path / "cache"), str(tmp_path))) for r in (1, 2, 0)]
+    for p in procs:  # the waiting ranks start first
+        p.start()
+        time.sleep(0.2 if p is not procs[-1] else 0)
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    ctx = make_ctx(2000)
+    expect = build_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths).order
+    for r in range(3):
+        np.testing.assert_array_equal(np.load(tmp_path / f"order{r}.npy"), expect)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # one folder, no temporary left over
+
+
+def test_a_second_publisher_keeps_the_first_copy_and_bad_caches_are_one_line_errors(tmp_path):
+    ctx = make_ctx(800)
+    index = build_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths)
+    folder = tmp_path / "cells-x"
+    save_cell_index(index, folder)
+    stamp = (folder / "order.npy").stat().st_mtime_ns
+    save_cell_index(index, folder)  # another node's local rank 0 on a shared file system
+    assert (folder / "order.npy").stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(ThresherError, match="does not match its inputs"):
+        load_cell_index(folder, n_docs=801)
+    (folder / "order.npy").write_bytes(b"not an array")
+    with pytest.raises(ThresherError, match="unreadable.*delete that folder"):
+        load_cell_index(folder)
+
+
+def _trajectory(policy: str, cache) -> list[np.ndarray]:
+    ctx = make_ctx(4000)
+    ctx.cell_cache = cache
+    ctx.rewards = FakeRewards(ctx.labels)
+    cfg = SelectorConfig(policy=policy, update_every=3, budget_tokens=30000, samples_per_category=8,
+                         clusters_per_round=3, threshold_mode="quantile", reuse_penalty=0.3)
+    sel = build_selector(cfg, ctx)
+    picks = [sel.initial_selection().copy()]
+    for step in range(1, 10):
+        if sel.on_step(step, None):
+            picks.append(sel.selection().copy())
+    return picks
+
+
+@pytest.mark.parametrize("policy", ["multi-agent", "quad", "multi-agent+quad", "static-mixture", "quality-top"])
+def test_every_index_policy_selects_the_same_with_the_cache(tmp_path, policy):
+    memory, cached = _trajectory(policy, None), _trajectory(policy, str(tmp_path))
+    assert len(memory) == len(cached) and list(tmp_path.glob("cells-*"))
+    for a, b in zip(memory, cached):
+        np.testing.assert_array_equal(a, b)
