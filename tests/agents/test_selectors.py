@@ -261,3 +261,62 @@ def test_budget_must_be_positive_and_a_whole_pool_budget_is_named(capsys):
     assert "budget_docs = 500 holds the whole pool (200 docs" in capsys.readouterr().out
     resolve_budget(SelectorConfig(budget_tokens=int(ctx.doc_lengths.sum())), ctx)
     assert "every document is selected" in capsys.readouterr().out
+
+
+class _Recording(FakeRewards):
+    """FakeRewards that logs every refresh and every scored batch with the step it was scored at."""
+
+    def __init__(self, labels):
+        super().__init__(labels)
+        self.events = []
+
+    def refresh(self, model, step):
+        super().refresh(model, step)
+        self.events.append(("refresh", step, model))
+
+    def rewards(self, doc_ids):
+        r = super().rewards(doc_ids)
+        self.events.append(("rewards", self.step, (np.asarray(doc_ids).copy(), r)))
+        return r
+
+
+@pytest.mark.parametrize("policy", ["quad", "multi-agent", "multi-agent+quad"])
+def test_every_stage_is_scored_by_the_model_refreshed_at_its_step(policy):
+    """Algorithm 1 line 7 / Quad's loop: rewards of the stage at step s come from the model at step s."""
+    ctx = make_ctx(4000)
+    ctx.rewards = rec = _Recording(ctx.labels)
+    cfg = SelectorConfig(policy=policy, update_every=4, budget_docs=300, samples_per_category=4,
+                         clusters_per_round=3, threshold_mode="quantile")
+    sel = build_selector(cfg, ctx)
+    sel.initial_selection()
+    for step in range(1, 13):
+        sel.on_step(step, f"model@{step}")
+    refreshes = [(s, m) for kind, s, m in rec.events if kind == "refresh"]
+    assert refreshes == [(4, "model@4"), (8, "model@8"), (12, "model@12")]
+    seen = None
+    for kind, s, _ in rec.events:
+        if kind == "refresh":
+            seen = s
+        else:  # no reward before the first refresh, each scored at the latest refresh's step
+            assert seen is not None and s == seen
+    assert {s for kind, s, _ in rec.events if kind == "rewards"} == {4, 8, 12}
+
+
+@pytest.mark.parametrize("q", [0.2, 0.8])
+def test_quad_quantile_threshold_keeps_the_docs_above_that_quantile_of_their_round(q):
+    ctx = make_ctx(4000)
+    ctx.rewards = rec = _Recording(ctx.labels)
+    cfg = SelectorConfig(policy="quad", update_every=5, budget_docs=200, samples_per_category=8,
+                         clusters_per_round=4, threshold_mode="quantile", threshold_quantile=q)
+    sel = build_selector(cfg, ctx)
+    sel.initial_selection()
+    assert sel.on_step(5, None)
+    rounds = [payload for kind, _, payload in rec.events if kind == "rewards"]
+    chosen = set(sel.selection().tolist())
+    assert len(rounds) > 2 and len(chosen) == 200
+    for i, (docs, r) in enumerate(rounds):  # a stage draws no doc twice, so each selected doc has one round
+        above = set(docs[r > np.quantile(r, q)].tolist())
+        if i < len(rounds) - 1:
+            assert chosen & set(docs.tolist()) == above, i
+        else:  # the last round is cut at the budget
+            assert chosen & set(docs.tolist()) <= above
