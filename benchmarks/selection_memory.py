@@ -62,10 +62,42 @@ def measure(store: TokenStore, lab: Labels, wide: bool) -> dict:
     return out
 
 
+def quad_stage(n: int, arm_docs: int, per_arm: int, seed: int) -> dict:
+    """One Quad round that plays every arm once (UCB's first pass) and draws ``per_arm`` docs of each, arms of
+    ``arm_docs`` documents (600M documents in 10k clusters: 60k): shuffled copies of every arm (before)
+    against StageDraws; bytes a document held and seconds."""
+    from thresher.agents.cells import StageDraws
+
+    n_arms = max(n // arm_docs, 1)
+    lab = Labels({"cluster": np.random.default_rng(seed).integers(0, n_arms, n).astype(np.int32)},
+                 {"cluster": [str(i) for i in range(n_arms)]})
+    index = build_cell_index(lab, ["cluster"], np.ones(n, np.int32))  # Quad's own index: one cell per arm
+    out = {}
+    for name in ("shuffled arms", "StageDraws"):
+        g = np.random.default_rng(seed)
+        tracemalloc.start()
+        t = time.perf_counter()
+        if name == "shuffled arms":
+            held = [g.permutation(gather_cells(index, index.cells_with("cluster", k), None)) for k in range(n_arms)]
+            drawn = [p[:per_arm] for p in held]
+        else:
+            held = StageDraws(index, "cluster")
+            drawn = [held.draw(k, per_arm, g) for k in range(n_arms)]
+        out[name] = (tracemalloc.get_traced_memory()[0] / n, time.perf_counter() - t)
+        tracemalloc.stop()
+        assert sum(map(len, drawn)) == per_arm * n_arms
+        del held, drawn
+    out["arms"] = n_arms
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=8_000_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-arm", type=int, default=1024, help="docs Quad draws from each arm in the measured round "
+                    "(max_samples_per_cluster's default)")
+    ap.add_argument("--arm-docs", type=int, default=60_000, help="docs per arm (600M docs in 10k clusters: 60k)")
     a = ap.parse_args()
     lab = labels(a.n, a.seed)
     with tempfile.TemporaryDirectory() as d:  # a store's offsets are all `lengths` reads
@@ -80,6 +112,11 @@ def main() -> None:
         ratio = f"{ours[k] / wide[k]:7.2f}" if wide[k] > 0.01 else "      -"
         print(f"{k:<20} {wide[k]:>15.2f} {ours[k]:>10.2f} {ratio}")
     print(f"{ours['cells']:,} cells; the cell index is 8 bytes per document (cell id, grouped order) plus ~56 per cell")
+    stage = quad_stage(a.n, a.arm_docs, a.per_arm, a.seed)
+    (old_b, old_s), (new_b, new_s) = stage["shuffled arms"], stage["StageDraws"]
+    print(f"Quad round over all {stage['arms']:,} arms of ~{a.arm_docs:,} docs, {a.per_arm} drawn from each: shuffled arms {old_b:.2f} bytes/doc "
+          f"{old_s:.2f} s, StageDraws {new_b:.2f} bytes/doc {new_s:.2f} s ({old_b / new_b:.0f}x less memory, "
+          f"{old_s / new_s:.1f}x faster)")
     with tempfile.TemporaryDirectory() as d:
         cached = measure_cached(lab, lens.astype(np.int32), Path(d))
     print(f"cached (data.cell_index_cache): each rank holds {cached['mapped held']:.2f} bytes per document of its own "

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from thresher.agents.base import Labels
-from thresher.agents.cells import build_cell_index, gather_cells
+from thresher.agents.cells import StageDraws, build_cell_index, gather_cells
 from thresher.agents.select import make_groups, select_gumbel, select_top_k
 from thresher.utils.errors import ThresherError
 
@@ -75,10 +75,55 @@ def test_gather_cells_keeps_the_index_dtype_when_asked():
         assert wide.dtype == np.int64 and narrow.dtype == np.int32
         np.testing.assert_array_equal(wide, np.concatenate([index.docs(c) for c in cells] or [np.zeros(0)]))
         np.testing.assert_array_equal(wide, narrow)
-    # Quad shuffles each arm's docs in the narrow dtype: numpy draws the same permutation for either
-    docs = gather_cells(index, np.arange(index.n_cells))
-    np.testing.assert_array_equal(np.random.default_rng(4).permutation(docs),
-                                  np.random.default_rng(4).permutation(docs.astype(np.int32)))
+
+
+@pytest.mark.parametrize("chunks", [[1, 5, 40, 3, 200, 1000], [300, 300, 300, 300]])
+def test_stage_draws_give_every_doc_of_an_arm_once(chunks):
+    """Quad's draws within a stage: only the arm's docs (over several cells), none twice, all of them in the
+    end."""
+    g = np.random.default_rng(5)
+    index = _index(g.integers(-1, 3, 3000), g.integers(0, 2, 3000), g.integers(1, 9, 3000))
+    for arm in range(3):
+        draws, got = StageDraws(index, "a"), []
+        want = np.sort(gather_cells(index, index.cells_with("a", arm)))
+        assert len(index.cells_with("a", arm)) > 1 and draws.size(arm) == len(want)
+        for m in chunks:
+            got.append(draws.draw(arm, m, g))
+            assert got[-1].dtype == np.int64 and len(got[-1]) == min(m, len(want) - sum(map(len, got[:-1])))
+        assert draws.draw(arm, 5, g).size == 0 and draws.drawn() == len(want)
+        np.testing.assert_array_equal(np.sort(np.concatenate(got)), want)
+
+
+@pytest.mark.parametrize("n", [40, 10])
+def test_stage_draws_are_uniform_and_in_random_order(n):
+    """After 2 docs are drawn, the next draw of 3 is a uniform ordered sample of the other n - 2: each doc
+    equally likely first, and equally likely included (chi-square against uniform)."""
+    from scipy.stats import chisquare
+
+    index = _index(np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, np.int64))
+    g = np.random.default_rng(11)
+    first, incl = np.zeros(n), np.zeros(n)
+    trials = 6000
+    for _ in range(trials):
+        draws = StageDraws(index, "a")
+        before = draws.draw(0, 2, g)
+        nxt = draws.draw(0, 3, g)
+        assert not set(before) & set(nxt)
+        free = np.setdiff1d(np.arange(n), before)  # the other n - 2 docs, relabelled 0..n-3
+        pos = np.searchsorted(free, nxt)
+        first[pos[0]] += 1
+        incl[pos] += 1
+    assert chisquare(first[: n - 2]).pvalue > 1e-3 and chisquare(incl[: n - 2]).pvalue > 1e-3
+
+
+def test_stage_draws_hold_only_what_was_drawn():
+    n = 1_000_000
+    index = _index(np.zeros(n, np.int64), np.arange(n) % 2, np.ones(n, np.int64))
+    draws = StageDraws(index, "a")
+    got = np.concatenate([draws.draw(0, 50, np.random.default_rng(i)) for i in range(4)])
+    assert len(np.unique(got)) == 200 == draws.drawn()
+    held = sum(t.nbytes for t in draws.taken.values()) + sum(c.nbytes + s.nbytes for c, s in draws._arm.values())
+    assert held < 4096  # a shuffled copy of the arm was 4 MB
 
 
 @settings(max_examples=150, deadline=None)

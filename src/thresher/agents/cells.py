@@ -275,3 +275,59 @@ def hypergeometric(counts: np.ndarray, n: int, g: np.random.Generator) -> np.nda
     if len(counts) == 1:
         return np.array([n], dtype=np.int64)
     return g.multivariate_hypergeometric(counts, n, method="marginals").astype(np.int64)
+
+
+class StageDraws:
+    """Documents of each arm (all docs whose ``column`` code is the arm) drawn uniformly without replacement
+    within one stage, each draw in random order, holding only what was drawn.
+
+    Quad used to shuffle a copy of every arm it touched (4 bytes a document of every touched arm per rank,
+    and a permutation of the whole pool per stage once UCB has played every arm); a stage draws only a
+    small part of an arm, so this keeps the drawn positions (O(drawn)) and maps uniform ranks among the free
+    positions to docs of the arm's slices of the (memory-mapped) index."""
+
+    def __init__(self, index: CellIndex, column: str) -> None:
+        self.index, self.column = index, column
+        self.taken: dict[int, np.ndarray] = {}  # arm -> sorted positions drawn this stage
+        self._arm: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # arm -> (its cells, their start positions)
+        self._empty = np.zeros(0, np.int64)
+
+    def drawn(self) -> int:
+        return int(sum(len(t) for t in self.taken.values()))
+
+    def size(self, arm: int) -> int:
+        return int(self._cells(arm)[1][-1])
+
+    def draw(self, arm: int, m: int, g: np.random.Generator) -> np.ndarray:
+        """``m`` docs of ``arm`` not drawn before in this stage (fewer if the arm runs out), int64 ids."""
+        n, taken = self.size(arm), self.taken.get(arm, self._empty)
+        m = min(int(m), n - len(taken))
+        if m <= 0:
+            return self._empty
+        # ranks among the arm's free positions, uniform without replacement in random order (numpy draws a
+        # small sample from a large range without a permutation of it), then rank j -> position: the j-th
+        # free position has every taken position t_i with t_i - i <= j before it
+        j = g.choice(n - len(taken), size=m, replace=False)
+        if len(taken):
+            pos = j + np.searchsorted(taken - np.arange(len(taken)), j, side="right")
+            self.taken[arm] = np.sort(np.concatenate([taken, pos]))
+        else:
+            pos = j
+            self.taken[arm] = np.sort(j)
+        return self._docs_at(arm, pos)
+
+    def _cells(self, arm: int) -> tuple[np.ndarray, np.ndarray]:
+        if arm not in self._arm:
+            cells = self.index.cells_with(self.column, arm)
+            starts = np.zeros(len(cells) + 1, np.int64)
+            np.cumsum(self.index.counts[cells], out=starts[1:])
+            self._arm[arm] = (cells, starts)
+        return self._arm[arm]
+
+    def _docs_at(self, arm: int, pos: np.ndarray) -> np.ndarray:
+        """Doc ids at positions ``pos`` of the arm's docs laid out cell after cell (gather_cells' order)."""
+        cells, starts = self._cells(arm)
+        if len(cells) == 1:  # Quad's own index: one cell per arm
+            return self.index.order[self.index.offsets[cells[0]] + pos].astype(np.int64)
+        which = np.searchsorted(starts, pos, side="right") - 1
+        return self.index.order[self.index.offsets[cells[which]] + (pos - starts[which])].astype(np.int64)

@@ -9,7 +9,7 @@ import numpy as np
 from thresher.agents.agent import Agent, CategoricalAgent, category_sizes, normalise_rewards
 from thresher.agents.bandit import BanditAgent, ClusterBandit, arm_sizes
 from thresher.agents.base import SelectionContext, Selector, budget_count, resolve_budget
-from thresher.agents.cells import CellIndex, build_cell_index, cached_cell_index, gather_cells
+from thresher.agents.cells import CellIndex, StageDraws, build_cell_index, cached_cell_index
 from thresher.agents.config import SelectorConfig
 from thresher.agents.console import AgentConsole
 from thresher.agents.presets import initial_weights, read_init_file
@@ -228,20 +228,20 @@ class QuadSelector(_StagedSelector):
 
     def _fill(self, step: int) -> np.ndarray:
         b = self.bandit
-        perm: dict[int, list] = {}  # arm -> [docs in random order, cursor]; no doc is drawn twice a stage
+        draws = StageDraws(self.index, self.cfg.bandit_column)  # no doc is drawn twice a stage
         left = b.sizes.copy()
         chosen, room = [], self.budget_tokens if self.budget_tokens is not None else self.budget_docs
         if self.cfg.quad_stage_tokens and step > 0 and self.budget_tokens is not None:
             room = min(room, int(self.cfg.quad_stage_tokens))
         rounds = 0
         if self.cfg.unvisited == "initial-visit" and b.counts.sum() == 0:
-            room = self._play(np.flatnonzero(left > 0), perm, left, chosen, room, initial=True)
+            room = self._play(np.flatnonzero(left > 0), draws, left, chosen, room, initial=True)
         while room > 0 and left.sum() > 0:
             arms = b.choose(self.g, left > 0)
-            room = self._play(arms, perm, left, chosen, room)
+            room = self._play(arms, draws, left, chosen, room)
             rounds += 1
         ids = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-        sampled = int(sum(p[1] for p in perm.values()))
+        sampled = draws.drawn()
         if len(ids) == 0 and sampled:  # every document scored, none above the threshold: never train on nothing
             raise ThresherError(
                 f"quad: none of the {sampled} documents scored at step {step} has a reward above selector.threshold = "
@@ -252,21 +252,16 @@ class QuadSelector(_StagedSelector):
                          "composition": composition(self.index, ids, self.categories), "rewards": self._provenance()})
         return ids
 
-    def _play(self, arms, perm, left, chosen, room, initial=False) -> int:
+    def _play(self, arms, draws: StageDraws, left, chosen, room, initial=False) -> int:
         """One round: sample each arm, score, update the bandit, keep docs above threshold."""
-        b, col = self.bandit, self.cfg.bandit_column
+        b = self.bandit
         docs, arm_of = [], []
         for a in arms.tolist():
-            if a not in perm:
-                # the arm's docs in the index's dtype (int32 below 2^31 docs): half of int64's memory
-                perm[a] = [self.g.permutation(gather_cells(self.index, self.index.cells_with(col, a), None)), 0]
             m = min(self.cfg.samples_per_category if initial else b.round_size(a), int(left[a]))
-            d, cur = perm[a]
-            docs.append(d[cur : cur + m])
-            perm[a][1] += m
+            docs.append(draws.draw(a, m, self.g))
             left[a] -= m
             arm_of.append(np.full(m, a, dtype=np.int64))
-        docs, arm_of = np.concatenate(docs).astype(np.int64), np.concatenate(arm_of)
+        docs, arm_of = np.concatenate(docs), np.concatenate(arm_of)
         r = normalise_rewards(self.ctx.rewards.rewards(docs), self.norm)
         b.observe(arm_of, r)
         thr = self.cfg.threshold if self.cfg.threshold_mode == "absolute" else np.quantile(r, self.cfg.threshold_quantile)
