@@ -16,8 +16,8 @@ from thresher import cli
 from thresher.agents.presets import read_init_file
 from thresher.config import save_run_config
 from thresher.experiments.demo import DemoConfig, _gather, run_config
-from thresher.experiments.regmix import (LinearFit, RegMixConfig, choose, cv_spearman, run_regmix, sample_mixtures,
-                                         token_shares)
+from thresher.experiments.regmix import (LinearFit, RegMixConfig, choose, cv_spearman, realised_mixture, run_regmix,
+                                         sample_mixtures, token_shares)
 from thresher.utils.io import read_json
 
 SHARES = np.array([0.4, 0.3, 0.2, 0.1, 0.0])  # the last category has no documents
@@ -110,6 +110,7 @@ def test_regmix_end_to_end_resumes_and_feeds_init_file(base, tmp_path, monkeypat
         log = [json.loads(x) for x in (tmp_path / f"rm/proxies/{row['proxy']}/selector_log.jsonl").open()]
         assert log[0]["policy"] == "static-mixture"
         assert log[0]["weights"] == pytest.approx([row["weights"][c] for c in cats])
+        assert row["realised"] == pytest.approx(realised_mixture(tmp_path / f"rm/proxies/{row['proxy']}", row["weights"]))
     assert len({tuple(r["weights"].values()) for r in result["proxies"]}) == 3
     # the init file is read_init_file's format and starts a multi-agent selector at those weights
     init = tmp_path / "rm" / "init_domain.json"
@@ -164,3 +165,16 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(base, tmp_path, monkeypatc
     code, err = _main(monkeypatch, capsys, "regmix", "--config", config, "--out", out)
     assert code == 2 and "pip install 'thresher[regmix]'" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_realised_mixture_cuts_what_the_pool_could_not_fill(tmp_path):
+    """A proxy asked for 0.5 / 0.3 / 0.2 of a token budget of 1000 and got 100 of its 500 tokens of a: it
+    trained on 0.1 / 0.3 / 0.2 of the budget, i.e. 1/6, 1/2, 1/3."""
+    row = {"step": 0, "policy": "static-mixture", "weights": [0.5, 0.3, 0.2],
+           "shortfall": {"a": {"target": 500, "selected": 100}}}
+    (tmp_path / "selector_log.jsonl").write_text(json.dumps(row) + "\n")
+    got = realised_mixture(tmp_path, {"a": 0.5, "b": 0.3, "c": 0.2})
+    assert got == pytest.approx({"a": 1 / 6, "b": 1 / 2, "c": 1 / 3})
+    del row["shortfall"]  # filled: the requested weights
+    (tmp_path / "selector_log.jsonl").write_text(json.dumps(row) + "\n")
+    assert realised_mixture(tmp_path, {"a": 0.5, "b": 0.3, "c": 0.2}) == pytest.approx({"a": 0.5, "b": 0.3, "c": 0.2})

@@ -36,7 +36,7 @@ class SelectorConfig:
     init: dict = field(default_factory=dict)
     init_file: Optional[str] = None  # JSON {column: spec}, e.g. RegMix weights (thresher regmix); init wins per key
     mixture: str = "slimpajama"  # static-mixture: a preset name (Table 4) ...
-    mixture_weights: dict = field(default_factory=dict)  # ... or {domain: weight}
+    mixture_weights: dict = field(default_factory=dict)  # ... or {domain: weight} (else init_file's weights for mixture_column, if it has them)
     mixture_column: str = "domain"  # the label column the mixture weights are over
     # Quad's cluster bandit
     bandit_column: str = "cluster"

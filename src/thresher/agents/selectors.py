@@ -291,8 +291,15 @@ class StaticMixtureSelector(_StagedSelector):
     def setup(self, ctx: SelectionContext) -> None:
         self._index(ctx, [self.cfg.mixture_column])
         cats = self.categories[self.cfg.mixture_column]
-        spec = self.cfg.mixture_weights or self.cfg.mixture
+        # mixture_weights, else the init file's weights for the mixture column (a RegMix fit), else the preset
+        from_file = read_init_file(self.cfg.init_file).get(self.cfg.mixture_column) if self.cfg.init_file else None
+        spec = self.cfg.mixture_weights or from_file or self.cfg.mixture
+        self.source = ("mixture_weights" if self.cfg.mixture_weights else
+                       f"init_file {self.cfg.init_file}" if from_file else f"preset {self.cfg.mixture}")
         self.weights = initial_weights(spec, cats, "mixture weights")
+        if self.cfg.init_file and not from_file and not self.cfg.mixture_weights:
+            print0(f"warning: static-mixture: init file {self.cfg.init_file} has no {self.cfg.mixture_column!r} "
+                   f"weights; using the preset {self.cfg.mixture!r}")
 
     def initial_selection(self) -> np.ndarray:
         g = rng(self.cfg.seed, "static-mixture")
@@ -307,7 +314,7 @@ class StaticMixtureSelector(_StagedSelector):
         ids = np.sort(np.concatenate(parts))
         short = self._shortfall(parts, shares)
         self._set_selection(ids)
-        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)),
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "weights_from": self.source,
                          "weights": self.weights.tolist(), "composition": composition(self.index, ids, self.categories),
                          **({"shortfall": short} if short else {})})
         return self._selection

@@ -20,6 +20,7 @@ Outputs in ``out``: ``init_<column>.json`` (the ``selector.init_file`` format), 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,9 @@ class RegMixConfig:
     concentration: list[float] = field(default_factory=lambda: [0.1, 5.0])  # [low, high] of c
     target: str = "mean"  # "mean" over the reference tasks of the final held-out loss, or one task's name
     regressor: str = "lightgbm"  # lightgbm | linear (least squares with an intercept)
+    # what the fit reads as a proxy's mixture: "realised" (the requested weights with every category the pool
+    # could not fill cut to what the proxy got, renormalised: what it trained on) or "requested"
+    fit_weights: str = "realised"
     cv_folds: int = 5  # folds of the cross-validated Spearman (at most one per proxy)
     n_candidates: int = 100_000  # fresh prior mixtures whose loss the fit predicts
     top_k: int = 100  # the result is the mean of the top_k candidates with the lowest predicted loss
@@ -61,6 +65,8 @@ class RegMixConfig:
         lo_hi = self.concentration
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise ThresherError(f"regmix.concentration = {lo_hi}: expected [low, high] with 0 < low <= high")
+        if self.fit_weights not in ("realised", "requested"):
+            raise ThresherError(f"regmix.fit_weights = {self.fit_weights!r}; choose realised or requested")
         if self.regressor not in ("lightgbm", "linear"):
             raise ThresherError(f"regmix.regressor = {self.regressor!r}; choose lightgbm or linear")
         if self.cv_folds < 2 or self.n_candidates < 1 or not 1 <= self.top_k <= self.n_candidates:
@@ -212,10 +218,23 @@ def train_proxies(cfg: RegMixConfig, base: RunConfig, cats: list[str], mixtures:
     for i, rc in enumerate(configs):
         run_dir = run_or_keep(rc, f"[regmix {i + 1}/{len(configs)}]", f"proxy {i}")
         ref = read_json(run_dir / SUMMARY)["ref_losses"]
-        rows.append({"proxy": i, "weights": rc.selector.mixture_weights, "ref_losses": ref,
+        rows.append({"proxy": i, "weights": rc.selector.mixture_weights,
+                     "realised": realised_mixture(run_dir, rc.selector.mixture_weights), "ref_losses": ref,
                      "loss": target_loss(ref, cfg.target)})
         atomic_write_jsonl(Path(cfg.out) / "proxies.jsonl", rows)
     return rows
+
+
+def realised_mixture(run_dir: Path, requested: dict[str, float]) -> dict[str, float]:
+    """The mixture a proxy trained on: the requested weights, every category its pool could not fill cut by
+    the fraction it got (the static mixture's logged shortfall, in its budget's unit), renormalised."""
+    log = Path(run_dir) / "selector_log.jsonl"
+    with log.open() as f:
+        short = json.loads(f.readline()).get("shortfall", {})
+    got = {c: w * (short[c]["selected"] / short[c]["target"] if c in short and short[c]["target"] else 1.0)
+           for c, w in requested.items()}
+    total = sum(got.values())
+    return {c: v / total for c, v in got.items()} if total > 0 else dict(requested)
 
 
 def run_regmix(cfg: RegMixConfig, base: RunConfig) -> dict:
@@ -228,7 +247,8 @@ def run_regmix(cfg: RegMixConfig, base: RunConfig) -> dict:
     mixtures = np.vstack([sample_mixtures(shares, 1, cfg.concentration, cfg.seed, f"proxy-{i}")
                           for i in range(cfg.n_proxies)])
     rows = train_proxies(cfg, base, cats, mixtures)
-    X = np.array([[r["weights"][c] for c in cats] for r in rows])
+    key = "realised" if cfg.fit_weights == "realised" else "weights"
+    X = np.array([[r[key][c] for c in cats] for r in rows])
     y = np.array([r["loss"] for r in rows])
     w, info = choose(X, y, shares, cfg)
     weights = dict(zip(cats, w.tolist()))
@@ -251,7 +271,9 @@ def _markdown(r: dict) -> str:
     lines = [f"# RegMix weights for `{s['column']}`", "",
              f"{len(r['proxies'])} proxies ({s['model']}, {s['steps']} steps), target: {s['target']} reference "
              f"loss, {s['regressor']} fit, {r['cv_folds']}-fold CV Spearman {_fmt(r['cv_spearman'])}; "
-             f"mean of the top {s['top_k']} of {s['n_candidates']} prior candidates.", "",
+             f"mean of the top {s['top_k']} of {s['n_candidates']} prior candidates; fit on the {s['fit_weights']} "
+             f"mixtures ({sum(p['realised'] != p['weights'] for p in r['proxies'])} proxies got less of a category "
+             "than requested).", "",
              f"Best proxy loss {r['best_proxy_loss']:.4f}; predicted loss of the chosen mixture "
              f"{r['predicted_loss_chosen']:.4f}.", "",
              "| category | token share | RegMix weight |", "|---|---:|---:|"]
