@@ -109,3 +109,21 @@ def test_experiment_keys_are_named_with_their_dots():
         load_experiment(None, ["experiment.seed=1"])
     with pytest.raises(ThresherError, match=r"^config key experiment.seeds\[0\] = 'a': expected an integer$"):
         load_experiment(None, ['experiment.seeds=["a"]'])
+
+
+def test_synthetic_config_runs_what_the_demo_runs(monkeypatch):
+    """README: `thresher train --config configs/synthetic.toml` runs a policy on the demo's data; its
+    selector, influence and train settings are the demo's (the budget: a quarter of the seed-0 world)."""
+    import types
+
+    import thresher.corpus.store as store_module
+    from thresher.experiments.demo import DemoConfig, run_config
+    from thresher.utils.tomlio import differences, to_dict
+
+    monkeypatch.setattr(store_module.TokenStore, "open", staticmethod(lambda p: types.SimpleNamespace(n_tokens=3_039_772)))
+    demo = run_config(DemoConfig(), "multi-agent", {"reference": {}}, Path("s"), Path("l"), Path("o"))
+    ours = load_run_config(next(p for p in CONFIGS if p.stem == "synthetic"))
+    assert abs(ours.selector.budget_tokens / demo.selector.budget_tokens - 1) < 1e-3
+    demo.selector.budget_tokens = ours.selector.budget_tokens
+    for section in ("selector", "influence", "train"):
+        assert differences(to_dict(ours)[section], to_dict(demo)[section], f"{section}.") == []
