@@ -115,8 +115,8 @@ def main() -> None:
     stage = quad_stage(a.n, a.arm_docs, a.per_arm, a.seed)
     (old_b, old_s), (new_b, new_s) = stage["shuffled arms"], stage["StageDraws"]
     print(f"Quad round over all {stage['arms']:,} arms of ~{a.arm_docs:,} docs, {a.per_arm} drawn from each: shuffled arms {old_b:.2f} bytes/doc "
-          f"{old_s:.2f} s, StageDraws {new_b:.2f} bytes/doc {new_s:.2f} s ({old_b / new_b:.0f}x less memory, "
-          f"{old_s / new_s:.1f}x faster)")
+          f"{old_s:.2f} s, StageDraws {new_b:.2f} bytes/doc {new_s:.2f} s (memory x{new_b / old_b:.2f}, "
+          f"time x{new_s / old_s:.2f})")
     with tempfile.TemporaryDirectory() as d:
         cached = measure_cached(lab, lens.astype(np.int32), Path(d))
     print(f"cached (data.cell_index_cache): each rank holds {cached['mapped held']:.2f} bytes per document of its own "

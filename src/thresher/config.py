@@ -40,8 +40,9 @@ class DataConfig:
     reference_max_examples: int = 512  # per task, before the split: a seeded uniform sample of a larger file
     influence_fit_docs: int = 256  # pool documents sampled to fit K-FAC/EK-FAC factors
     # folder for the selectors' cell index (8 bytes per document), memory-mapped: built once per node and
-    # shared by its torchrun ranks, reused on resume and by runs pointing at the same folder; "" is
-    # <out>/cache, "memory" builds it in each process's memory instead
+    # shared by its torchrun ranks, reused on resume and by every run using the same folder; "" is
+    # <labels>/cache (<out>/cache if the label table's folder is read-only), "memory" builds it in each
+    # process's memory instead
     cell_index_cache: str = ""
 
     def validate(self) -> None:

@@ -71,7 +71,7 @@ def test_other_ranks_wait_for_local_rank_0_and_map_its_index(tmp_path):
 
 
 def _rank_worker(local_rank: int, cache: str, out: str) -> None:
-    os.environ["LOCAL_RANK"] = str(local_rank)
+    os.environ.update(LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE="3")
     from agents_helpers import make_ctx as ctx_of
 
     from thresher.agents import cells as c
@@ -99,6 +99,16 @@ def test_processes_of_one_node_build_once_from_the_torchrun_environment(tmp_path
     assert len(list((tmp_path / "cache").iterdir())) == 1  # one folder, no temporary left over
 
 
+def test_a_lone_process_with_an_inherited_local_rank_builds_instead_of_waiting(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    ctx = make_ctx(300)
+    cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path, wait_s=0.1)  # would time out waiting
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ThresherError, match="local rank 0"):
+        cached_cell_index(ctx.labels, ["domain"], ctx.doc_lengths, tmp_path, wait_s=0.1)
+
+
 def test_a_second_publisher_keeps_the_first_copy_and_bad_caches_are_one_line_errors(tmp_path):
     ctx = make_ctx(800)
     index = build_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths)
@@ -112,6 +122,9 @@ def test_a_second_publisher_keeps_the_first_copy_and_bad_caches_are_one_line_err
     (folder / "order.npy").write_bytes(b"not an array")
     with pytest.raises(ThresherError, match="unreadable.*delete that folder"):
         load_cell_index(folder)
+    (folder / "meta.json").unlink()  # a folder left incomplete by hand
+    with pytest.raises(ThresherError, match="incomplete.*delete that folder"):
+        save_cell_index(index, folder)
 
 
 def _trajectory(policy: str, cache) -> list[np.ndarray]:

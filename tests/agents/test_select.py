@@ -94,26 +94,25 @@ def test_stage_draws_give_every_doc_of_an_arm_once(chunks):
         np.testing.assert_array_equal(np.sort(np.concatenate(got)), want)
 
 
-@pytest.mark.parametrize("n", [40, 10])
-def test_stage_draws_are_uniform_and_in_random_order(n):
-    """After 2 docs are drawn, the next draw of 3 is a uniform ordered sample of the other n - 2: each doc
+@pytest.mark.parametrize("n, first_m, then_m", [(500, 2, 3), (500, 8, 20), (10, 2, 3)])  # sparse, sparse -> dense, dense
+def test_stage_draws_are_uniform_and_in_random_order(n, first_m, then_m):
+    """After ``first_m`` docs are drawn, the next draw is a uniform ordered sample of the other docs: each
     equally likely first, and equally likely included (chi-square against uniform)."""
     from scipy.stats import chisquare
 
     index = _index(np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones(n, np.int64))
     g = np.random.default_rng(11)
-    first, incl = np.zeros(n), np.zeros(n)
-    trials = 6000
-    for _ in range(trials):
+    first, incl = np.zeros(n - first_m), np.zeros(n - first_m)
+    for _ in range(6000):
         draws = StageDraws(index, "a")
-        before = draws.draw(0, 2, g)
-        nxt = draws.draw(0, 3, g)
-        assert not set(before) & set(nxt)
-        free = np.setdiff1d(np.arange(n), before)  # the other n - 2 docs, relabelled 0..n-3
-        pos = np.searchsorted(free, nxt)
+        before = draws.draw(0, first_m, g)
+        nxt = draws.draw(0, then_m, g)
+        assert not set(before) & set(nxt) and draws.drawn() == first_m + then_m
+        pos = np.searchsorted(np.setdiff1d(np.arange(n), before), nxt)  # the other docs, relabelled
         first[pos[0]] += 1
         incl[pos] += 1
-    assert chisquare(first[: n - 2]).pvalue > 1e-3 and chisquare(incl[: n - 2]).pvalue > 1e-3
+    assert (0 in draws.dense) == (first_m + then_m > StageDraws.DENSE_SHARE * n)
+    assert chisquare(first).pvalue > 1e-3 and chisquare(incl).pvalue > 1e-3
 
 
 def test_stage_draws_hold_only_what_was_drawn():
@@ -123,7 +122,11 @@ def test_stage_draws_hold_only_what_was_drawn():
     got = np.concatenate([draws.draw(0, 50, np.random.default_rng(i)) for i in range(4)])
     assert len(np.unique(got)) == 200 == draws.drawn()
     held = sum(t.nbytes for t in draws.taken.values()) + sum(c.nbytes + s.nbytes for c, s in draws._arm.values())
-    assert held < 4096  # a shuffled copy of the arm was 4 MB
+    assert held < 4096 and not draws.dense  # a shuffled copy of the arm was 4 MB
+    # drawn to exhaustion: one shuffled copy of the free positions, then slices of it (no re-sort per draw)
+    rest = [draws.draw(0, 100_000, np.random.default_rng(9)) for _ in range(12)]
+    assert 0 in draws.dense and draws.drawn() == n and rest[-1].size == 0  # the arm spans both b cells
+    assert len(np.unique(np.concatenate([got, *rest]))) == n
 
 
 @settings(max_examples=150, deadline=None)

@@ -115,15 +115,22 @@ def test_static_mixture_follows_preset_and_init_file(tmp_path):
     sel = build_selector(SelectorConfig(policy="domain", init_file=str(f), budget_docs=10),
                          make_ctx(500, rewards=FakeRewards(make_ctx(500).labels)))
     np.testing.assert_allclose(sel.console.agents[0].weights, [0, 0, 0.75, 0, 0, 0, 0.25])
-    # static-mixture trains the init file's mixture (a RegMix fit); mixture_weights win over it
-    sel, first, _ = _run(SelectorConfig(policy="static-mixture", init_file=str(f), budget_docs=1000), 0, ctx=ctx)
+    # static-mixture trains the init file's mixture (a RegMix fit) when asked (mixture = "init"); selector.init
+    # wins over the file, mixture_weights over both; without "init" the file does not change the preset
+    sel, first, _ = _run(SelectorConfig(policy="static-mixture", mixture="init", init_file=str(f), budget_docs=1000), 0, ctx=ctx)
     counts = np.bincount(ctx.labels.codes["domain"][first], minlength=7)
     assert counts[DOMAINS.index("Wikipedia")] == 750 and counts[DOMAINS.index("C4")] == 250 and counts.sum() == 1000
     assert sel.log[0]["weights_from"] == f"init_file {f}"
-    sel, _, _ = _run(SelectorConfig(policy="static-mixture", init_file=str(f), mixture_weights={"GitHub": 1},
+    sel, _, _ = _run(SelectorConfig(policy="static-mixture", mixture="init", init_file=str(f), budget_docs=100,
+                                    init={"domain": {"GitHub": 1}}), 0, ctx=ctx)
+    assert sel.weights[DOMAINS.index("GitHub")] == 1 and sel.log[0]["weights_from"] == "init"
+    sel, _, _ = _run(SelectorConfig(policy="static-mixture", mixture="init", init_file=str(f), mixture_weights={"ArXiv": 1},
                                     budget_docs=100), 0, ctx=ctx)
-    assert sel.weights[DOMAINS.index("GitHub")] == 1 and sel.log[0]["weights_from"] == "mixture_weights"
-
+    assert sel.weights[DOMAINS.index("ArXiv")] == 1 and sel.log[0]["weights_from"] == "mixture_weights"
+    sel, _, _ = _run(SelectorConfig(policy="static-mixture", mixture="doge", init_file=str(f), budget_docs=100), 0, ctx=ctx)
+    assert sel.log[0]["weights_from"] == "preset doge"
+    with pytest.raises(ThresherError, match="mixture = 'init' takes the initial weights of 'domain'"):
+        _run(SelectorConfig(policy="static-mixture", mixture="init", budget_docs=100), 0, ctx=ctx)
 
 
 def test_a_table_4_preset_on_other_domains_names_slimpajama_and_the_categories():

@@ -18,6 +18,7 @@ from thresher.config import save_run_config
 from thresher.experiments.demo import DemoConfig, _gather, run_config
 from thresher.experiments.regmix import (LinearFit, RegMixConfig, choose, cv_spearman, realised_mixture, run_regmix,
                                          sample_mixtures, token_shares)
+from thresher.utils.errors import ThresherError
 from thresher.utils.io import read_json
 
 SHARES = np.array([0.4, 0.3, 0.2, 0.1, 0.0])  # the last category has no documents
@@ -177,4 +178,8 @@ def test_realised_mixture_cuts_what_the_pool_could_not_fill(tmp_path):
     assert got == pytest.approx({"a": 1 / 6, "b": 1 / 2, "c": 1 / 3})
     del row["shortfall"]  # filled: the requested weights
     (tmp_path / "selector_log.jsonl").write_text(json.dumps(row) + "\n")
-    assert realised_mixture(tmp_path, {"a": 0.5, "b": 0.3, "c": 0.2}) == pytest.approx({"a": 0.5, "b": 0.3, "c": 0.2})
+    requested = {"a": 0.5, "b": 0.3, "c": 0.2}
+    assert realised_mixture(tmp_path, requested) == requested  # exactly: results.md counts the proxies that differ
+    (tmp_path / "selector_log.jsonl").write_text("")
+    with pytest.raises(ThresherError, match="no readable selector_log.jsonl; delete that proxy folder"):
+        realised_mixture(tmp_path, requested)

@@ -122,14 +122,21 @@ def save_cell_index(index: CellIndex, folder: str | os.PathLike) -> Path:
     tmp.mkdir()
     try:
         for name in _PER_DOC + _PER_CELL:
-            np.save(tmp / f"{name}.npy", getattr(index, name))
+            with open(tmp / f"{name}.npy", "wb") as f:
+                np.save(f, getattr(index, name))
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename publishes the folder
         meta = {"version": CACHE_VERSION, "columns": index.columns, "n_docs": index.n_docs, "n_cells": index.n_cells}
-        (tmp / "meta.json").write_text(json.dumps(meta))  # last: a folder with meta.json is complete
+        with open(tmp / "meta.json", "w") as f:  # last: a folder with meta.json is complete
+            f.write(json.dumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
         try:
             os.rename(tmp, folder)
         except OSError:
             if not (folder / "meta.json").is_file():
-                raise
+                raise ThresherError(f"cell index cache {folder} exists but is incomplete (no meta.json); "
+                                    "delete that folder (when no run uses it) to rebuild it") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
@@ -158,13 +165,17 @@ def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarra
                       local_rank: int | None = None, wait_s: float = 3600.0) -> CellIndex:
     """``build_cell_index`` through a folder of ``cache_dir`` named by ``cell_index_key``, memory-mapped.
 
-    Under torchrun (``LOCAL_RANK`` set) the node's local rank 0 builds and publishes the folder and the other
-    ranks wait for it (at most ``wait_s``), so a node builds the index once and holds its per-document
-    arrays once in the page cache. Runs before the process group exists: it needs no collective."""
+    Under torchrun (``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` > 1 set) the node's local rank 0 builds and
+    publishes the folder and the other ranks wait for it (at most ``wait_s``), so a node builds the index
+    once and holds its per-document arrays once in the page cache. Runs before the process group exists: it
+    needs no collective. Without torchrun's variables (srun, mpirun) every process builds and publishes; the
+    first folder wins and all of them map it."""
     key = cell_index_key(labels, columns, doc_lengths)
     folder = Path(cache_dir) / f"cells-{key}"
     if not (folder / "meta.json").is_file():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+        if local_rank is None:
+            alone = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1  # a lone process never waits
+            local_rank = 0 if alone else int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank == 0:
             if len(doc_lengths) >= 1_000_000:
                 print0(f"building the cell index of {len(doc_lengths):,} documents over {', '.join(columns)} -> {folder}")
@@ -279,41 +290,60 @@ def hypergeometric(counts: np.ndarray, n: int, g: np.random.Generator) -> np.nda
 
 class StageDraws:
     """Documents of each arm (all docs whose ``column`` code is the arm) drawn uniformly without replacement
-    within one stage, each draw in random order, holding only what was drawn.
+    within one stage, each draw in random order.
 
     Quad used to shuffle a copy of every arm it touched (4 bytes a document of every touched arm per rank,
-    and a permutation of the whole pool per stage once UCB has played every arm); a stage draws only a
-    small part of an arm, so this keeps the drawn positions (O(drawn)) and maps uniform ranks among the free
-    positions to docs of the arm's slices of the (memory-mapped) index."""
+    and a permutation of the whole pool per stage once UCB has played every arm), though a stage usually
+    draws a small part of an arm. Here an arm starts *sparse*: it keeps the positions drawn so far and maps
+    uniform ranks among the free positions to positions (``Generator.choice`` draws fewer than 1/50 of a
+    large range without materialising it). Once the arm's drawn share would pass ``DENSE_SHARE``, it turns
+    *dense*: one shuffled copy of its free positions (int32 below 2^31), read with a cursor, as before; so
+    an arm drawn to exhaustion costs what the shuffle cost, not a re-sort per draw."""
+
+    DENSE_SHARE = 1 / 50
 
     def __init__(self, index: CellIndex, column: str) -> None:
         self.index, self.column = index, column
-        self.taken: dict[int, np.ndarray] = {}  # arm -> sorted positions drawn this stage
+        self.taken: dict[int, np.ndarray] = {}  # sparse arm -> sorted positions drawn this stage
+        self.dense: dict[int, list] = {}  # dense arm -> [free positions in random order, cursor]
         self._arm: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # arm -> (its cells, their start positions)
         self._empty = np.zeros(0, np.int64)
 
     def drawn(self) -> int:
-        return int(sum(len(t) for t in self.taken.values()))
+        return (int(sum(len(t) for t in self.taken.values()))
+                + int(sum(self.size(a) - len(p) + cur for a, (p, cur) in self.dense.items())))
 
     def size(self, arm: int) -> int:
         return int(self._cells(arm)[1][-1])
 
     def draw(self, arm: int, m: int, g: np.random.Generator) -> np.ndarray:
         """``m`` docs of ``arm`` not drawn before in this stage (fewer if the arm runs out), int64 ids."""
-        n, taken = self.size(arm), self.taken.get(arm, self._empty)
-        m = min(int(m), n - len(taken))
-        if m <= 0:
-            return self._empty
-        # ranks among the arm's free positions, uniform without replacement in random order (numpy draws a
-        # small sample from a large range without a permutation of it), then rank j -> position: the j-th
-        # free position has every taken position t_i with t_i - i <= j before it
-        j = g.choice(n - len(taken), size=m, replace=False)
-        if len(taken):
-            pos = j + np.searchsorted(taken - np.arange(len(taken)), j, side="right")
-            self.taken[arm] = np.sort(np.concatenate([taken, pos]))
-        else:
-            pos = j
-            self.taken[arm] = np.sort(j)
+        n = self.size(arm)
+        if arm not in self.dense:
+            taken = self.taken.get(arm, self._empty)
+            m = min(int(m), n - len(taken))
+            if m <= 0:
+                return self._empty
+            if len(taken) + m <= self.DENSE_SHARE * n:
+                # ranks among the free positions, then rank j -> position: the j-th free position has every
+                # taken position t_i with t_i - i <= j before it
+                j = g.choice(n - len(taken), size=m, replace=False)
+                pos = j + np.searchsorted(taken - np.arange(len(taken)), j, side="right") if len(taken) else j
+                self.taken[arm] = np.sort(np.concatenate([taken, pos]))
+                return self._docs_at(arm, pos)
+            idx = np.int32 if n < 2**31 else np.int64
+            if len(taken):
+                free = np.ones(n, dtype=bool)
+                free[taken] = False
+                perm = np.flatnonzero(free).astype(idx)
+            else:
+                perm = np.arange(n, dtype=idx)
+            g.shuffle(perm)
+            self.dense[arm] = [perm, 0]
+            self.taken.pop(arm, None)
+        perm, cur = self.dense[arm]
+        pos = perm[cur : cur + int(m)].astype(np.int64)
+        self.dense[arm][1] = cur + len(pos)
         return self._docs_at(arm, pos)
 
     def _cells(self, arm: int) -> tuple[np.ndarray, np.ndarray]:

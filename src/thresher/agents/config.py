@@ -35,8 +35,10 @@ class SelectorConfig:
     # initial agent weights: {column: "uniform" | preset name | {category: weight}}; file: same JSON
     init: dict = field(default_factory=dict)
     init_file: Optional[str] = None  # JSON {column: spec}, e.g. RegMix weights (thresher regmix); init wins per key
-    mixture: str = "slimpajama"  # static-mixture: a preset name (Table 4) ...
-    mixture_weights: dict = field(default_factory=dict)  # ... or {domain: weight} (else init_file's weights for mixture_column, if it has them)
+    # static-mixture: a preset name (Table 4), or "init": the initial weights of mixture_column (selector.init,
+    # else init_file, e.g. a RegMix fit) ...
+    mixture: str = "slimpajama"
+    mixture_weights: dict = field(default_factory=dict)  # ... or {domain: weight} (wins over mixture)
     mixture_column: str = "domain"  # the label column the mixture weights are over
     # Quad's cluster bandit
     bandit_column: str = "cluster"

@@ -291,15 +291,19 @@ class StaticMixtureSelector(_StagedSelector):
     def setup(self, ctx: SelectionContext) -> None:
         self._index(ctx, [self.cfg.mixture_column])
         cats = self.categories[self.cfg.mixture_column]
-        # mixture_weights, else the init file's weights for the mixture column (a RegMix fit), else the preset
-        from_file = read_init_file(self.cfg.init_file).get(self.cfg.mixture_column) if self.cfg.init_file else None
-        spec = self.cfg.mixture_weights or from_file or self.cfg.mixture
-        self.source = ("mixture_weights" if self.cfg.mixture_weights else
-                       f"init_file {self.cfg.init_file}" if from_file else f"preset {self.cfg.mixture}")
+        col, source = self.cfg.mixture_column, f"preset {self.cfg.mixture}"
+        spec = self.cfg.mixture_weights or self.cfg.mixture
+        if self.cfg.mixture_weights:
+            source = "mixture_weights"
+        elif self.cfg.mixture == "init":  # the agents' initial weights for the column: init wins over init_file
+            specs = {**(read_init_file(self.cfg.init_file) if self.cfg.init_file else {}), **self.cfg.init}
+            if col not in specs:
+                raise ThresherError(f"selector.mixture = 'init' takes the initial weights of {col!r} from selector.init "
+                                    f"or selector.init_file, and neither has them (init_file: {self.cfg.init_file or 'unset'})")
+            spec = specs[col]
+            source = "init" if col in self.cfg.init else f"init_file {self.cfg.init_file}"
+        self.source = source
         self.weights = initial_weights(spec, cats, "mixture weights")
-        if self.cfg.init_file and not from_file and not self.cfg.mixture_weights:
-            print0(f"warning: static-mixture: init file {self.cfg.init_file} has no {self.cfg.mixture_column!r} "
-                   f"weights; using the preset {self.cfg.mixture!r}")
 
     def initial_selection(self) -> np.ndarray:
         g = rng(self.cfg.seed, "static-mixture")

@@ -229,8 +229,15 @@ def realised_mixture(run_dir: Path, requested: dict[str, float]) -> dict[str, fl
     """The mixture a proxy trained on: the requested weights, every category its pool could not fill cut by
     the fraction it got (the static mixture's logged shortfall, in its budget's unit), renormalised."""
     log = Path(run_dir) / "selector_log.jsonl"
-    with log.open() as f:
-        short = json.loads(f.readline()).get("shortfall", {})
+    try:
+        with log.open() as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        raise ThresherError(f"proxy {run_dir} has no readable selector_log.jsonl; delete that proxy folder to "
+                            "retrain it") from None
+    short = first.get("shortfall", {})
+    if not short:  # filled: exactly the requested weights
+        return dict(requested)
     got = {c: w * (short[c]["selected"] / short[c]["target"] if c in short and short[c]["target"] else 1.0)
            for c, w in requested.items()}
     total = sum(got.values())

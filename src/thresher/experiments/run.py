@@ -8,6 +8,7 @@ checkpoints/, final/ (a Hugging Face model folder).
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +157,15 @@ def build_run(cfg: RunConfig):
 
 
 def cell_index_cache(cfg: RunConfig) -> str | None:
-    """Where the run's selector keeps its memory-mapped cell index (None: in memory)."""
+    """Where the run's selector keeps its memory-mapped cell index (None: in memory): ``data.cell_index_cache``,
+    else ``<label table>/cache`` (shared by every run, seed and proxy over those labels), else, when the label
+    table's folder is read-only, ``<out>/cache``."""
     where = cfg.data.cell_index_cache
-    return None if where == "memory" else where or str(Path(cfg.out) / "cache")
+    if where == "memory":
+        return None
+    if where:
+        return where
+    return str(Path(cfg.data.labels) / "cache") if os.access(cfg.data.labels, os.W_OK) else str(Path(cfg.out) / "cache")
 
 
 def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
