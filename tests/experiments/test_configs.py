@@ -113,7 +113,7 @@ def test_experiment_keys_are_named_with_their_dots():
 
 def test_synthetic_config_runs_what_the_demo_runs(monkeypatch):
     """README: `thresher train --config configs/synthetic.toml` runs a policy on the demo's data; its
-    selector, influence and train settings are the demo's (the budget: a quarter of the seed-0 world)."""
+    selector, influence and train settings are the demo's (the budget: a quarter of the seed-0 world's tokens)."""
     import types
 
     import thresher.corpus.store as store_module
@@ -123,7 +123,5 @@ def test_synthetic_config_runs_what_the_demo_runs(monkeypatch):
     monkeypatch.setattr(store_module.TokenStore, "open", staticmethod(lambda p: types.SimpleNamespace(n_tokens=3_039_772)))
     demo = run_config(DemoConfig(), "multi-agent", {"reference": {}}, Path("s"), Path("l"), Path("o"))
     ours = load_run_config(next(p for p in CONFIGS if p.stem == "synthetic"))
-    assert abs(ours.selector.budget_tokens / demo.selector.budget_tokens - 1) < 1e-3
-    demo.selector.budget_tokens = ours.selector.budget_tokens
     for section in ("selector", "influence", "train"):
         assert differences(to_dict(ours)[section], to_dict(demo)[section], f"{section}.") == []
