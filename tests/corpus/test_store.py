@@ -75,3 +75,41 @@ def test_fingerprint_follows_the_documents_not_the_path(store, tmp_path):
     reordered = TokenStore(other, store.meta)
     assert (reordered.n_docs, reordered.n_tokens) == (store.n_docs, store.n_tokens)
     assert reordered.fingerprint != store.fingerprint
+
+
+def test_lengths_are_a_read_only_memmap_written_by_ingest(store):
+    """Every process maps lengths.npy (the ranks of a node share its pages) instead of holding 4 bytes a
+    document each."""
+    assert (store.path / "lengths.npy").is_file()
+    fresh = TokenStore.open(store.path)
+    assert isinstance(fresh.lengths, np.memmap) and fresh.lengths.dtype == np.int32
+    np.testing.assert_array_equal(fresh.lengths, np.diff(store.offsets))
+    with pytest.raises(ValueError, match="read-only"):
+        fresh.lengths[0] = 1
+
+
+def test_a_store_without_lengths_gets_them_and_a_wrong_file_is_replaced(store, tmp_path, monkeypatch):
+    import shutil
+
+    import thresher.corpus.store as store_module
+
+    old = tmp_path / "old"
+    shutil.copytree(store.path, old)
+    (old / "lengths.npy").unlink()  # a store ingested before lengths.npy existed
+    want = np.diff(store.offsets)
+    np.testing.assert_array_equal(TokenStore.open(old).lengths, want)
+    assert (old / "lengths.npy").is_file() and isinstance(TokenStore.open(old).lengths, np.memmap)
+    np.save(old / "lengths.npy", want[::-1].astype(np.int32))  # another store's (same count, other order)
+    np.testing.assert_array_equal(TokenStore.open(old).lengths, want)
+    np.testing.assert_array_equal(np.load(old / "lengths.npy"), want)  # rewritten
+    (old / "lengths.npy").write_bytes(b"garbage")
+    np.testing.assert_array_equal(TokenStore.open(old).lengths, want)
+    (old / "lengths.npy").unlink()  # a read-only store: computed in memory, nothing written
+
+    def refuse(path, lengths):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(store_module, "write_lengths", refuse)
+    got = TokenStore.open(old).lengths
+    np.testing.assert_array_equal(got, want)
+    assert not isinstance(got, np.memmap) and not (old / "lengths.npy").exists()

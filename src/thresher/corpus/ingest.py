@@ -31,13 +31,14 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from thresher.corpus.readers import REASONS, Doc, Excluded, is_shard, iter_records, shard_format
-from thresher.corpus.store import RESERVED_COLUMNS, STORE_VERSION, token_dtype
+from thresher.corpus.store import RESERVED_COLUMNS, STORE_VERSION, lengths_from_offsets, token_dtype, write_lengths
 from thresher.corpus.tokenizer import load_tokenizer, special_ids, tokenizer_sha256, vocab_size
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from thresher.utils.log import print0, progress
 
-STORE_FILES = ("store.json", "tokens.bin", "offsets.npy", "docs.parquet", "tokenizer.json", "exclusions.jsonl", "stats.json")
+STORE_FILES = ("store.json", "tokens.bin", "offsets.npy", "lengths.npy", "docs.parquet", "tokenizer.json",
+               "exclusions.jsonl", "stats.json")
 
 
 def ingest(
@@ -412,6 +413,7 @@ def merge_parts(out: Path, tasks: list[ShardTask], settings: dict, tok) -> dict:
     _concat_files([p / "exclusions.jsonl" for p in parts], out / "exclusions.jsonl")
     with atomic_path(out / "offsets.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    write_lengths(out / "lengths.npy", lengths_from_offsets(np.load(out / "offsets.npy", mmap_mode="r")))
     nulls = _merge_docs([p / "docs.parquet" for p in parts], [t.shard for t in tasks], out / "docs.parquet",
                         list(settings["field_map"]))
     for col in [c for c, n in nulls.items() if n == n_docs]:

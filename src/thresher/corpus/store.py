@@ -5,6 +5,9 @@ Layout of a store folder (written by ``thresher.corpus.ingest``):
   tokens.bin        every document's tokens back to back, one flat array: uint16 when
                     vocab_size <= 65535, else uint32. No EOS between documents (the trainer adds it).
   offsets.npy       int64 (n_docs + 1,): document i is tokens[offsets[i]:offsets[i+1]]
+  lengths.npy       int32 (n_docs,) tokens per document (int64 if one has 2^31 or more): memory-mapped by
+                    every process, so the ranks of a node share it (a store without it, ingested
+                    before it existed, gets it written on first use where the folder is writable)
   docs.parquet      one row per document, in doc_id order: doc_id int64 (0..N-1), source_shard str,
                     source_index int64 (record index in that shard), source_id str|null,
                     n_tokens int64, then the mapped metadata columns
@@ -83,12 +86,35 @@ class TokenStore:
 
     @cached_property
     def lengths(self) -> np.ndarray:
-        """(n_docs,) tokens per document: int32 (4 bytes a document, held by every torchrun rank; a
-        sum or cumsum of it is int64 in numpy), int64 only for a document of 2^31 tokens or more."""
-        lengths = np.diff(np.asarray(self.offsets))
-        if lengths.size and lengths.max() >= 2**31:
+        """(n_docs,) tokens per document: int32 (a sum or cumsum of it is int64 in numpy), int64 only for a
+        document of 2^31 tokens or more. Memory-mapped from ``lengths.npy`` (read-only, shared by the
+        processes of a machine through the page cache); a store without the file gets it written (where
+        the folder is writable) or computes it in memory."""
+        path = self.path / "lengths.npy"
+        if path.is_file():
+            try:
+                lengths = np.load(path, mmap_mode="r")
+            except (OSError, ValueError):
+                lengths = None
+            if lengths is not None and self._consistent(lengths):
+                return lengths
+        lengths = lengths_from_offsets(self.offsets)
+        try:
+            write_lengths(path, lengths)
+        except OSError:  # a read-only store: keep them in memory
             return lengths
-        return lengths.astype(np.int32)
+        return np.load(path, mmap_mode="r")
+
+    def _consistent(self, lengths: np.ndarray) -> bool:
+        """``lengths`` belong to these offsets: the count, and 33 evenly spaced blocks of 4096 (1 MB read)."""
+        if lengths.shape != (self.n_docs,) or lengths.dtype.kind not in "iu":
+            return False
+        offsets, block = self.offsets, 4096
+        for start in np.linspace(0, max(self.n_docs - block, 0), 33).astype(np.int64):
+            want = np.diff(np.asarray(offsets[start : start + block + 1]))
+            if not np.array_equal(np.asarray(lengths[start : start + block]), want):
+                return False
+        return True
 
     @cached_property
     def fingerprint(self) -> str:
@@ -163,3 +189,19 @@ class TokenStore:
         """Decoded text of the given documents (special tokens kept)."""
         seqs = [d.tolist() for d in self.docs(ids)]
         return self._tok.decode_batch(seqs, skip_special_tokens=False)
+
+
+def lengths_from_offsets(offsets: np.ndarray) -> np.ndarray:
+    """Tokens per document from the offsets: int32 unless a document has 2^31 tokens or more."""
+    lengths = np.diff(np.asarray(offsets))
+    if lengths.size and lengths.max() >= 2**31:
+        return lengths
+    return lengths.astype(np.int32)
+
+
+def write_lengths(path: Path, lengths: np.ndarray) -> None:
+    """``lengths.npy`` written atomically (a temporary file renamed; concurrent writers write the same bytes)."""
+    from thresher.utils.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, lengths)
