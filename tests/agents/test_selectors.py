@@ -47,7 +47,7 @@ def test_state_dict_round_trip_mid_run(policy, selection):
     state = half.state_dict()
     assert state["selection"].dtype == np.int32  # half the checkpoint bytes while doc ids fit
     resumed, _, rest = _run(cfg, 15, state=state, start=6)
-    assert resumed.selection().dtype == np.int64
+    assert resumed.selection().dtype == np.int32 and not resumed.selection().flags.writeable
     assert len(picks) == 5 and len(rest) == 3
     for a, b in zip(picks[2:], rest):
         np.testing.assert_array_equal(a, b)
@@ -262,6 +262,7 @@ def test_checkpointed_selection_keeps_ids_beyond_int32():
     b = Fixed()
     b.load_state_dict(state)
     np.testing.assert_array_equal(b.selection(), [3, 2**31 + 5])
+    assert b.selection().dtype == np.int64 and a.selection().dtype == np.int64  # held wide only when needed
 
 
 def test_budget_must_be_positive_and_a_whole_pool_budget_is_named(capsys):

@@ -160,6 +160,28 @@ def test_int32_lengths_plan_the_same_rows_without_a_copy():
         Packer(narrow.astype(np.float64), 13)
 
 
+def test_the_loader_shares_the_selectors_ids_and_copies_anything_writable():
+    """4 bytes a selected document in the selector, 4 in the loader's epoch order: the loader maps the
+    selector's read-only int32 ids instead of copying them to int64 (twice, with the permutation)."""
+    store = random_store(n_docs=60, seed=3)
+    sel = StaticSelector(np.arange(1, 60, 2))
+    sel.initial_selection()
+    assert sel.selection().dtype == np.int32 and not sel.selection().flags.writeable
+    loader = PackedLoader(store, sel, 16, 2, seed=SEED, prefetch=0)
+    loader.next_batch()
+    assert np.shares_memory(loader.packer._selection, sel.selection())
+    assert loader.packer._order.dtype == np.int32
+    loader.close()
+    mine = np.arange(0, 60, 3)  # a caller's writable array: copied, so changing it later changes nothing
+    packer = Packer(store.lengths, 13, seed=SEED)
+    packer.set_selection(mine, version=1)
+    first = [packer.next_row() for _ in range(5)]
+    mine[:] = 0
+    again = Packer(store.lengths, 13, seed=SEED)
+    again.set_selection(np.arange(0, 60, 3), version=1)
+    assert [again.next_row() for _ in range(5)] == first and not np.shares_memory(packer._selection, mine)
+
+
 def test_bad_inputs_raise_thresher_error():
     store = random_store()
     empty = StaticSelector(np.array([], np.int64))

@@ -65,7 +65,7 @@ class Selector(ABC):
     def __init__(self) -> None:
         self.version = 0
         self.log: list[dict] = []
-        self._selection = np.zeros(0, dtype=np.int64)
+        self._selection = narrow_ids(np.zeros(0, dtype=np.int64))
         self.settings: dict | None = None  # the config that built it (build_selector); a resume must match
 
     @abstractmethod
@@ -93,11 +93,12 @@ class Selector(ABC):
         self.__dict__["_selection_flops"] = float(value)
 
     def selection(self) -> np.ndarray:
-        """Doc ids (int64) of the current stage's training set D_k."""
+        """Doc ids of the current stage's training set D_k: int32 while they fit (4 bytes a selected document;
+        int64 beyond 2^31), read-only, so the trainer's loader shares the array instead of copying it."""
         return self._selection
 
     def _set_selection(self, ids: np.ndarray) -> None:
-        self._selection = np.asarray(ids, dtype=np.int64)
+        self._selection = narrow_ids(ids)
         self.version += 1
 
     def state_dict(self) -> dict:
@@ -116,7 +117,7 @@ class Selector(ABC):
         if self.settings is not None and "settings" in state:  # states written before settings were kept: unchecked
             check_same_settings(state["settings"], self.settings, "the checkpoint's selector state")
         self.version = int(state["version"])
-        self._selection = np.asarray(state["selection"], dtype=np.int64)
+        self._selection = narrow_ids(state["selection"])
         self.log = list(state["log"])
         rewards = self._reward_source()
         if rewards is not None and "rewards" in state:
@@ -124,6 +125,17 @@ class Selector(ABC):
 
     def _reward_source(self) -> RewardSource | None:
         return getattr(getattr(self, "ctx", None), "rewards", None)
+
+
+def narrow_ids(ids: np.ndarray) -> np.ndarray:
+    """A read-only copy of doc ids in int32 while they fit (int64 from 2^31 on)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise ThresherError(f"doc ids must be integers, got {ids.dtype}")
+    small = ids.size == 0 or int(ids.max()) < 2**31
+    out = np.array(ids, dtype=np.int32 if small else np.int64)
+    out.flags.writeable = False
+    return out
 
 
 def resolve_budget(cfg: Any, ctx: SelectionContext) -> tuple[int | None, int | None]:

@@ -60,7 +60,12 @@ class Packer:
 
     def set_selection(self, selection: np.ndarray, version: int, restored: bool = False) -> None:
         """Draw from ``selection`` from now on (``restored``: keep epoch/cursor of a loaded state)."""
-        sel = np.asarray(selection, dtype=np.int64).copy()
+        sel = np.asarray(selection)
+        if sel.dtype.kind not in "iu":
+            raise ThresherError(f"selection must hold integer doc ids, got {sel.dtype}")
+        if sel.flags.writeable:  # the selector's own arrays are read-only and shared; anything else is copied
+            sel = sel.copy()
+            sel.flags.writeable = False
         if len(sel) == 0:
             raise ThresherError("the selector selected no documents; nothing to train on")
         if sel.min() < 0 or sel.max() >= len(self.lengths):
@@ -90,9 +95,9 @@ class Packer:
         st = self.state
         if st.cursor == len(self._selection):
             st.epoch, st.cursor, self._order = st.epoch + 1, 0, None
-        if self._order is None:
-            perm = rng(self.seed, "loader", st.version, st.epoch).permutation(len(self._selection))
-            self._order = self._selection[perm]
+        if self._order is None:  # = selection[permutation(len)] of this generator, without the int64 permutation
+            self._order = self._selection.copy()
+            rng(self.seed, "loader", st.version, st.epoch).shuffle(self._order)
         st.cursor += 1
         return int(self._order[st.cursor - 1])
 
