@@ -122,6 +122,14 @@ def test_a_second_publisher_keeps_the_first_copy_and_bad_caches_are_one_line_err
     (folder / "order.npy").write_bytes(b"not an array")
     with pytest.raises(ThresherError, match="unreadable.*delete that folder"):
         load_cell_index(folder)
+    # a killed build's temporary is removed once stale (a day untouched), a fresh one (a running build) kept
+    stale, fresh = tmp_path / ".cells-y.tmp-1-2", tmp_path / ".cells-z.tmp-3-4"
+    for t in (stale, fresh):
+        t.mkdir()
+        (t / "order.npy").write_bytes(b"partial")
+    os.utime(stale, (time.time() - 2 * 24 * 3600,) * 2)
+    save_cell_index(index, tmp_path / "cells-w")
+    assert not stale.exists() and fresh.exists()
     (folder / "meta.json").unlink()  # a folder left incomplete by hand
     with pytest.raises(ThresherError, match="incomplete.*delete that folder"):
         save_cell_index(index, folder)

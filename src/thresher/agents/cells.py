@@ -118,6 +118,7 @@ def save_cell_index(index: CellIndex, folder: str | os.PathLike) -> Path:
     process published the same folder first, its copy is kept (both were built from the same inputs)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(folder.parent)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:
@@ -140,6 +141,21 @@ def save_cell_index(index: CellIndex, folder: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+STALE_TMP_S = 24 * 3600  # a build's temporary untouched this long was left by a killed process
+
+
+def _remove_stale_temporaries(cache_dir: Path) -> None:
+    """Delete ``.cells-*.tmp-*`` folders of builds killed before their rename (8 bytes a document each); one
+    not modified for ``STALE_TMP_S`` cannot belong to a running build (a build writes for minutes at most)."""
+    now = time.time()
+    for tmp in cache_dir.glob(".cells-*.tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # another process removed it first
+            pass
 
 
 def load_cell_index(folder: str | os.PathLike, n_docs: int | None = None, mmap: bool = True) -> CellIndex:
