@@ -263,6 +263,10 @@ def test_checkpointed_selection_keeps_ids_beyond_int32():
     b.load_state_dict(state)
     np.testing.assert_array_equal(b.selection(), [3, 2**31 + 5])
     assert b.selection().dtype == np.int64 and a.selection().dtype == np.int64  # held wide only when needed
+    from thresher.agents.base import narrow_ids
+
+    with pytest.raises(ThresherError, match="doc ids must be non-negative, got -4294967291"):
+        narrow_ids(np.array([-2**32 + 5, 7]))  # would wrap to 5 in int32
 
 
 def test_budget_must_be_positive_and_a_whole_pool_budget_is_named(capsys):

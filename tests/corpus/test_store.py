@@ -89,6 +89,7 @@ def test_lengths_are_a_read_only_memmap_written_by_ingest(store):
 
 
 def test_a_store_without_lengths_gets_them_and_a_wrong_file_is_replaced(store, tmp_path, monkeypatch):
+    import json
     import shutil
 
     import thresher.corpus.store as store_module
@@ -96,14 +97,24 @@ def test_a_store_without_lengths_gets_them_and_a_wrong_file_is_replaced(store, t
     old = tmp_path / "old"
     shutil.copytree(store.path, old)
     (old / "lengths.npy").unlink()  # a store ingested before lengths.npy existed
+    (old / "lengths.json").unlink()
     want = np.diff(store.offsets)
     np.testing.assert_array_equal(TokenStore.open(old).lengths, want)
     assert (old / "lengths.npy").is_file() and isinstance(TokenStore.open(old).lengths, np.memmap)
-    np.save(old / "lengths.npy", want[::-1].astype(np.int32))  # another store's (same count, other order)
-    np.testing.assert_array_equal(TokenStore.open(old).lengths, want)
-    np.testing.assert_array_equal(np.load(old / "lengths.npy"), want)  # rewritten
-    (old / "lengths.npy").write_bytes(b"garbage")
-    np.testing.assert_array_equal(TokenStore.open(old).lengths, want)
+    assert ((old / "lengths.npy").stat().st_mode & 0o777) == 0o666 & ~_umask()  # not mkstemp's 0600
+    # offsets changed after the lengths were written (an older thresher re-ingested, offsets copied in),
+    # here one document 7 tokens longer: the stamp no longer matches, the lengths are recomputed
+    changed, i = np.asarray(store.offsets).copy(), store.n_docs // 2
+    changed[i + 1 :] += 7
+    np.save(old / "offsets.npy", changed)
+    got = TokenStore.open(old).lengths
+    assert got[i] == want[i] + 7 and np.array_equal(np.load(old / "lengths.npy"), got)
+    np.save(old / "offsets.npy", np.asarray(store.offsets))
+    for bad in (b"", b"garbage", b"PK\x03\x04 a zip"):  # unreadable files are rebuilt, never a traceback
+        (old / "lengths.npy").write_bytes(bad)
+        # with a matching stamp (so the stamp is not what catches it)
+        (old / "lengths.json").write_text(json.dumps(store_module._lengths_stamp(old)))
+        np.testing.assert_array_equal(TokenStore.open(old).lengths, want)
     (old / "lengths.npy").unlink()  # a read-only store: computed in memory, nothing written
 
     def refuse(path, lengths):
@@ -113,3 +124,11 @@ def test_a_store_without_lengths_gets_them_and_a_wrong_file_is_replaced(store, t
     got = TokenStore.open(old).lengths
     np.testing.assert_array_equal(got, want)
     assert not isinstance(got, np.memmap) and not (old / "lengths.npy").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -132,6 +132,8 @@ def narrow_ids(ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.dtype.kind not in "iu":
         raise ThresherError(f"doc ids must be integers, got {ids.dtype}")
+    if ids.size and int(ids.min()) < 0:
+        raise ThresherError(f"doc ids must be non-negative, got {int(ids.min())}")
     small = ids.size == 0 or int(ids.max()) < 2**31
     out = np.array(ids, dtype=np.int32 if small else np.int64)
     out.flags.writeable = False

@@ -37,7 +37,7 @@ from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from thresher.utils.log import print0, progress
 
-STORE_FILES = ("store.json", "tokens.bin", "offsets.npy", "lengths.npy", "docs.parquet", "tokenizer.json",
+STORE_FILES = ("store.json", "tokens.bin", "offsets.npy", "lengths.npy", "lengths.json", "docs.parquet", "tokenizer.json",
                "exclusions.jsonl", "stats.json")
 
 

@@ -8,6 +8,7 @@ Layout of a store folder (written by ``thresher.corpus.ingest``):
   lengths.npy       int32 (n_docs,) tokens per document (int64 if one has 2^31 or more): memory-mapped by
                     every process, so the ranks of a node share it (a store without it, ingested
                     before it existed, gets it written on first use where the folder is writable)
+  lengths.json      size and mtime of the offsets.npy that lengths.npy was computed from
   docs.parquet      one row per document, in doc_id order: doc_id int64 (0..N-1), source_shard str,
                     source_index int64 (record index in that shard), source_id str|null,
                     n_tokens int64, then the mapped metadata columns
@@ -88,15 +89,16 @@ class TokenStore:
     def lengths(self) -> np.ndarray:
         """(n_docs,) tokens per document: int32 (a sum or cumsum of it is int64 in numpy), int64 only for a
         document of 2^31 tokens or more. Memory-mapped from ``lengths.npy`` (read-only, shared by the
-        processes of a machine through the page cache); a store without the file gets it written (where
-        the folder is writable) or computes it in memory."""
+        processes of a machine through the page cache) when ``lengths.json`` says it was computed from the
+        current ``offsets.npy``; otherwise (no file, an older store, offsets changed since, unreadable) they
+        are recomputed and written (where the folder is writable) or kept in memory."""
         path = self.path / "lengths.npy"
-        if path.is_file():
+        if path.is_file() and _lengths_stamp(self.path) == _read_stamp(self.path):
             try:
                 lengths = np.load(path, mmap_mode="r")
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 - any unreadable file is rebuilt from the offsets
                 lengths = None
-            if lengths is not None and self._consistent(lengths):
+            if isinstance(lengths, np.ndarray) and lengths.shape == (self.n_docs,) and lengths.dtype.kind in "iu":
                 return lengths
         lengths = lengths_from_offsets(self.offsets)
         try:
@@ -104,17 +106,6 @@ class TokenStore:
         except OSError:  # a read-only store: keep them in memory
             return lengths
         return np.load(path, mmap_mode="r")
-
-    def _consistent(self, lengths: np.ndarray) -> bool:
-        """``lengths`` belong to these offsets: the count, and 33 evenly spaced blocks of 4096 (1 MB read)."""
-        if lengths.shape != (self.n_docs,) or lengths.dtype.kind not in "iu":
-            return False
-        offsets, block = self.offsets, 4096
-        for start in np.linspace(0, max(self.n_docs - block, 0), 33).astype(np.int64):
-            want = np.diff(np.asarray(offsets[start : start + block + 1]))
-            if not np.array_equal(np.asarray(lengths[start : start + block]), want):
-                return False
-        return True
 
     @cached_property
     def fingerprint(self) -> str:
@@ -200,8 +191,24 @@ def lengths_from_offsets(offsets: np.ndarray) -> np.ndarray:
 
 
 def write_lengths(path: Path, lengths: np.ndarray) -> None:
-    """``lengths.npy`` written atomically (a temporary file renamed; concurrent writers write the same bytes)."""
-    from thresher.utils.io import atomic_path
+    """``lengths.npy`` written atomically (a temporary file renamed; concurrent writers write the same bytes),
+    then ``lengths.json``: the size and mtime of the ``offsets.npy`` it was computed from. A store whose
+    offsets changed after (a re-ingest by an older thresher, offsets copied in) no longer matches the
+    stamp, and its lengths are recomputed."""
+    from thresher.utils.io import atomic_path, atomic_write_json
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, lengths)
+    atomic_write_json(path.parent / "lengths.json", _lengths_stamp(path.parent))
+
+
+def _lengths_stamp(store: Path) -> dict:
+    st = (store / "offsets.npy").stat()
+    return {"offsets_size": st.st_size, "offsets_mtime_ns": st.st_mtime_ns}
+
+
+def _read_stamp(store: Path) -> dict | None:
+    try:
+        return read_json(store / "lengths.json")
+    except Exception:  # noqa: BLE001 - a missing or unreadable stamp: recompute
+        return None
