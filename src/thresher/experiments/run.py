@@ -17,6 +17,7 @@ import numpy as np
 from thresher.agents.base import Labels, SelectionContext
 from thresher.config import DataConfig, RunConfig, load_run_config, save_run_config
 from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_task
+from thresher.influence.config import SPEED_ONLY
 from thresher.influence.rewards import RewardSource
 from thresher.train.callbacks import Callback
 from thresher.utils.errors import SettingsMismatchError, ThresherError
@@ -192,9 +193,7 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
 
 # [data] and [influence] keys a resume may change: where the data lives (its content is checked: the
 # label table against the store, the store against the checkpoint's selection) and how fast scoring runs
-RESUME_MAY_CHANGE = {"data": {"store", "labels", "cell_index_cache"},
-                     "influence": {"batch_size", "scoring_impl", "compile_scoring", "compile_seq_multiple",
-                                   "lambda_keep_max_entries"}}
+RESUME_MAY_CHANGE = {"data": {"store", "labels", "cell_index_cache"}, "influence": set(SPEED_ONLY)}
 
 
 def check_resume_config(cfg: RunConfig, out: Path) -> None:

@@ -14,6 +14,9 @@ DEFAULT_MODULES = [
 MLP_MODULES = [r"layers\.\d+\.mlp\.(gate|up|down)_proj$"]
 # Linears that read the same input activation and are factored as one block under grouping="qkv".
 DEFAULT_GROUPS = [["q_proj", "k_proj", "v_proj"], ["gate_proj", "up_proj"]]
+# settings that change how fast the rewards are computed, not their values: left out of a scorer's settings
+# (saved results stay comparable) and free to change on a resume
+SPEED_ONLY = ("batch_size", "scoring_impl", "compile_scoring", "compile_seq_multiple", "lambda_keep_max_entries")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from torch import nn
 from thresher.corpus.batching import pad_docs, pad_examples
 from thresher.corpus.reference import ReferenceTask
 from thresher.influence import distributed as hdist
-from thresher.influence.config import InfluenceConfig
+from thresher.influence.config import SPEED_ONLY, InfluenceConfig
 from thresher.influence.features import GradientFeatures, reference_subspaces
 from thresher.influence.fused import FusedFeatures
 from thresher.influence.modules import build_blocks
@@ -411,7 +411,7 @@ class InfluenceScorer:
     def settings(self) -> dict:
         """Everything that changes the numbers (not batch size): config, blocks, projection sizes, tasks."""
         s = self.cfg.to_dict()
-        for speed_only in ("batch_size", "scoring_impl", "compile_scoring", "compile_seq_multiple", "lambda_keep_max_entries"):
+        for speed_only in SPEED_ONLY:
             s.pop(speed_only)
         s["blocks"] = [[b.name, ki, ko] for b, (ki, ko) in zip(self.feats.blocks, self.feats.dims)]
         s["full_space"] = self.full_space()
