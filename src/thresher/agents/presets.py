@@ -83,3 +83,8 @@ def read_init_file(path: str | Path) -> dict:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ThresherError(f"init file {path} must hold {{agent: {{category: weight}}}}")
     return data
+
+
+def init_specs(init: dict, init_file: str | Path | None) -> dict:
+    """{column: spec} of initial weights: the init file's (e.g. a RegMix fit), with ``init`` winning per key."""
+    return {**(read_init_file(init_file) if init_file else {}), **init}

@@ -12,7 +12,7 @@ from thresher.agents.base import SelectionContext, Selector, budget_count, resol
 from thresher.agents.cells import CellIndex, StageDraws, build_cell_index, cached_cell_index
 from thresher.agents.config import SelectorConfig
 from thresher.agents.console import AgentConsole
-from thresher.agents.presets import initial_weights, read_init_file
+from thresher.agents.presets import init_specs, initial_weights
 from thresher.agents.select import make_groups, select_gumbel, select_top_k
 from thresher.utils.errors import ThresherError
 from thresher.utils.log import print0
@@ -125,9 +125,7 @@ class MultiAgentSelector(_StagedSelector):
         self.trained = np.zeros(ctx.n_docs, dtype=bool) if self.cfg.reuse_penalty > 0 else None
 
     def _agent(self, column: str) -> Agent:
-        specs = read_init_file(self.cfg.init_file) if self.cfg.init_file else {}
-        specs.update(self.cfg.init)
-        specs.update(self.fixed_init)
+        specs = {**init_specs(self.cfg.init, self.cfg.init_file), **self.fixed_init}
         w = initial_weights(specs.get(column), self.categories[column], f"initial weights of {column}")
         eta = float(self.cfg.eta_agents.get(column, self.cfg.eta_agent))
         return CategoricalAgent(column, column, self.categories[column], w, eta,
@@ -296,7 +294,7 @@ class StaticMixtureSelector(_StagedSelector):
         if self.cfg.mixture_weights:
             source = "mixture_weights"
         elif self.cfg.mixture == "init":  # the agents' initial weights for the column: init wins over init_file
-            specs = {**(read_init_file(self.cfg.init_file) if self.cfg.init_file else {}), **self.cfg.init}
+            specs = init_specs(self.cfg.init, self.cfg.init_file)
             if col not in specs:
                 raise ThresherError(f"selector.mixture = 'init' takes the initial weights of {col!r} from selector.init "
                                     f"or selector.init_file, and neither has them (init_file: {self.cfg.init_file or 'unset'})")
