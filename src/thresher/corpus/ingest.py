@@ -31,7 +31,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from thresher.corpus.readers import REASONS, Doc, Excluded, is_shard, iter_records, shard_format
-from thresher.corpus.store import RESERVED_COLUMNS, STORE_VERSION, lengths_from_offsets, token_dtype, write_lengths
+from thresher.corpus.store import RESERVED_COLUMNS, STORE_VERSION, narrow_lengths, token_dtype, write_lengths
 from thresher.corpus.tokenizer import load_tokenizer, special_ids, tokenizer_sha256, vocab_size
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
@@ -413,7 +413,7 @@ def merge_parts(out: Path, tasks: list[ShardTask], settings: dict, tok) -> dict:
     _concat_files([p / "exclusions.jsonl" for p in parts], out / "exclusions.jsonl")
     with atomic_path(out / "offsets.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-    write_lengths(out / "lengths.npy", lengths_from_offsets(np.load(out / "offsets.npy", mmap_mode="r")))
+    write_lengths(out / "lengths.npy", narrow_lengths(lengths))  # the same array, not a re-read of the offsets
     nulls = _merge_docs([p / "docs.parquet" for p in parts], [t.shard for t in tasks], out / "docs.parquet",
                         list(settings["field_map"]))
     for col in [c for c, n in nulls.items() if n == n_docs]:

@@ -184,9 +184,14 @@ class TokenStore:
 
 def lengths_from_offsets(offsets: np.ndarray) -> np.ndarray:
     """Tokens per document from the offsets: int32 unless a document has 2^31 tokens or more."""
-    lengths = np.diff(np.asarray(offsets))
+    return narrow_lengths(np.diff(np.asarray(offsets)))
+
+
+def narrow_lengths(lengths: np.ndarray) -> np.ndarray:
+    """``lengths`` as int32 unless a document has 2^31 tokens or more (then int64)."""
+    lengths = np.asarray(lengths)
     if lengths.size and lengths.max() >= 2**31:
-        return lengths
+        return lengths.astype(np.int64, copy=False)
     return lengths.astype(np.int32)
 
 
