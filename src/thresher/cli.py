@@ -23,6 +23,8 @@ tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a byte-level BPE t
 quality_app = typer.Typer(no_args_is_help=True, help="Quality classifiers for the quality agent.")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(quality_app, name="quality")
+cache_app = typer.Typer(no_args_is_help=True, help="The selectors' cell index caches (data.cell_index_cache).")
+app.add_typer(cache_app, name="cache")
 
 
 def _overrides(set_: list[str], lists: dict | None = None, scalars: dict | None = None) -> list[str]:
@@ -281,6 +283,56 @@ def regmix(
     path = Path(cfg.out) / f"init_{cfg.column}.json"
     typer.echo(f"weights: {json.dumps({k: round(v, 4) for k, v in result['weights'].items()})}")
     typer.echo(f"init file: {path} (use --set selector.init_file={path})")
+
+
+def _cache_dir(path: Path) -> Path:
+    """``path`` itself, or its ``cache`` folder when given the label table's folder (the default cache)."""
+    if not path.is_dir():
+        raise ThresherError(f"{path} is not a folder")
+    if not any(path.glob("cells-*")) and (path / "cache").is_dir():
+        return path / "cache"
+    return path
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+@cache_app.command("list")
+def cache_list(
+    path: Path = typer.Argument(..., help="A cache folder, or a label table's folder (its cache/ is the default)."),
+):
+    """List the cell index folders: size, documents, label columns and when a run last used each."""
+    import time
+
+    from thresher.agents.cells import list_cell_caches
+
+    entries = list_cell_caches(_cache_dir(path))
+    for e in entries:
+        docs = f"{e.n_docs:,} docs" if e.n_docs is not None else "incomplete"
+        days = (time.time() - e.last_used) / 86400
+        typer.echo(f"{e.path.name}  {_size(e.bytes):>9}  {docs}  [{','.join(e.columns)}]  last used {days:.1f} days ago")
+    typer.echo(f"{len(entries)} cell index folders, {_size(sum(e.bytes for e in entries))}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    path: Path = typer.Argument(..., help="A cache folder, or a label table's folder (its cache/ is the default)."),
+    unused_days: float = typer.Option(30.0, help="Delete folders no run has used (loaded, or updated its selection with) for this many days."),
+    dry_run: bool = typer.Option(False, help="Only list what would be deleted."),
+):
+    """Delete cell index folders that no run has used for --unused-days (a run that needs one rebuilds it)."""
+    from thresher.agents.cells import prune_cell_caches
+
+    gone = prune_cell_caches(_cache_dir(path), unused_days, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for e in gone:
+        typer.echo(f"{verb} {e.path} ({_size(e.bytes)})")
+    typer.echo(f"{verb} {len(gone)} cell index folders, {_size(sum(e.bytes for e in gone))}")
 
 
 # what to tell after Ctrl-C, per command that resumes

@@ -42,7 +42,7 @@ class DataConfig:
     # folder for the selectors' cell index (8 bytes per document), memory-mapped: built once per node and
     # shared by its torchrun ranks, reused on resume and by every run using the same folder; "" is
     # <labels>/cache (<out>/cache if the label table's folder is read-only), "memory" builds it in each
-    # process's memory instead
+    # process's memory instead; `thresher cache prune` deletes folders unused for a while
     cell_index_cache: str = ""
 
     def validate(self) -> None:

@@ -155,3 +155,66 @@ def test_every_index_policy_selects_the_same_with_the_cache(tmp_path, policy):
     assert len(memory) == len(cached) and list(tmp_path.glob("cells-*"))
     for a, b in zip(memory, cached):
         np.testing.assert_array_equal(a, b)
+
+
+def _age(folder, days):
+    t = time.time() - days * 86400
+    os.utime(folder / "meta.json", (t, t))
+
+
+def test_prune_deletes_only_folders_unused_that_long_and_a_load_marks_a_folder_used(tmp_path):
+    ctx, other = make_ctx(800), make_ctx(900)
+    a = cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path)
+    b = cached_cell_index(other.labels, COLUMNS[:2], other.doc_lengths, tmp_path)
+    folders = {e.n_docs: e.path for e in cells.list_cell_caches(tmp_path)}
+    assert sorted(folders) == [800, 900]
+    _age(folders[800], 40)
+    _age(folders[900], 40)
+    cached_cell_index(other.labels, COLUMNS[:2], other.doc_lengths, tmp_path)  # a run loads it: used now
+    listed = cells.list_cell_caches(tmp_path)
+    assert [e.n_docs for e in listed] == [800, 900]  # least recently used first
+    assert listed[0].columns == COLUMNS and listed[0].bytes > 800 * 8
+    assert [e.path for e in cells.prune_cell_caches(tmp_path, 30, dry_run=True)] == [folders[800]]
+    assert folders[800].is_dir()
+    assert [e.path for e in cells.prune_cell_caches(tmp_path, 30)] == [folders[800]]
+    assert not folders[800].exists() and folders[900].is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == [folders[900].name]  # no trash left behind
+    np.testing.assert_array_equal(a.order[:5], a.order[:5])  # a live mapping survives its folder's deletion
+    _assert_same(b, cached_cell_index(other.labels, COLUMNS[:2], other.doc_lengths, tmp_path))
+    again = cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path)  # a later run rebuilds it
+    _assert_same(build_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths), again)
+    with pytest.raises(ThresherError, match="unused_days"):
+        cells.prune_cell_caches(tmp_path, -1)
+
+
+def test_a_folder_pruned_between_the_check_and_the_load_is_rebuilt(tmp_path, monkeypatch):
+    ctx = make_ctx(600)
+    cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path)
+    real_load = cells.load_cell_index
+    calls = []
+
+    def pruned_then_load(folder, **kw):
+        if not calls:
+            cells.prune_cell_caches(tmp_path, 0)  # another user prunes everything right now
+        calls.append(folder)
+        return real_load(folder, **kw)
+
+    monkeypatch.setattr(cells, "load_cell_index", pruned_then_load)
+    _assert_same(build_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths),
+                 cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("policy", ["multi-agent", "quad"])
+def test_a_running_selector_marks_its_folder_used_at_every_update(tmp_path, policy):
+    ctx = make_ctx(2000)
+    ctx.cell_cache, ctx.rewards = str(tmp_path), FakeRewards(ctx.labels)
+    sel = build_selector(SelectorConfig(policy=policy, update_every=3, budget_tokens=20000, threshold_mode="quantile"), ctx)
+    sel.initial_selection()
+    (folder,) = tmp_path.glob("cells-*")
+    _age(folder, 40)
+    sel.on_step(2, None)  # not an update
+    assert cells.list_cell_caches(tmp_path)[0].last_used < time.time() - 39 * 86400
+    assert sel.on_step(3, None)
+    assert cells.list_cell_caches(tmp_path)[0].last_used > time.time() - 60
+    assert cells.prune_cell_caches(tmp_path, 30) == []

@@ -107,3 +107,31 @@ def test_demo_reuses_runs_only_under_the_same_settings(world):
     with pytest.raises(ThresherError, match="bogus"):
         run_demo(DemoConfig(steps=2, **{**small, "policies": ["random", "bogus"]}), out)
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["random"]
+
+
+
+def test_cache_list_and_prune_take_the_label_folder(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from thresher.agents.base import Labels
+    from thresher.agents.cells import cached_cell_index
+
+    labels = Labels({"quality": np.arange(500) % 5, "domain": np.arange(500) % 7},
+                    {"quality": list("abcde"), "domain": list("abcdefg")})
+    cached_cell_index(labels, ["quality", "domain"], np.full(500, 10), tmp_path / "labels" / "cache")
+
+    def run(*args) -> str:
+        monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        out, err = capsys.readouterr()
+        assert e.value.code == 0 and err == ""
+        return out
+
+    listed = run("cache", "list", tmp_path / "labels")
+    assert "500 docs  [quality,domain]  last used 0.0 days ago" in listed and "1 cell index folders" in listed
+    assert "would delete 0 cell index folders" in run("cache", "prune", tmp_path / "labels", "--dry-run")
+    assert "deleted 1 cell index folders" in run("cache", "prune", tmp_path / "labels", "--unused-days", "0")
+    assert list((tmp_path / "labels" / "cache").iterdir()) == []
+    code, err = _main(monkeypatch, capsys, "cache", "list", tmp_path / "nowhere")
+    assert code == 2 and err == f"error: {tmp_path / 'nowhere'} is not a folder"

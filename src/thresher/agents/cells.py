@@ -45,6 +45,7 @@ class CellIndex:
     codes: np.ndarray
     counts: np.ndarray
     tokens: np.ndarray
+    folder: Path | None = None  # the cache folder it is mapped from (None: built in memory)
 
     @property
     def n_cells(self) -> int:
@@ -174,11 +175,11 @@ def load_cell_index(folder: str | os.PathLike, n_docs: int | None = None, mmap: 
     if not ok:
         raise ThresherError(f"cell index cache {folder} does not match its inputs (version {meta.get('version')}, "
                             f"{n} docs for a pool of {n_docs}); delete that folder to rebuild it")
-    return CellIndex(list(meta["columns"]), **arrays)
+    return CellIndex(list(meta["columns"]), **arrays, folder=folder)
 
 
 def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray, cache_dir: str | os.PathLike,
-                      local_rank: int | None = None, wait_s: float = 3600.0) -> CellIndex:
+                      local_rank: int | None = None, wait_s: float = 3600.0, _retried: bool = False) -> CellIndex:
     """``build_cell_index`` through a folder of ``cache_dir`` named by ``cell_index_key``, memory-mapped.
 
     Under torchrun (``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` > 1 set) the node's local rank 0 builds and
@@ -200,7 +201,74 @@ def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarra
             del index
         else:
             _wait_for(folder / "meta.json", wait_s)
-    return load_cell_index(folder, n_docs=len(doc_lengths))
+    try:
+        index = load_cell_index(folder, n_docs=len(doc_lengths))
+    except ThresherError:
+        if _retried or (folder / "meta.json").is_file():
+            raise
+        # pruned (``prune_cell_caches``) between the check above and the load: build it again
+        return cached_cell_index(labels, columns, doc_lengths, cache_dir, local_rank, wait_s, _retried=True)
+    mark_used(folder)
+    return index
+
+
+def mark_used(folder: Path) -> None:
+    """Set ``meta.json``'s mtime to now: the "last used" that ``prune_cell_caches`` reads (a run marks its
+    folder when it loads it and at every selection update). A cache folder the process may not write
+    (shared read-only) keeps its time."""
+    try:
+        os.utime(folder / "meta.json")
+    except OSError:
+        pass
+
+
+@dataclass
+class CacheEntry:
+    """One published cell index folder of a cache directory (``list_cell_caches``)."""
+    path: Path
+    bytes: int
+    last_used: float  # epoch seconds: the last run that loaded it (meta.json's mtime)
+    n_docs: int | None  # None: unreadable or incomplete meta.json
+    columns: list[str]
+
+
+def list_cell_caches(cache_dir: str | os.PathLike) -> list[CacheEntry]:
+    """The ``cells-*`` folders of ``cache_dir``, least recently used first (an absent folder: none)."""
+    out = []
+    for folder in Path(cache_dir).glob("cells-*"):
+        if not folder.is_dir():
+            continue
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            used, n, cols = (folder / "meta.json").stat().st_mtime, meta.get("n_docs"), list(meta.get("columns", []))
+        except (OSError, ValueError):
+            used, n, cols = folder.stat().st_mtime, None, []
+        out.append(CacheEntry(folder, size, used, n, cols))
+    return sorted(out, key=lambda e: e.last_used)
+
+
+def prune_cell_caches(cache_dir: str | os.PathLike, unused_days: float, dry_run: bool = False) -> list[CacheEntry]:
+    """Delete the cell index folders of ``cache_dir`` that no run has loaded for ``unused_days`` days, and
+    build temporaries left by killed processes (older than a day); returns the folders deleted (or that
+    would be, with ``dry_run``). A running job that maps a deleted folder keeps its pages (POSIX unlink
+    semantics); a later run over the same labels rebuilds the index."""
+    if unused_days < 0:
+        raise ThresherError(f"unused_days must be >= 0, got {unused_days}")
+    cutoff = time.time() - unused_days * 86400
+    gone = [e for e in list_cell_caches(cache_dir) if e.last_used < cutoff]
+    if not dry_run:
+        for e in gone:
+            # rename first: a run starting now finds no half-deleted folder with a meta.json in it
+            trash = e.path.parent / f".{e.path.name}.tmp-prune-{os.getpid()}-{time.time_ns()}"
+            try:
+                os.rename(e.path, trash)
+            except OSError as err:
+                raise ThresherError(f"cannot delete cell index cache {e.path}: {err.strerror}") from None
+            shutil.rmtree(trash, ignore_errors=True)
+        if Path(cache_dir).is_dir():
+            _remove_stale_temporaries(Path(cache_dir))
+    return gone
 
 
 def _wait_for(path: Path, wait_s: float) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from thresher.agents.agent import Agent, CategoricalAgent, category_sizes, normalise_rewards
 from thresher.agents.bandit import BanditAgent, ClusterBandit, arm_sizes
 from thresher.agents.base import SelectionContext, Selector, budget_count, resolve_budget
-from thresher.agents.cells import CellIndex, StageDraws, build_cell_index, cached_cell_index
+from thresher.agents.cells import CellIndex, StageDraws, build_cell_index, cached_cell_index, mark_used
 from thresher.agents.config import SelectorConfig
 from thresher.agents.console import AgentConsole
 from thresher.agents.presets import init_specs, initial_weights
@@ -78,7 +78,10 @@ class _StagedSelector(Selector):
         return select_top_k(self.index, self.ctx.doc_lengths, groups, g, self.budget_docs, self.budget_tokens)
 
     def _due(self, step: int) -> bool:
-        return step > 0 and step % self.cfg.update_every == 0
+        due = step > 0 and step % self.cfg.update_every == 0
+        if due and self.index.folder is not None:
+            mark_used(self.index.folder)  # a running job keeps its cache folder "used" for `thresher cache prune`
+        return due
 
     def _provenance(self) -> dict:
         src = self.ctx.rewards
