@@ -315,14 +315,16 @@ def cache_list(
     for e in entries:
         docs = f"{e.n_docs:,} docs" if e.n_docs is not None else "incomplete"
         days = (time.time() - e.last_used) / 86400
-        typer.echo(f"{e.path.name}  {_size(e.bytes):>9}  {docs}  [{','.join(e.columns)}]  last used {days:.1f} days ago")
+        typer.echo(f"{e.path.name}  {_size(e.bytes):>9}  {docs}  [{','.join(e.columns)}]  "
+                   f"last used {days:.1f} days ago")
     typer.echo(f"{len(entries)} cell index folders, {_size(sum(e.bytes for e in entries))}")
 
 
 @cache_app.command("prune")
 def cache_prune(
     path: Path = typer.Argument(..., help="A cache folder, or a label table's folder (its cache/ is the default)."),
-    unused_days: float = typer.Option(30.0, help="Delete folders no run has used (loaded, or updated its selection with) for this many days."),
+    unused_days: float = typer.Option(30.0, help="Delete folders no run has used (loaded, or updated its "
+                                      "selection with) for this many days."),
     dry_run: bool = typer.Option(False, help="Only list what would be deleted."),
 ):
     """Delete cell index folders that no run has used for --unused-days (a run that needs one rebuilds it)."""
