@@ -31,7 +31,7 @@ def _overrides(set_: list[str], lists: dict | None = None, scalars: dict | None 
     """``--set`` items plus typed CLI options, as ``key=value`` config overrides (values as TOML)."""
     out = list(set_)
     for key, csv in (lists or {}).items():
-        if csv:
+        if csv is not None:  # an empty --labelers "" is an empty list (an error where one is needed), not the default
             out.append(f"{key}=" + json.dumps([x.strip() for x in csv.split(",") if x.strip()]))
     for key, value in (scalars or {}).items():
         if value is not None:
@@ -238,7 +238,9 @@ def experiment(
 ):
     """Compare policies x seeds on one pool: resumable run by run, then a results table with confidence
     intervals, curves, agent weights, influence per category and selection compute."""
-    from thresher.experiments.experiment import load_experiment, run_experiment, write_results
+    from thresher.experiments.experiment import load_experiment, run_config_for, run_experiment, write_results
+
+    from thresher.config import check_run_inputs
 
     exp, base = load_experiment(config, list(set_))
     if report_only:
@@ -255,6 +257,9 @@ def experiment(
     else:
         picked = None
     only_list = [p.strip() for p in only.split(",") if p.strip()] if only else None
+    for name in only_list or exp.policies:  # their store, labels and reference files exist, before any folder is made
+        if name in exp.policies:
+            check_run_inputs(run_config_for(exp, base, name, exp.seeds[0]))
     typer.echo(f"results: {run_experiment(exp, base, only=only_list, seeds=picked)}")
 
 
@@ -358,6 +363,10 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()
+    except OSError as e:  # the file system said no (permissions, a full disk, a vanished file): one line
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(2)
     except SystemExit as e:
         if e.code == 130:  # typer turns Ctrl-C inside a command into a silent exit 130
             _interrupted()

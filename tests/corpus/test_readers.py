@@ -94,3 +94,27 @@ def test_missing_nested_key_reads_null(tmp_path):
     recs = make_records(4, 0, "x")
     got = list(iter_records(write_parquet(tmp_path / "x.parquet", recs), field_map={"q": "meta.quality"}))
     assert [r.meta for r in got] == [{"q": None}] * 4
+
+
+def test_truncated_zst_is_an_error_not_a_shorter_shard(tmp_path):
+    # zstandard's stream_reader ends quietly inside a cut frame: the shard would read as its first part
+    import zstandard
+
+    lines = [json.dumps({"text": f"document {i} " + "word " * 40}).encode() + b"\n" for i in range(2000)]
+    whole = zstandard.ZstdCompressor(level=3).compress(b"".join(lines))
+    (tmp_path / "t.jsonl.zst").write_bytes(whole[: len(whole) // 2])
+    _one_line_error(lambda: iter_records(tmp_path / "t.jsonl.zst"), "cannot read", "t.jsonl.zst", "EOFError")
+    # frames back to back (concatenated .zst files) still read whole
+    c = zstandard.ZstdCompressor(level=3)
+    (tmp_path / "m.jsonl.zst").write_bytes(c.compress(b"".join(lines[:700])) + c.compress(b"".join(lines[700:])))
+    got = list(iter_records(tmp_path / "m.jsonl.zst"))
+    assert all(isinstance(r, Doc) for r in got) and len(got) == 2000
+
+
+def test_corrupt_parquet_page_is_a_one_line_error(tmp_path):
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": [f"document {i} words here" for i in range(20000)]}), path, row_group_size=2000)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 2000] = b"A" * 2000  # a row group in the middle; the footer is intact
+    path.write_bytes(bytes(data))
+    _one_line_error(lambda: iter_records(path), "cannot read Parquet file", "c.parquet")

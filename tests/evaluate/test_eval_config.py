@@ -21,7 +21,7 @@ def test_paper_table1_shots():
     assert EvalConfig().shots()["winogrande"] == 0 and EvalConfig().shots()["commonsenseqa"] == 5
 
 
-@pytest.mark.parametrize("kw", [{"tasks": ["race"]}, {"layout": "x"}, {"metric": "f1"}, {"limit": -1}])
+@pytest.mark.parametrize("kw", [{"tasks": ["race"]}, {"tasks": []}, {"layout": "x"}, {"metric": "f1"}, {"limit": -1}])
 def test_bad_settings(kw):
     with pytest.raises(ThresherError):
         EvalConfig(**kw)

@@ -133,3 +133,13 @@ def test_fewshot_from_same_split_excludes_the_doc(tmp_path):
         shots, query = task.fewshot_context(doc, 3).rsplit("\n\n", 1)
         assert query == f"passage number {doc['idx']}\nQuestion: q{doc['idx']}?\nAnswer:"
         assert sorted(re.findall(r"passage number (\d)", shots)) == sorted(str(i) for i in range(4) if i != doc["idx"])
+
+
+def test_raw_rows_that_are_not_utf8_are_skipped_and_counted(tmp_path):
+    from thresher.evaluate.tasks import converters as conv
+
+    path = tmp_path / "test.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "\xff\xfe"}\n{bad json\n\n{"id": "b"}\n')
+    skips = conv.Skips()
+    assert conv.read_jsonl(path, skips) == [{"id": "a"}, {"id": "b"}]
+    assert skips == {"test.jsonl: not UTF-8": 1, "test.jsonl: bad JSON line": 1}

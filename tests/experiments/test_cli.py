@@ -12,6 +12,9 @@ from thresher.experiments.demo import DemoConfig, _gather, run_demo
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 
 
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
 def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
     """(exit code, stderr) of ``thresher ARGS`` run in this process."""
     monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
@@ -29,6 +32,12 @@ def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
     (["demo", "--out", "d", "--steps", "0"], "demo steps = 0: expected at least 1"),
     (["demo", "--out", "d", "--policies", "random,bogus"], "demo policies ['bogus']: choose from random"),
     (["demo", "--out", "d", "--projection", "bogus"], "influence.projection = 'bogus'"),
+    (["train", "--set", "=5"], "override '=5' must look like key=value or section.key=value"),
+    (["train", "--set", "train..steps=5"], "override 'train..steps=5' must look like"),
+    (["ingest", "x.jsonl", "--out", "s", "--tokenizer", "t.json", "--workers", "0"], "ingest workers = 0"),
+    (["experiment", CONFIGS / "synthetic.toml"], f"{CONFIGS / 'synthetic.toml'} has no [experiment] table"),
+    (["experiment", CONFIGS / "experiment_synthetic.toml", "--set", "data.store=nowhere", "--set",
+      "data.labels=nowhere"], "not a token store: nowhere"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
@@ -135,3 +144,12 @@ def test_cache_list_and_prune_take_the_label_folder(tmp_path, monkeypatch, capsy
     assert list((tmp_path / "labels" / "cache").iterdir()) == []
     code, err = _main(monkeypatch, capsys, "cache", "list", tmp_path / "nowhere")
     assert code == 2 and err == f"error: {tmp_path / 'nowhere'} is not a folder"
+
+
+def test_a_file_system_error_is_one_line(monkeypatch, capsys):
+    def full_disk():
+        raise OSError(28, "No space left on device", "/data/store/tokens.bin")
+
+    monkeypatch.setattr(cli, "app", full_disk)
+    code, err = _main(monkeypatch, capsys, "ingest")
+    assert code == 2 and err == "error: No space left on device: /data/store/tokens.bin"

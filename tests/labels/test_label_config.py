@@ -11,11 +11,12 @@ from thresher.labels.config import LabelConfig, build_labelers
 from thresher.utils.errors import ThresherError
 
 
-def test_no_labelers_is_a_clear_error(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("given", [",", ""])  # "" must not fall back to the default (model) labelers
+def test_no_labelers_is_a_clear_error(tmp_path, monkeypatch, capsys, given):
     with pytest.raises(ThresherError, match="no labelers given"):
         build_labelers(LabelConfig(labelers=[]))
     out = tmp_path / "labels"
-    monkeypatch.setattr(sys, "argv", ["thresher", "label", str(tmp_path / "store"), "--out", str(out), "--labelers", ","])
+    monkeypatch.setattr(sys, "argv", ["thresher", "label", str(tmp_path / "store"), "--out", str(out), "--labelers", given])
     with pytest.raises(SystemExit) as e:
         cli.main()
     err = capsys.readouterr().err
@@ -27,6 +28,12 @@ def test_no_labelers_is_a_clear_error(tmp_path, monkeypatch, capsys):
 def test_sizes_below_one_are_refused(key):
     with pytest.raises(ThresherError, match=f"label.{key}"):
         LabelConfig(**{key: 0})
+
+
+def test_negative_kmeans_k_is_refused():
+    with pytest.raises(ThresherError, match="label.kmeans_k = -3"):
+        LabelConfig(kmeans_k=-3)
+    assert LabelConfig(kmeans_k=0).kmeans_k == 0
 
 
 def test_auto_domain_names_label_a_corpus_with_its_own_domains(tmp_path):

@@ -286,3 +286,21 @@ def test_hf_classifier_without_a_pad_token_labels_batches(tmp_path):
     batched = lab.label({"doc_id": np.arange(3), "text": texts})["topic"]
     alone = [lab.label({"doc_id": np.arange(1), "text": [t]})["topic"][0] for t in texts]
     assert list(batched) == alone
+
+
+def test_fasttext_training_files_skip_bad_lines_and_refuse_an_empty_class(tmp_path, capsys):
+    from thresher.labels.quality import train_quality_fasttext
+
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.jsonl"
+    pos.write_bytes(b"a careful essay on the history of rivers\nbroken \xff\xfe bytes\nanother long careful essay\n")
+    neg.write_text('{"text": "buy now cheap casino"}\n{bad json\n["a list"]\n{"text": "click here win"}\n')
+    out = train_quality_fasttext(pos, neg, tmp_path / "m.bin", epoch=1, dim=8, seed=0)
+    assert out.exists()
+    err = capsys.readouterr().err
+    assert "pos.txt: skipped 1 unusable line(s): {'invalid_utf8': 1}" in err
+    assert "neg.jsonl: skipped 2 unusable line(s): {'malformed_json': 2}" in err
+    # one class only would train a model without the positive label: every document would score alike
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(ThresherError, match="no usable documents in the fastText training file .*empty.txt"):
+        train_quality_fasttext(tmp_path / "empty.txt", neg, tmp_path / "m2.bin", epoch=1, dim=8, seed=0)
+    assert not (tmp_path / "m2.bin").exists()

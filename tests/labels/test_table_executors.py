@@ -192,6 +192,24 @@ def test_stats_read_a_table_under_a_path_with_a_quote(tmp_path, docs):
     np.testing.assert_array_equal(got[2], want[2])
 
 
+def test_stats_on_a_corrupt_label_parquet_is_one_line(tmp_path, docs):
+    import shutil
+
+    from thresher.labels.stats import joint_counts
+    from thresher.labels.table import PARQUET
+    from thresher.utils.errors import ThresherError
+
+    table = run_labelers(source(docs[:10]), [SyntheticLabeler(seed=3)], tmp_path / "t", shard_size=5)
+    data = (table.path / PARQUET).read_bytes()
+    for name, bad in (("garbage", b"not parquet at all"), ("middle", data[:8] + b"\0" * (len(data) - 16) + data[-8:])):
+        copy = tmp_path / name
+        shutil.copytree(table.path, copy)
+        (copy / PARQUET).write_bytes(bad)
+        with pytest.raises(ThresherError, match=f"label table {copy}: {PARQUET} is ") as e:
+            joint_counts(type(table).open(copy), "domain", "topic")
+        assert "\n" not in str(e.value)
+
+
 def _cols(n, seed):
     r = np.random.default_rng(seed)
     cat = r.integers(-1, 4, n).astype(np.int16)

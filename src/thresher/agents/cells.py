@@ -29,6 +29,7 @@ import numpy as np
 
 from thresher.agents.base import Labels
 from thresher.utils.errors import ThresherError
+from thresher.utils.io import make_dir
 from thresher.utils.log import print0
 
 CACHE_VERSION = 1
@@ -118,7 +119,7 @@ def save_cell_index(index: CellIndex, folder: str | os.PathLike) -> Path:
     """Write ``index`` to ``folder`` atomically: into a temporary sibling, renamed when complete. If another
     process published the same folder first, its copy is kept (both were built from the same inputs)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(folder.parent)
     _remove_stale_temporaries(folder.parent)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()

@@ -57,6 +57,9 @@ def ingest(
     ``field_map`` maps output metadata column -> dotted source path (e.g. domain -> meta.redpajama_set_name).
     ``keep_parts`` keeps the per-shard parts after the merge (they double the disk use).
     """
+    for name, value in (("workers", workers), ("batch_size", batch_size)):
+        if value < 1:
+            raise ThresherError(f"ingest {name} = {value}: expected at least 1")
     t0 = time.perf_counter()
     out = _check_out_dir(Path(out_dir))
     field_map = _check_field_map(field_map)

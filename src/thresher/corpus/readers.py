@@ -214,11 +214,58 @@ def _open_binary(path: Path):
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
     if name.endswith(".zst"):
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 20)
+    return open(path, "rb")
+
+
+class _ZstdReader(io.RawIOBase):
+    """The decompressed bytes of a .zst file (one or more frames); a file that ends inside a frame raises
+    EOFError, as gzip does. (zstandard's stream_reader just stops there: a truncated shard would read as
+    its first part, silently.)"""
+
+    CHUNK = 1 << 17
+
+    def __init__(self, path: Path):
         import zstandard
 
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return open(path, "rb")
+        self._file = open(path, "rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = None  # the decompressor of the frame being read; None between frames
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._out:
+            if not self._fill():
+                return 0
+        n = min(len(b), len(self._out))
+        b[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _fill(self) -> bool:
+        """Decompress the next chunk into self._out; False at the end of the file."""
+        data = self._file.read(self.CHUNK)
+        if not data:
+            if self._obj is not None:
+                raise EOFError("compressed file ended before the end of a zstd frame (truncated?)")
+            return False
+        out = []
+        while data:
+            if self._obj is None:
+                self._obj = self._dctx.decompressobj()
+            out.append(self._obj.decompress(data))
+            data = b""
+            if self._obj.eof:  # frame done; what follows it starts the next frame
+                data, self._obj = self._obj.unused_data, None
+        self._out = memoryview(b"".join(out))
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _parquet_rows(path: Path, mapper: _Mapper, batch_rows: int) -> Iterator[tuple[int, Any]]:
@@ -231,7 +278,15 @@ def _parquet_rows(path: Path, mapper: _Mapper, batch_rows: int) -> Iterator[tupl
         raise ThresherError(f"cannot read Parquet file {path}: {e}".splitlines()[0]) from None
     columns = _parquet_columns(path, pf.schema_arrow, mapper)
     index = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+    batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
+    while True:
+        try:  # a corrupt page or row group past the footer fails here, mid-shard
+            batch = next(batches, None)
+        except Exception as e:  # pyarrow raises OSError/ArrowInvalid
+            raise ThresherError(f"cannot read Parquet file {path} after row {index}: "
+                                f"{type(e).__name__}: {e}".splitlines()[0]) from None
+        if batch is None:
+            return
         for row in batch.to_pylist():
             yield index, row
             index += 1

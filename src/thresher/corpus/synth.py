@@ -33,7 +33,7 @@ import numpy as np
 from thresher.corpus.synth_config import DOMAINS, REDPAJAMA_SET_NAMES, TOPICS, SynthConfig
 from thresher.labels.intervals import QUALITY_INTERVALS, quality_interval
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, read_json
+from thresher.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, make_dir, read_json
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 
@@ -508,7 +508,7 @@ def write_shards(world: World, corpus: Corpus, corpus_dir: Path) -> list[Path]:
     """Contiguous doc ranges per shard; stale shards of an earlier world are removed."""
     names = shard_names(world.cfg)
     bounds = np.linspace(0, len(corpus.domain), len(names) + 1).round().astype(int)
-    corpus_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(corpus_dir)
     for p in corpus_dir.glob("shard-*"):
         if p.name not in names:
             p.unlink()

@@ -36,6 +36,8 @@ class EvalConfig:
     model_args: dict = field(default_factory=dict)  # extra lm-eval HFLM arguments, e.g. {dtype = "bfloat16", max_length = 1024}
 
     def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ThresherError(f"eval.tasks is empty; name at least one of {', '.join(TASKS)}")
         unknown = [t for t in self.tasks if t.removeprefix("thresher_") not in TASKS]
         if unknown:
             raise ThresherError(f"eval.tasks: unknown {unknown}; known: {', '.join(TASKS)}")

@@ -29,7 +29,7 @@ from pathlib import Path
 from thresher.agents.policies import POLICIES
 from thresher.config import SEEDED_SECTIONS, RunConfig, run_config_from_dict
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_write_json, read_json
+from thresher.utils.io import atomic_write_json, make_dir, read_json
 from thresher.utils.log import print0
 from thresher.utils.tomlio import apply_overrides, differences, from_dict, load_toml, to_dict
 
@@ -78,7 +78,10 @@ class ExperimentConfig:
 def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict]:
     """(experiment settings, the base run config as a plain dict) from one TOML file + ``--set`` overrides."""
     data = apply_overrides(load_toml(path) if path else {}, list(overrides or []))
-    exp = from_dict(ExperimentConfig, data.pop("experiment", {}), "experiment")
+    if "experiment" not in data:  # a run config given by mistake would compare the default policies
+        raise ThresherError(f"{path or 'the config'} has no [experiment] table: `thresher experiment` takes an "
+                            "experiment config (configs/experiment_*.toml); a run config goes to `thresher train`")
+    exp = from_dict(ExperimentConfig, data.pop("experiment"), "experiment")
     exp.validate()
     for name in exp.policies:  # every variant's overrides resolve, before anything trains
         run_config_for(exp, data, name, exp.seeds[0])
@@ -159,7 +162,7 @@ def run_experiment(exp: ExperimentConfig, base: dict, callbacks=(), only: list[s
     ``only`` / ``seeds`` restrict what trains now (e.g. one process per seed on one GPU); the report
     always covers every finished run of the experiment."""
     out = Path(exp.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     if exp.synthetic_docs:
         base = _prepare_synthetic(exp, base)
     names = [n for n in exp.policies if not only or n in only]

@@ -21,7 +21,7 @@ from thresher.influence.config import SPEED_ONLY
 from thresher.influence.rewards import RewardSource
 from thresher.train.callbacks import Callback
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_write_jsonl
+from thresher.utils.io import atomic_write_jsonl, make_dir
 from thresher.utils.log import print0, rank
 from thresher.utils.seeding import rng
 
@@ -180,7 +180,7 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     out = Path(cfg.out)
     if resume:
         check_resume_config(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     save_config = SaveRunConfig(cfg)  # as given: build_run fills in derived fields
     store, selector, eval_tasks = build_run(cfg)
     print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model} for {cfg.train.steps} steps -> {out}")

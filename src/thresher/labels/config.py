@@ -51,6 +51,8 @@ class LabelConfig:
         for name in ("batch_size", "model_batch_size", "shard_size", "workers", "max_length", "max_chars"):
             if getattr(self, name) < 1:
                 raise ThresherError(f"label.{name} = {getattr(self, name)}; expected an integer >= 1")
+        if self.kmeans_k < 0:
+            raise ThresherError(f"label.kmeans_k = {self.kmeans_k}; expected 0 (no clustering) or a cluster count >= 1")
 
 
 def build_labelers(cfg: LabelConfig, source: DocumentSource | None = None) -> list[Labeler]:

@@ -25,7 +25,7 @@ from thresher.labels.base import DocumentSource, Labeler, fingerprint
 from thresher.labels.cluster import KMeansClusterer
 from thresher.labels.table import LabelTable
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_json, read_json
+from thresher.utils.io import atomic_path, atomic_write_json, make_dir, read_json
 from thresher.utils.log import print0, progress
 
 
@@ -214,7 +214,7 @@ def _cluster_spec(clusterer: KMeansClusterer, specs: dict, out: Path) -> dict:
 def _work_dir(out: Path, specs: dict, n: int, shard_size: int) -> Path:
     settings = {"n_docs": n, "shard_size": shard_size, "columns": specs}
     work = out / "_work" / fingerprint(settings)[:16]
-    work.mkdir(parents=True, exist_ok=True)
+    make_dir(work)
     if (work / "settings.json").exists():
         if fingerprint(read_json(work / "settings.json")) != fingerprint(settings):
             raise SettingsMismatchError(f"shards in {work} were computed under other settings")

@@ -9,8 +9,8 @@ All three write ``quality_score`` (float32, NaN = missing), ``quality_interval``
 
 from __future__ import annotations
 
-import json
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,14 +67,40 @@ def _one_line(t: str) -> str:
 
 
 def _read_docs(path: str | Path) -> list[str]:
-    """Plain text (one doc per line) or JSONL with a 'text' field."""
+    """Plain text (one doc per line) or a corpus shard (JSONL/.gz/.zst/Parquet) with a 'text' field.
+
+    Unusable lines (not UTF-8; in a shard also bad JSON, no text...) are skipped and counted on stderr;
+    a file with no usable document is an error (a one-class classifier would score everything alike)."""
+    from collections import Counter
+
+    from thresher.corpus.readers import Doc, is_shard, iter_records
+
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ThresherError(f"training file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix == ".jsonl":
-        return [json.loads(line)["text"] for line in lines if line.strip()]
-    return [line for line in lines if line.strip()]
+    skipped: Counter = Counter()
+    docs = []
+    if is_shard(path):
+        for item in iter_records(path):
+            if isinstance(item, Doc):
+                docs.append(item.text)
+            else:
+                skipped[item.reason] += 1
+    else:
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    skipped["invalid_utf8"] += 1
+                    continue
+                if line.strip():
+                    docs.append(line.rstrip("\r\n"))
+    if skipped:
+        print(f"{path}: skipped {sum(skipped.values())} unusable line(s): {dict(skipped)}", file=sys.stderr)
+    if not docs:
+        raise ThresherError(f"no usable documents in the fastText training file {path}")
+    return docs
 
 
 def train_quality_fasttext(pos_file: str | Path, neg_file: str | Path, out_path: str | Path, *,

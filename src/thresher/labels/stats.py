@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from thresher.labels.table import PARQUET, LabelTable
+from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_path, atomic_write_text
 
 
@@ -22,8 +23,14 @@ def _query(table: LabelTable, sql: str) -> list[tuple]:
 
     con = duckdb.connect()
     path = str(table.path / PARQUET).replace("'", "''")  # a quote in the path stays a quote
-    con.execute(f"CREATE VIEW labels AS SELECT * FROM read_parquet('{path}')")
-    return con.execute(sql).fetchall()
+    try:
+        con.execute(f"CREATE VIEW labels AS SELECT * FROM read_parquet('{path}')")
+        return con.execute(sql).fetchall()
+    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException):
+        raise  # our query is wrong: a bug, with its traceback
+    except duckdb.Error as e:  # a missing, truncated or corrupt file (not Parquet, a bad page or footer)
+        raise ThresherError(f"label table {table.path}: {PARQUET} is unreadable ({type(e).__name__}: {e})"
+                            .splitlines()[0]) from None
 
 
 def joint_counts(table: LabelTable, a: str, b: str) -> tuple[list[str], list[str], np.ndarray]:

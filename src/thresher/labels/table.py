@@ -48,7 +48,10 @@ class LabelTable:
         path = Path(path)
         if not (path / MANIFEST).exists():
             raise ThresherError(f"no label table at {path} (missing {MANIFEST}); run the labelling first")
-        return cls(path, read_json(path / MANIFEST))
+        try:
+            return cls(path, read_json(path / MANIFEST))
+        except (OSError, ValueError) as e:
+            raise ThresherError(f"label table {path}: {MANIFEST} is unreadable ({type(e).__name__}: {e})".splitlines()[0]) from None
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:

@@ -9,6 +9,21 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from thresher.utils.errors import ThresherError
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``; a file in the way or a missing permission is a one-line ThresherError, not an OSError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise ThresherError(f"cannot create folder {path}: {blocker} is a file, not a folder") from None
+    except PermissionError as e:
+        raise ThresherError(f"cannot create folder {path}: {e.strerror} ({e.filename})") from None
+    return path
+
 
 def _umask() -> int:
     """The process's umask (read by setting and restoring it)."""
@@ -21,7 +36,9 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
+    # a folder it may not write raises PermissionError here, which callers with a fallback catch (a
+    # read-only token store keeps its lengths in memory); the CLI prints any OSError as one line
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give it

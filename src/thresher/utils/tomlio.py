@@ -111,11 +111,12 @@ def load_toml(path: str | Path) -> dict:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """``a.b.c=value``; the value is parsed as TOML/JSON when possible (numbers, bools, lists), else a string."""
     for item in overrides:
-        if "=" not in item:
-            raise ThresherError(f"override '{item}' must look like section.key=value")
-        key, raw = item.split("=", 1)
-        node = data
+        key, _, raw = item.partition("=")
         parts = key.strip().split(".")
+        if "=" not in item or not all(p.strip() for p in parts):
+            raise ThresherError(f"override '{item}' must look like key=value or section.key=value")
+        parts = [p.strip() for p in parts]
+        node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):

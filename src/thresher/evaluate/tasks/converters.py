@@ -30,12 +30,14 @@ class Skips(Counter):
 
 def read_jsonl(path: Path, skips: Skips) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(raw.decode("utf-8")))
+            except UnicodeDecodeError:
+                skips[f"{path.name}: not UTF-8"] += 1
             except json.JSONDecodeError:
                 skips[f"{path.name}: bad JSON line"] += 1
     return rows
@@ -109,8 +111,11 @@ def mmlu_subjects(task_dir: Path) -> list[str]:
 
 
 def _mmlu_csv(path: Path, subject: str, skips: Skips) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise ThresherError(f"{path}: not UTF-8 ({e})") from None
     fn = lambda r: {  # noqa: E731
         "question": r["question"], "subject": subject,
         "choices": [r[f"choice{i}"] for i in range(4)], "answer": _index(r["answer"], 4),
