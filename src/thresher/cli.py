@@ -151,6 +151,9 @@ def stats(
 
     paths = label_stats(labels, out)
     typer.echo("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    if "figure1" not in paths:
+        typer.echo("figure1: not written (it needs quality_interval, domain and topic columns; "
+                   "stats.md says which is missing)")
 
 
 @quality_app.command("train")

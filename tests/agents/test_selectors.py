@@ -340,3 +340,16 @@ def test_quad_quantile_threshold_keeps_the_docs_above_that_quantile_of_their_rou
             assert chosen & set(docs.tolist()) == above, i
         else:  # the last round is cut at the budget
             assert chosen & set(docs.tolist()) <= above
+
+
+def test_multi_agent_without_a_label_column_names_the_labeler_to_run():
+    from thresher.agents.base import Labels
+
+    ctx = make_ctx(500)
+    ctx.labels = Labels({k: v for k, v in ctx.labels.codes.items() if k != "topic"},
+                        {k: v for k, v in ctx.labels.categories.items() if k != "topic"})
+    ctx.rewards = FakeRewards(ctx.labels)
+    with pytest.raises(ThresherError, match=r"has no \['topic'\] column .*topic_zeroshot.*selector.agents"):
+        build_selector(SelectorConfig(policy="multi-agent", budget_tokens=5000), ctx)
+    sel = build_selector(SelectorConfig(policy="multi-agent", budget_tokens=5000, agents=["domain", "quality"]), ctx)
+    assert len(sel.initial_selection()) > 0

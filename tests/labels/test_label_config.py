@@ -71,3 +71,28 @@ def test_cli_domain_names_reach_the_label_config(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         cli.main()
     assert seen["names"] == ["Pile-CC", "Github", "FreeLaw"]
+
+
+def test_embed_max_length_reaches_the_sentence_embedders():
+    from thresher.labels.embed import EmbedLabeler
+    from thresher.labels.topic import ZeroShotTopicLabeler
+
+    emb, topic = build_labelers(LabelConfig(labelers=["embed", "topic_zeroshot"], embed_max_length=64))
+    assert isinstance(emb, EmbedLabeler) and isinstance(topic, ZeroShotTopicLabeler)
+    assert emb.embedder.max_seq_length == 64 and topic.embedder.max_seq_length == 64
+    with pytest.raises(ThresherError, match="label.embed_max_length"):
+        LabelConfig(embed_max_length=0)
+
+
+def test_a_default_agent_column_the_table_lacks_is_skipped(tmp_path):
+    """data.label_columns says absent columns are skipped: a table without 'topic' (the default topic column)
+    must give the other agents' labels, not a 'has no column' error."""
+    from thresher.config import RunConfig
+    from thresher.experiments.run import agent_labels
+    from thresher.labels.base import InMemorySource
+    from thresher.labels.config import run_from_config
+
+    src = InMemorySource([f"doc {i}" for i in range(4)], {"domain": ["C4", "GitHub", "C4", "Books"]})
+    table = run_from_config(src, LabelConfig(labelers=["domain"]), tmp_path / "labels")
+    labels = agent_labels(RunConfig(), table)
+    assert set(labels.codes) == {"domain"}

@@ -116,6 +116,14 @@ class MultiAgentSelector(_StagedSelector):
             unknown = sorted(set(getattr(self.cfg, key)) - set(ctx.labels.codes) - set(cols))
             if unknown:
                 raise ThresherError(f"selector.{key} names {unknown}: not label columns (have: {sorted(ctx.labels.codes)})")
+        missing = [c for c in cols if c not in ctx.labels.codes]
+        if missing:
+            raise ThresherError(
+                f"policy {self.name} runs agents {cols}, but the label table has no {missing} column "
+                f"(agent columns found: {sorted(ctx.labels.codes)}): label the store with the labeler that writes "
+                "it (topic: topic_zeroshot or topic_hf; cluster: embed with --kmeans-k), or pick a policy / "
+                "selector.agents that uses only the columns you have "
+                "(e.g. --set selector.agents='[\"domain\", \"quality\"]')")
         self._index(ctx, cols)
         self.empty = _warn_empty_categories(self.name, self.index, self.categories, self.columns)
         if self.learn and ctx.rewards is None:

@@ -52,7 +52,10 @@ def evaluate_downstream(
     shots = _shots(names, num_fewshot)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
-        raise ThresherError(f"not a Hugging Face checkpoint (no config.json): {model_dir}")
+        hint = ("; a run's checkpoints/step_* folders are training state, not Hugging Face models: evaluate "
+                "the run's final/ folder (written when thresher train finishes, train.export = true)"
+                if (model_dir / "trainer.pt").exists() else "")
+        raise ThresherError(f"not a Hugging Face checkpoint (no config.json): {model_dir}{hint}")
     out_dir = Path(out_dir)
     tasks_dir = prepare_tasks(data_root, cache_dir or out_dir / "eval_data", names, categories)
 

@@ -124,7 +124,7 @@ def agent_labels(cfg: RunConfig, table) -> Labels:
         if col and col not in table.columns and col != defaults.get(name):
             print0(f"data.label_columns: {name} -> {col!r}, which label table {cfg.data.labels} does not have "
                    f"(columns: {', '.join(table.columns)}); the {name} agent cannot run")
-        elif col and table.kind(col) != "category":
+        elif col and col in table.columns and table.kind(col) != "category":
             print0(f"data.label_columns: {name} -> {col!r} is a {table.kind(col)} column; agents need category codes")
     if not present and cfg.selector.policy in _SCORE_POLICIES:
         return Labels()
@@ -183,7 +183,15 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     make_dir(out)
     save_config = SaveRunConfig(cfg)  # as given: build_run fills in derived fields
     store, selector, eval_tasks = build_run(cfg)
-    print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model} for {cfg.train.steps} steps -> {out}")
+    t, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1"))
+    per_micro = t.micro_batch * t.seq_len * world
+    accum = (f" ({t.global_batch_tokens // per_micro} micro-batch(es) of {t.micro_batch} x {t.seq_len} per rank "
+             "and step)" if t.global_batch_tokens % per_micro == 0 else "")
+    print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {t.model} for {t.steps} steps of "
+           f"{t.global_batch_tokens} tokens{accum} -> {out}")
+    if t.schedule != "constant" and t.warmup_steps >= t.steps:
+        print0(f"warning: train.warmup_steps = {t.warmup_steps} >= train.steps = {t.steps}: the learning rate never "
+               f"leaves its warmup (no {t.schedule} decay); lower train.warmup_steps for a short run")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
                     callbacks=[save_config, *callbacks], tokenizer=_hf_tokenizer(store))
     if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it

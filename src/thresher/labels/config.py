@@ -28,7 +28,10 @@ class LabelConfig:
     dsir_reference: list = field(default_factory=list)  # reference-task JSONL files (target distribution)
     dsir_raw_sample: int = 10_000  # pool docs used to fit the raw distribution
     dsir_buckets: int = 10_000  # hashed n-gram buckets of DSIR's feature space
-    max_length: int = 512  # model tokens per doc (longer docs are truncated)
+    # model tokens per doc for the classifiers (quality_hf, topic_hf, perplexity); longer docs are truncated
+    max_length: int = 512
+    # model tokens per doc for the sentence embedder (embed, topic_zeroshot); smaller is faster on CPU
+    embed_max_length: int = 256
     max_chars: int = 1_000_000  # longer docs are refused with reason 'too_long'
     device: str = "auto"  # where model labelers run: auto (cuda if available) | cpu | cuda
     model_batch_size: int = 32  # documents per model forward
@@ -48,7 +51,8 @@ class LabelConfig:
     seed: int = 0  # k-means and sampling
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "model_batch_size", "shard_size", "workers", "max_length", "max_chars"):
+        for name in ("batch_size", "model_batch_size", "shard_size", "workers", "max_length", "embed_max_length",
+                     "max_chars"):
             if getattr(self, name) < 1:
                 raise ThresherError(f"label.{name} = {getattr(self, name)}; expected an integer >= 1")
         if self.kmeans_k < 0:
@@ -84,9 +88,11 @@ def _build_one(name: str, cfg: LabelConfig, source: DocumentSource | None) -> La
     if name == "topic_hf":
         return topic.HFTopicLabeler(_need(cfg.topic_model, "topic_model"), **hf)
     if name == "topic_zeroshot":
-        return topic.ZeroShotTopicLabeler(cfg.embed_model, batch_size=cfg.model_batch_size, device=cfg.device, max_chars=cfg.max_chars)
+        return topic.ZeroShotTopicLabeler(cfg.embed_model, batch_size=cfg.model_batch_size, device=cfg.device,
+                                          max_seq_length=cfg.embed_max_length, max_chars=cfg.max_chars)
     if name == "embed":
-        return embed.EmbedLabeler(cfg.embed_model, batch_size=cfg.model_batch_size, device=cfg.device, max_chars=cfg.max_chars)
+        return embed.EmbedLabeler(cfg.embed_model, batch_size=cfg.model_batch_size, device=cfg.device,
+                                  max_seq_length=cfg.embed_max_length, max_chars=cfg.max_chars)
     if name == "perplexity":
         return perplexity.PerplexityLabeler(_need(cfg.perplexity_model, "perplexity_model"), **hf)
     if name == "dsir":

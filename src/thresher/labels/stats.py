@@ -124,6 +124,10 @@ def label_stats(table_dir: str | Path, out_dir: str | Path, interval: str = "qua
         md += ["", "## Figure 1: topic diversity per (quality interval, domain)", "",
                "| interval | domain | docs | 1 - max topic share | topic entropy (nats) | top topic |", "|---|---|---:|---:|---:|---|"]
         md += [f"| {c['interval']} | {c['domain']} | {c['n']} | {c['one_minus_max_share']:.3f} | {c['entropy']:.3f} | {c['top_topic']} |" for c in cells]
+    else:
+        lacking = [c for c in (interval, domain, topic) if c not in cats]
+        md += ["", f"No Figure 1: it needs the category columns {interval}, {domain} and {topic}; this table lacks "
+               f"{', '.join(lacking)} (e.g. `thresher label <store> --out <this table> --labelers topic_zeroshot` adds topic)."]
     for a, b in ((topic, domain), (interval, domain)):
         if a in cats and b in cats:
             an, bn, m = joint_counts(table, b, a)

@@ -81,7 +81,11 @@ def _checked(tp: Any, value: Any, key: str) -> Any:
     if ok is None:  # a type this module does not check (Any, unions of several types)
         return value
     if not ok(value):
-        raise ThresherError(f"config key {key} = {value!r}: expected {_EXPECTED[origin]}")
+        hint = ""
+        if isinstance(value, str) and value.lstrip()[:1] == {list: "[", dict: "{"}.get(origin):  # unparsable --set list/table
+            hint = (" (a --set value is parsed as TOML: quote strings inside it, e.g. "
+                    + ("key='[\"a\", \"b\"]'" if origin is list else "key='{a = 1, b = 2}'") + ")")
+        raise ThresherError(f"config key {key} = {value!r}: expected {_EXPECTED[origin]}{hint}")
     args = typing.get_args(tp)
     if origin is list and args:
         return [_checked(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]

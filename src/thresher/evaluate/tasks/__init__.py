@@ -75,7 +75,8 @@ def resolve_eval_root(data_root: str | Path) -> Path:
     """Accept either shared/data or shared/data/eval."""
     root = Path(data_root).expanduser()
     if not root.is_dir():
-        raise ThresherError(f"evaluation data root not found: {root}")
+        raise ThresherError(f"evaluation data root not found: {root} (give the benchmarks' folder with --data-root, "
+                            "eval.data_root or $THRESHER_SHARED_DATA: shared/data or shared/data/eval)")
     return root / "eval" if (root / "eval").is_dir() and not (root / "arc_easy").exists() else root
 
 
