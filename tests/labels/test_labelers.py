@@ -304,3 +304,30 @@ def test_fasttext_training_files_skip_bad_lines_and_refuse_an_empty_class(tmp_pa
     with pytest.raises(ThresherError, match="no usable documents in the fastText training file .*empty.txt"):
         train_quality_fasttext(tmp_path / "empty.txt", neg, tmp_path / "m2.bin", epoch=1, dim=8, seed=0)
     assert not (tmp_path / "m2.bin").exists()
+
+
+def test_a_model_that_is_not_there_fails_before_any_labelling(tmp_path, monkeypatch, docs, minilm):
+    import huggingface_hub
+
+    from thresher.labels import base
+    from thresher.labels.embed import EmbedLabeler
+    from thresher.labels.executors import run_labelers
+
+    base.ensure_model(minilm)  # a local folder: nothing to fetch
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    labelers = [RuleQualityLabeler(), HFQualityLabeler("nobody/no-such-classifier"), EmbedLabeler(minilm)]
+    with pytest.raises(ThresherError, match=r"'nobody/no-such-classifier' is not a local path and not in the "
+                                            r"Hugging Face cache \(HF_HUB_OFFLINE is set\)"):
+        run_labelers(InMemorySource(docs[:4]), labelers, tmp_path / "labels")
+    assert not (tmp_path / "labels").exists()  # no _work folder, no shard started
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    fetched = []
+
+    def no_network(repo_id, **kw):
+        fetched.append(repo_id)
+        raise OSError("Connection refused\nmore lines")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(ThresherError, match=r"downloading it failed \(OSError: Connection refused\); without network"):
+        run_labelers(InMemorySource(docs[:4]), labelers[1:], tmp_path / "labels")
+    assert fetched == ["nobody/no-such-classifier"] and not (tmp_path / "labels").exists()

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from thresher.labels.base import model_version, resolve_device
+from thresher.labels.base import ensure_model, model_version, resolve_device
 from thresher.utils.errors import ThresherError
 
 
@@ -67,6 +67,9 @@ class HFModelLabeler:
 
     def settings(self) -> dict:
         return {**model_version(self.model), "max_length": self.max_length, "max_chars": self.max_chars}
+
+    def fetch(self) -> None:
+        ensure_model(self.model)
 
     def setup(self) -> None:
         if self._net is None:

@@ -37,6 +37,10 @@ class Labeler(ABC):
     def setup(self) -> None:
         """Load models (called once per worker before the first batch)."""
 
+    def fetch(self) -> None:
+        """Make what ``setup`` loads available before any shard starts (a Hub model: into the local cache),
+        or raise a ThresherError; called once, in the driver, before the settings are fingerprinted."""
+
     @abstractmethod
     def label(self, batch: dict[str, list]) -> dict[str, np.ndarray | list]: ...
 
@@ -116,6 +120,34 @@ def model_version(path_or_id: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - no hub cache is fine; identity is then the id alone
         commit = None
     return {"model": path_or_id, "commit": commit}
+
+
+def ensure_model(path_or_id: str) -> None:
+    """A local path, a Hub id already in the Hugging Face cache, or a Hub id downloaded into it now; else a
+    one-line ThresherError, before any labelling starts (a worker would otherwise fail in its first shard,
+    and the settings would be fingerprinted without the snapshot commit the model then gets)."""
+    import os
+
+    if Path(path_or_id).exists():
+        return
+    try:
+        from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(path_or_id, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001 - not a valid repo id: the message below says what it is not
+        pass
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    what = f"model {path_or_id!r} is not a local path and not in the Hugging Face cache"
+    if offline:
+        raise ThresherError(f"{what} (HF_HUB_OFFLINE is set): give a local folder or download it first")
+    try:
+        snapshot_download(path_or_id)
+    except Exception as e:  # noqa: BLE001 - network, auth, no such repo: all mean "cannot get it"
+        raise ThresherError(f"{what}, and downloading it failed ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); without network give a local folder"
+                            ) from None
 
 
 # ----------------------------------------------------------------------------- document sources

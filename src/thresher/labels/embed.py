@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.labels.base import Labeler, model_version, ok_indices, resolve_device, screen_texts
+from thresher.labels.base import Labeler, ensure_model, model_version, ok_indices, resolve_device, screen_texts
 from thresher.utils.errors import ThresherError
 
 
@@ -84,6 +84,9 @@ class EmbedLabeler(Labeler):
 
     def settings(self) -> dict[str, Any]:
         return {**self.embedder.settings(), "max_chars": self.max_chars, "dtype": "float16"}
+
+    def fetch(self) -> None:
+        ensure_model(self.embedder.model)
 
     def setup(self) -> None:
         self.embedder.load()

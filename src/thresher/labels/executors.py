@@ -175,6 +175,8 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
     out, n = Path(out_dir), int(source.n_docs)
     if n == 0:
         raise ThresherError("the document source has no documents")
+    for labeler in labelers:  # models present (or downloaded) before the settings are fingerprinted
+        labeler.fetch()
     specs = column_specs(labelers)
     if clusterer is not None:
         specs[clusterer.column] = _cluster_spec(clusterer, specs, out)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from thresher.labels._hf import HFModelLabeler
-from thresher.labels.base import Labeler, fill_codes, fill_float, ok_indices, screen_texts
+from thresher.labels.base import Labeler, ensure_model, fill_codes, fill_float, ok_indices, screen_texts
 from thresher.labels.embed import Embedder
 from thresher.utils.errors import ThresherError
 
@@ -57,6 +57,9 @@ class ZeroShotTopicLabeler(Labeler):
 
     def settings(self) -> dict[str, Any]:
         return {**self.embedder.settings(), "topics": self.topics, "max_chars": self.max_chars}
+
+    def fetch(self) -> None:
+        ensure_model(self.embedder.model)
 
     def setup(self) -> None:
         if self._proto is None:  # (T, d) unit-norm topic prototypes
