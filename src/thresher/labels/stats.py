@@ -57,7 +57,8 @@ def diversity_cells(table: LabelTable, interval: str, domain: str, topic: str) -
         n = p.sum()
         p /= n
         out.append({"interval": q, "domain": d, "n": int(n), "one_minus_max_share": float(1 - p.max()),
-                    "entropy": float(-(p * np.log(p)).sum()), "top_topic": max(topics, key=topics.get)})
+                    "entropy": float(-(p * np.log(p)).sum()) + 0.0,  # + 0.0: no "-0.000" for one topic
+                   "top_topic": max(topics, key=topics.get)})
     return out
 
 
