@@ -123,6 +123,8 @@ def label(
                                                "case-insensitively against the store's `domain` field (e.g. The "
                                                "Pile's set names), or 'auto' (the field's distinct values, most "
                                                "frequent first). Default: SlimPajama's 7 domains."),
+    replace: bool = typer.Option(False, "--replace", help="Recompute columns the table already has under other "
+                                 "settings (e.g. domain after --domain-names) instead of refusing; other columns stay."),
     set_: List[str] = typer.Option([], "--set", help="Override a LabelConfig field: key=value (repeatable), e.g. "
                                    "shard_size=1000 (default 10000 docs; progress and resume are per shard)."),
 ):
@@ -135,7 +137,8 @@ def label(
     from thresher.utils.tomlio import load_config
 
     overrides = _overrides(set_, {"labelers": labelers, "domain_names": domain_names},
-                           {"executor": executor, "workers": workers, "kmeans_k": kmeans_k})
+                           {"executor": executor, "workers": workers, "kmeans_k": kmeans_k,
+                            "replace": True if replace else None})
     cfg = load_config(LabelConfig, config, overrides)
     table = run_from_config(TokenStoreSource(store), cfg, out)
     typer.echo(f"label table written to {out}: {table.n_docs} documents, columns {table.columns}")

@@ -353,3 +353,32 @@ def test_multi_agent_without_a_label_column_names_the_labeler_to_run():
         build_selector(SelectorConfig(policy="multi-agent", budget_tokens=5000), ctx)
     sel = build_selector(SelectorConfig(policy="multi-agent", budget_tokens=5000, agents=["domain", "quality"]), ctx)
     assert len(sel.initial_selection()) > 0
+
+
+@pytest.mark.parametrize("policy", ["multi-agent", "quad", "static-mixture"])
+def test_resume_with_relabelled_columns_is_refused(policy, tmp_path):
+    """A checkpoint records the digest of the labels and lengths its cell index was built from: a resume over
+    a column relabelled in place (thresher label --replace) or a re-ingested store is refused; the same labels
+    (also through the cache folder instead of memory) resume."""
+    from thresher.agents.base import Labels
+
+    base = dict(policy=policy, update_every=3, budget_docs=400, samples_per_category=8, clusters_per_round=3,
+                threshold_mode="quantile")
+    sel, _, _ = _run(SelectorConfig(**base), 6)
+    state = sel.state_dict()
+    same = make_ctx(4000)
+    same.cell_cache = str(tmp_path)
+    _run(SelectorConfig(**base), 9, ctx=same, state=state, start=6)
+    column = "domain" if policy == "static-mixture" else sel.index.columns[0]
+    ctx = make_ctx(4000)
+    codes = dict(ctx.labels.codes)
+    codes[column] = codes[column].copy()
+    codes[column][:50] = (codes[column][:50] + 1) % len(ctx.labels.categories[column])  # 50 docs relabelled
+    ctx.labels = Labels(codes, ctx.labels.categories)
+    with pytest.raises(SettingsMismatchError, match="cannot resume: the labels of .* changed since this checkpoint"):
+        _run(SelectorConfig(**base), 9, ctx=ctx, state=state, start=6)
+    lengths = make_ctx(4000)
+    lengths.doc_lengths = lengths.doc_lengths.copy()
+    lengths.doc_lengths[0] += 1
+    with pytest.raises(SettingsMismatchError, match="or the documents' lengths changed"):
+        _run(SelectorConfig(**base), 9, ctx=lengths, state=state, start=6)

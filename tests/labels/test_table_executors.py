@@ -285,3 +285,35 @@ def test_table_records_its_corpus_and_refuses_another(tmp_path):
     assert LabelTable.check_settings(tmp_path / "t", {}, n, "store-sha256:aaa") == []
     legacy = LabelTable.write(tmp_path / "old", n, data("a"), _specs("a"))  # a table from before sources: unchecked
     assert legacy.source is None and LabelTable.check_settings(tmp_path / "old", {}, n, "store-sha256:x") == []
+
+
+def test_replace_recomputes_only_the_changed_columns_in_place(tmp_path, docs):
+    out = tmp_path / "labels"
+    run_labelers(source(docs), cheap_labelers(), out, shard_size=7)
+    before = LabelTable.open(out)
+    quality = before.arrow(["quality_score"])
+    renamed = DomainLabeler(names=["Wikipedia", "RedPajamaC4", "RedPajamaGithub"])  # other categories
+    with pytest.raises(SettingsMismatchError, match="computed under other settings .* with --replace"):
+        run_labelers(source(docs), [renamed], out, shard_size=7)
+    after = run_labelers(source(docs), [renamed], out, shard_size=7, replace=True)
+    direct = run_labelers(source(docs), [renamed], tmp_path / "fresh", shard_size=7)
+    assert after.columns == before.columns and after.categories("domain") == direct.categories("domain")
+    np.testing.assert_array_equal(after.codes("domain"), direct.codes("domain"))
+    assert after.provenance("domain") == direct.provenance("domain") != before.provenance("domain")
+    assert after.arrow(["quality_score"]).equals(quality)  # the other columns are kept as they were
+    np.testing.assert_array_equal(after.codes("true_topic"), before.codes("true_topic"))
+
+
+def test_replacing_embeddings_without_reclustering_is_refused(tmp_path, full_table, docs, minilm):
+    import shutil
+
+    from thresher.labels.embed import EmbedLabeler
+    from thresher.utils.errors import ThresherError
+
+    table, _ = full_table
+    copy = tmp_path / "t"
+    shutil.copytree(table.path, copy)
+    shorter = EmbedLabeler(minilm, device="cpu", max_seq_length=32)
+    with pytest.raises(ThresherError, match=r"replacing 'embedding' would leave \['cluster'\] computed from the old"):
+        run_labelers(source(docs[:16]), [shorter], copy, shard_size=8, replace=True)
+    assert LabelTable.open(copy).provenance("embedding") == table.provenance("embedding")

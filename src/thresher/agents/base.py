@@ -113,9 +113,13 @@ class Selector(ABC):
             state["rewards"] = reward_state
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def check_state(self, state: dict) -> None:
+        """Raise SettingsMismatchError when ``state`` was written under other settings than this selector's."""
         if self.settings is not None and "settings" in state:  # states written before settings were kept: unchecked
             check_same_settings(state["settings"], self.settings, "the checkpoint's selector state")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
         self.version = int(state["version"])
         self._selection = narrow_ids(state["selection"])
         self.log = list(state["log"])

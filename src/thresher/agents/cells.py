@@ -47,6 +47,7 @@ class CellIndex:
     counts: np.ndarray
     tokens: np.ndarray
     folder: Path | None = None  # the cache folder it is mapped from (None: built in memory)
+    key: str | None = None  # cell_index_key of its inputs, when known (a cached index always has it)
 
     @property
     def n_cells(self) -> int:
@@ -210,6 +211,7 @@ def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarra
         # pruned (``prune_cell_caches``) between the check above and the load: build it again
         return cached_cell_index(labels, columns, doc_lengths, cache_dir, local_rank, wait_s, _retried=True)
     mark_used(folder)
+    index.key = key
     return index
 
 

@@ -9,12 +9,13 @@ import numpy as np
 from thresher.agents.agent import Agent, CategoricalAgent, category_sizes, normalise_rewards
 from thresher.agents.bandit import BanditAgent, ClusterBandit, arm_sizes
 from thresher.agents.base import SelectionContext, Selector, budget_count, resolve_budget
-from thresher.agents.cells import CellIndex, StageDraws, build_cell_index, cached_cell_index, mark_used
+from thresher.agents.cells import (CellIndex, StageDraws, build_cell_index, cached_cell_index, cell_index_key,
+                                   mark_used)
 from thresher.agents.config import SelectorConfig
 from thresher.agents.console import AgentConsole
 from thresher.agents.presets import init_specs, initial_weights
 from thresher.agents.select import make_groups, select_gumbel, select_top_k
-from thresher.utils.errors import ThresherError
+from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.log import print0
 from thresher.utils.seeding import derive_seed, rng
 
@@ -70,6 +71,8 @@ class _StagedSelector(Selector):
         lengths = np.asarray(ctx.doc_lengths)
         self.index = (cached_cell_index(ctx.labels, columns, lengths, ctx.cell_cache) if ctx.cell_cache
                       else build_cell_index(ctx.labels, columns, lengths))
+        if self.index.key is None:
+            self.index.key = cell_index_key(ctx.labels, columns, lengths)
 
     def _random_stage(self) -> np.ndarray:
         """Algorithm 1 line 2: D_k as a uniformly random subset at the budget."""
@@ -88,7 +91,16 @@ class _StagedSelector(Selector):
         return src.provenance() if src is not None else {}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "rng": self.g.bit_generator.state}
+        return {**super().state_dict(), "rng": self.g.bit_generator.state, "labels_key": self.index.key}
+
+    def check_state(self, state: dict) -> None:
+        super().check_state(state)
+        saved = state.get("labels_key")  # None: a checkpoint written before the key was kept (unchecked)
+        if saved is not None and saved != self.index.key:
+            raise SettingsMismatchError(
+                f"cannot resume: the labels of {', '.join(self.index.columns)} or the documents' lengths changed "
+                "since this checkpoint (a column relabelled with --replace, or the store re-ingested); the run "
+                "would go on selecting by other labels. Start a new run folder, or restore the labels it used")
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

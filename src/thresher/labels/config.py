@@ -48,6 +48,9 @@ class LabelConfig:
     num_gpus: float = 0.0  # per Ray actor
     ray_address: Optional[str] = None  # executor = "ray": the cluster to join (None = start a local one)
     keep_shards: bool = False  # keep the per-shard results after the merge
+    # recompute the columns of these labelers that the table has under other settings, written over them
+    # (default: that is an error); a run resumed over replaced labels is refused
+    replace: bool = False
     seed: int = 0  # k-means and sampling
 
     def __post_init__(self) -> None:
@@ -132,4 +135,4 @@ def run_from_config(source: DocumentSource, cfg: LabelConfig, out_dir: str | Pat
     return run_labelers(source, build_labelers(cfg, source), out_dir, executor=cfg.executor,
                         shard_size=cfg.shard_size, workers=cfg.workers, batch_size=cfg.batch_size,
                         clusterer=build_clusterer(cfg), num_gpus=cfg.num_gpus, keep_shards=cfg.keep_shards,
-                        ray_address=cfg.ray_address)
+                        ray_address=cfg.ray_address, replace=cfg.replace)

@@ -11,6 +11,7 @@ every doc, and the label table is written atomically (table.py). Both executors 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
@@ -170,8 +171,9 @@ def run_ray(source, labelers, work: Path, todo: list, batch_size: int, workers: 
 def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: str | Path, executor: str = "local",
                  shard_size: int = 10_000, workers: int = 1, batch_size: int = 256,
                  clusterer: KMeansClusterer | None = None, num_gpus: float = 0.0, keep_shards: bool = False,
-                 ray_address: str | None = None) -> LabelTable:
-    """Label every doc of ``source`` and add the columns to the label table at ``out_dir``."""
+                 ray_address: str | None = None, replace: bool = False) -> LabelTable:
+    """Label every doc of ``source`` and add the columns to the label table at ``out_dir``; with ``replace``,
+    columns the table has under other settings are recomputed and written over (else that is an error)."""
     out, n = Path(out_dir), int(source.n_docs)
     if n == 0:
         raise ThresherError("the document source has no documents")
@@ -181,7 +183,15 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
     if clusterer is not None:
         specs[clusterer.column] = _cluster_spec(clusterer, specs, out)
     identity = getattr(source, "identity", None)  # a token store's fingerprint: the table records it
-    if set(LabelTable.check_settings(out, {c: s["provenance"] for c, s in specs.items()}, n, identity)) == set(specs):
+    if replace and clusterer is None and "embedding" in specs and LabelTable.exists(out):
+        t = LabelTable.open(out)  # columns derived from the embeddings (clusters) record their provenance
+        replaced = "embedding" in t.columns and _differs(t.provenance("embedding"), specs["embedding"]["provenance"])
+        stale = [c for c in t.columns if replaced and c not in specs and "embedding" in t.provenance(c)]
+        if stale:
+            raise ThresherError(f"replacing 'embedding' would leave {stale} computed from the old embeddings: "
+                                "recompute them in the same run (--kmeans-k)")
+    if set(LabelTable.check_settings(out, {c: s["provenance"] for c, s in specs.items()}, n, identity,
+                                     replace)) == set(specs):
         print0(f"label table {out} is up to date")
         return LabelTable.open(out)
     work = _work_dir(out, specs, n, shard_size)
@@ -196,7 +206,7 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
             run_ray(source, labelers, work, todo, batch_size, workers, num_gpus, ray_address)
         else:
             raise ThresherError(f"unknown executor {executor!r}; use 'local' or 'ray'")
-    table = merge_shards(out, work, shards, specs, n, clusterer, identity)
+    table = merge_shards(out, work, shards, specs, n, clusterer, identity, replace)
     _write_run_stats(out, work, shards, labelers, time.perf_counter() - t0)
     if not keep_shards:
         shutil.rmtree(work, ignore_errors=True)
@@ -226,7 +236,7 @@ def _work_dir(out: Path, specs: dict, n: int, shard_size: int) -> Path:
 
 
 def merge_shards(out: Path, work: Path, shards: list, specs: dict, n: int,
-                 clusterer: KMeansClusterer | None, source: str | None = None) -> LabelTable:
+                 clusterer: KMeansClusterer | None, source: str | None = None, replace: bool = False) -> LabelTable:
     """Stream the shards in doc-id order (checked: no gap, no duplicate) into the table, clustering first.
     One shard's rows are in memory at a time (and the embeddings are memory-mapped), however large N."""
     label_specs = {c: s for c, s in specs.items() if clusterer is None or c != clusterer.column}
@@ -245,7 +255,11 @@ def merge_shards(out: Path, work: Path, shards: list, specs: dict, n: int,
             np.save(f, centroids)
     kinds = {c: label_specs[c]["kind"] for c in scalar}
     return LabelTable.write(out, n, data, specs, blocks=_shard_blocks(work, shards, kinds, n) if scalar else None,
-                            source=source)
+                            source=source, replace=replace)
+
+
+def _differs(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str)
 
 
 def _shard_blocks(work: Path, shards: list, kinds: dict[str, str], n: int):

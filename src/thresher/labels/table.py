@@ -127,9 +127,10 @@ class LabelTable:
     # ------------------------------------------------------------------ writing
     @staticmethod
     def check_settings(path: str | os.PathLike, provenance: Mapping[str, dict], n_docs: int | None = None,
-                       source: str | None = None) -> list[str]:
-        """Columns already present with exactly this provenance; raises if any differs, or if the table was
-        labelled from another corpus (``source``: the source's identity, e.g. a token store's fingerprint)."""
+                       source: str | None = None, replace: bool = False) -> list[str]:
+        """Columns already present with exactly this provenance; raises if any differs (unless ``replace``: then
+        it is to be recomputed and written over), or if the table was labelled from another corpus
+        (``source``: the source's identity, e.g. a token store's fingerprint)."""
         path = Path(path)
         if not LabelTable.exists(path):
             return []
@@ -143,16 +144,19 @@ class LabelTable:
         for col, prov in provenance.items():
             if col in t.manifest["columns"]:
                 if _norm(t.provenance(col)) != _norm(prov):
+                    if replace:
+                        continue
                     raise SettingsMismatchError(
                         f"column {col!r} in {path} was computed under other settings "
-                        f"({_diff(t.provenance(col), prov)}); write to a new table directory")
+                        f"({_diff(t.provenance(col), prov)}); write to a new table directory, or recompute it "
+                        "in place with --replace (label.replace = true)")
                 same.append(col)
         return same
 
     @staticmethod
     def write(path: str | os.PathLike, n_docs: int, data: Mapping[str, Any], specs: Mapping[str, dict],
               blocks: Iterable[tuple[int, int, Mapping[str, Any]]] | None = None,
-              source: str | None = None) -> "LabelTable":
+              source: str | None = None, replace: bool = False) -> "LabelTable":
         """Add/replace columns. ``data[col]``: category -> int16 codes, float -> float32, reason ->
         pyarrow/list of str|None, embedding -> path of a finished (N, d) float16 .npy (moved in).
 
@@ -162,7 +166,7 @@ class LabelTable:
         Parquet file (this table's kept columns, read back in step, plus the new ones) is written row
         group by row group, so a table of hundreds of millions of documents needs little memory."""
         path = Path(path)
-        LabelTable.check_settings(path, {c: s["provenance"] for c, s in specs.items()}, n_docs, source)
+        LabelTable.check_settings(path, {c: s["provenance"] for c, s in specs.items()}, n_docs, source, replace)
         old = LabelTable.open(path) if LabelTable.exists(path) else None
         manifest = {"version": 1, "n_docs": n_docs, "columns": dict(old.manifest["columns"]) if old else {}}
         source = source or (old.source if old else None)
