@@ -158,3 +158,26 @@ def test_global_batch_that_the_ranks_cannot_split_names_a_micro_batch_that_fits(
         _accum_steps(cfg, 8)
     with pytest.raises(ThresherError, match="128 sequences per step cannot be split over 3 ranks"):
         _accum_steps(cfg, 3)
+
+
+def test_the_progress_bar_says_where_a_slow_selection_update_went(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from thresher.train.callbacks import Progress
+
+    monkeypatch.delenv("THRESHER_NO_PROGRESS", raising=False)
+    run = SimpleNamespace(dist=SimpleNamespace(rank=0), cfg=SimpleNamespace(steps=10), step=0,
+                          counters={"selection_s": 0.0, "train_s": 0.0})
+    bar = Progress()
+    bar.on_train_start(run)
+    for step, (sel_s, train_s, changed) in enumerate([(0.0, 0.5, False), (6.0, 0.5, True), (0.2, 0.5, True)], 1):
+        run.counters["selection_s"] += sel_s
+        run.counters["train_s"] += train_s
+        bar.on_step_end(run, {"step": step, "loss": 1.0, "lr": 1e-3, "selection_s": sel_s, "step_s": sel_s + train_s,
+                              "selection_changed": changed})
+    bar.on_train_end(run)
+    out, err = capsys.readouterr()
+    # one line for the slow update (6 s of 7 s so far = 86%), none for the 0.2 s one
+    assert out.strip().splitlines() == ["step 1: selection update 6.0 s (a training step 0.50 s); "
+                                        "selection so far 86% of the run's time"]
+    assert "sel=81%" in err  # the postfix at the end: 6.2 s of 7.7 s

@@ -256,7 +256,8 @@ class InfluenceScorer:
         zeros = lambda *shape: torch.zeros(*shape, dtype=fdt, device=dev)  # noqa: E731
         stats = [FactorStats(zeros(ki, ki), zeros(ko, ko), zeros(())) for ki, ko in self._dims(full)]
         doc_grads = [[] for _ in stats] if keep_doc_grads else None
-        for batch, real in progress(self._batches(sample, self.fit_docs), desc="influence factors", unit="batch"):
+        for batch, real in progress(self._batches(sample, self.fit_docs), desc="influence factors", unit="batch",
+                                    total=self._n_batches(sample), leave=False):
             seqs = self.feats.sequences(self.model, batch, project=not full)
             if not real:  # a pass that only keeps FSDP's collectives in step
                 continue
@@ -284,7 +285,8 @@ class InfluenceScorer:
         fdt, dev = self._factor_dtype_device()
         sums = [torch.zeros(ko, ki, dtype=fdt, device=dev) for ki, ko in self._dims(full)]
         n_docs = torch.zeros((), dtype=fdt, device=dev)
-        for batch, real in progress(self._batches(sample, self.fit_docs), desc="influence eigenvalues", unit="batch"):
+        for batch, real in progress(self._batches(sample, self.fit_docs), desc="influence eigenvalues", unit="batch",
+                                    total=self._n_batches(sample), leave=False):
             seqs = self.feats.sequences(self.model, batch, project=not full)
             if not real:
                 continue
@@ -306,7 +308,7 @@ class InfluenceScorer:
         spare = self._spare_passes(len(mine))
         dev = next(self.model.parameters()).device
         total = [torch.zeros(r, c, dtype=torch.float64, device=dev) for c, r in self._dims(not project)]
-        for i in mine:
+        for i in progress(mine, desc=f"influence reference {task.name}", unit="batch", leave=False):
             batch = pad_examples(ex[i : i + self.cfg.batch_size], self.cfg.max_len, self.cfg.pad_id)
             seqs = self.feats.sequences(self.model, batch, project=project)
             total = [t + s.delta.flatten(0, 1).double().T @ s.a.flatten(0, 1).double()  # sum over examples
@@ -379,13 +381,17 @@ class InfluenceScorer:
         order = sorted(range(len(idx)), key=lambda j: len(docs[idx[j]]))
         bs = batch_size or self.cfg.batch_size
         spare = self._spare_passes(-(-len(order) // bs))  # agreed before any pass
-        for i in range(0, len(order), bs):
+        for i in progress(range(0, len(order), bs), desc="influence scoring", unit="batch", leave=False):
             js = order[i : i + bs]
             batch = pad_docs([docs[idx[j]] for j in js], max_len or self.cfg.max_len, self.cfg.pad_id)
             out[js] = self._task_matrix(batch).cpu().numpy()
         for _ in range(spare):
             self._task_matrix(self._spare_batch(docs))
         return hdist.gather_rows(idx, out, len(docs))
+
+    def _n_batches(self, docs: list[np.ndarray]) -> int:
+        """Batches ``_batches`` yields for this rank's ``docs`` (its own; FSDP's spare passes come on top)."""
+        return -(-len(docs) // self.cfg.batch_size)
 
     def _batches(self, docs: list[np.ndarray], every_doc: Sequence[np.ndarray] | None = None):
         """(batch, True) for this rank's ``docs``, then under FSDP (batch, False) for the spare passes."""

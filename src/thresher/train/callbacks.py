@@ -113,7 +113,13 @@ class Progress(Callback):
     def on_step_end(self, run, metrics):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+            c = run.counters
+            share = c["selection_s"] / max(c["selection_s"] + c["train_s"], 1e-9)  # of this process's step time
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", sel=f"{share:.0%}")
+            if metrics["selection_changed"] and metrics["selection_s"] >= 1.0:  # where a slow update's time went
+                self.bar.write(f"step {metrics['step'] - 1}: selection update {metrics['selection_s']:.1f} s "
+                               f"(a training step {metrics['step_s'] - metrics['selection_s']:.2f} s); selection so "
+                               f"far {share:.0%} of the run's time")
 
     def on_train_end(self, run):
         if self.bar is not None:
