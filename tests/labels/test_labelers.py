@@ -328,6 +328,31 @@ def test_a_model_that_is_not_there_fails_before_any_labelling(tmp_path, monkeypa
         raise OSError("Connection refused\nmore lines")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
-    with pytest.raises(ThresherError, match=r"downloading it failed \(OSError: Connection refused\); without network"):
+    with pytest.raises(ThresherError, match=r"downloading it failed \(nobody/no-such-classifier: OSError: Connection "
+                                            r"refused\); without network"):
         run_labelers(InMemorySource(docs[:4]), labelers[1:], tmp_path / "labels")
     assert fetched == ["nobody/no-such-classifier"] and not (tmp_path / "labels").exists()
+
+
+def test_a_bare_sentence_transformers_name_is_fetched_from_its_organisation(monkeypatch):
+    import huggingface_hub
+
+    from thresher.labels.embed import EmbedLabeler
+    from thresher.labels.topic import ZeroShotTopicLabeler
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    tried = []
+
+    def download(repo_id, **kw):  # only the organisation's repo exists, as on the Hub
+        tried.append(repo_id)
+        if repo_id != "sentence-transformers/all-MiniLM-L6-v2":
+            raise OSError("404")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    for labeler in (EmbedLabeler("all-MiniLM-L6-v2"), ZeroShotTopicLabeler("all-MiniLM-L6-v2")):
+        labeler.fetch()
+    assert tried == ["sentence-transformers/all-MiniLM-L6-v2"] * 2
+    tried.clear()
+    with pytest.raises(ThresherError, match="BAAI/bge-nope: OSError: 404"):
+        EmbedLabeler("BAAI/bge-nope").fetch()  # an org/name id is tried as given, once
+    assert tried == ["BAAI/bge-nope"]

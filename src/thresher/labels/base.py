@@ -122,18 +122,20 @@ def model_version(path_or_id: str) -> dict[str, Any]:
     return {"model": path_or_id, "commit": commit}
 
 
-def ensure_model(path_or_id: str) -> None:
+def ensure_model(path_or_id: str, hub_ids: Sequence[str] = ()) -> None:
     """A local path, a Hub id already in the Hugging Face cache, or a Hub id downloaded into it now; else a
     one-line ThresherError, before any labelling starts (a worker would otherwise fail in its first shard,
-    and the settings would be fingerprinted without the snapshot commit the model then gets)."""
+    and the settings would be fingerprinted without the snapshot commit the model then gets). ``hub_ids``:
+    the repos the loader tries for this name, in its order (default: the name itself)."""
     import os
 
     if Path(path_or_id).exists():
         return
+    repos = list(hub_ids) or [path_or_id]
     try:
         from huggingface_hub import snapshot_download, try_to_load_from_cache
 
-        if isinstance(try_to_load_from_cache(path_or_id, "config.json"), str):
+        if any(isinstance(try_to_load_from_cache(r, "config.json"), str) for r in repos):
             return
     except Exception:  # noqa: BLE001 - not a valid repo id: the message below says what it is not
         pass
@@ -142,12 +144,21 @@ def ensure_model(path_or_id: str) -> None:
     what = f"model {path_or_id!r} is not a local path and not in the Hugging Face cache"
     if offline:
         raise ThresherError(f"{what} (HF_HUB_OFFLINE is set): give a local folder or download it first")
-    try:
-        snapshot_download(path_or_id)
-    except Exception as e:  # noqa: BLE001 - network, auth, no such repo: all mean "cannot get it"
-        raise ThresherError(f"{what}, and downloading it failed ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); without network give a local folder"
-                            ) from None
+    errors = []
+    for repo in repos:
+        try:
+            snapshot_download(repo)
+            return
+        except Exception as e:  # noqa: BLE001 - network, auth, no such repo: all mean "cannot get it"
+            errors.append(f"{repo}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise ThresherError(f"{what}, and downloading it failed ({'; '.join(errors)}); without network give a "
+                        "local folder")
+
+
+def sentence_transformer_repos(name: str) -> list[str]:
+    """The Hub repos sentence-transformers loads a model name from: a bare name is looked up under the
+    sentence-transformers organisation first (its loader's rule), then as given."""
+    return [f"sentence-transformers/{name}", name] if "/" not in name else [name]
 
 
 # ----------------------------------------------------------------------------- document sources

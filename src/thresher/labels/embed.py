@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from thresher.labels.base import Labeler, ensure_model, model_version, ok_indices, resolve_device, screen_texts
+from thresher.labels.base import (Labeler, ensure_model, model_version, ok_indices, resolve_device, screen_texts,
+                                  sentence_transformer_repos)
 from thresher.utils.errors import ThresherError
 
 
@@ -86,7 +87,7 @@ class EmbedLabeler(Labeler):
         return {**self.embedder.settings(), "max_chars": self.max_chars, "dtype": "float16"}
 
     def fetch(self) -> None:
-        ensure_model(self.embedder.model)
+        ensure_model(self.embedder.model, sentence_transformer_repos(self.embedder.model))
 
     def setup(self) -> None:
         self.embedder.load()

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from thresher.labels._hf import HFModelLabeler
-from thresher.labels.base import Labeler, ensure_model, fill_codes, fill_float, ok_indices, screen_texts
+from thresher.labels.base import (Labeler, ensure_model, fill_codes, fill_float, ok_indices, screen_texts,
+                                  sentence_transformer_repos)
 from thresher.labels.embed import Embedder
 from thresher.utils.errors import ThresherError
 
@@ -59,7 +60,7 @@ class ZeroShotTopicLabeler(Labeler):
         return {**self.embedder.settings(), "topics": self.topics, "max_chars": self.max_chars}
 
     def fetch(self) -> None:
-        ensure_model(self.embedder.model)
+        ensure_model(self.embedder.model, sentence_transformer_repos(self.embedder.model))
 
     def setup(self) -> None:
         if self._proto is None:  # (T, d) unit-norm topic prototypes
