@@ -191,9 +191,40 @@ def train(
     typer.echo(f"finished at step {summary.get('step')}; reference losses: {summary.get('ref_losses')}")
 
 
+def _run_store(checkpoint: Path, store: Optional[Path]):
+    """The token store of the run that wrote ``checkpoint``: ``store``, else the one its config.toml names."""
+    from thresher.config import load_run_config
+    from thresher.corpus.store import TokenStore
+
+    if not (checkpoint / "trainer.pt").is_file():
+        raise ThresherError(f"not a training checkpoint (no trainer.pt): {checkpoint}")
+    if store is None:
+        config = checkpoint.parent.parent / "config.toml"
+        if not config.is_file():
+            raise ThresherError(f"no config.toml in {checkpoint.parent.parent} names the run's token store: "
+                                "give --store")
+        store = Path(load_run_config(config).data.store)
+    return TokenStore.open(store)
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A training checkpoint: <run>/checkpoints/step_NNNNNN."),
+    out: Path = typer.Option(..., help="Folder to write the Hugging Face model (weights, config, tokenizer) to."),
+    store: Optional[Path] = typer.Option(None, help="The run's token store (default: the one the run's "
+                                         "config.toml names)."),
+):
+    """A training checkpoint as a Hugging Face model folder, like the final/ a finished run writes (for
+    downstream evaluation of intermediate steps)."""
+    from thresher.train.checkpoint import export_checkpoint
+
+    typer.echo(f"exported to {export_checkpoint(checkpoint, out, _run_store(checkpoint, store))}")
+
+
 @eval_app.command("downstream")
 def eval_downstream(
-    model_dir: Path = typer.Argument(..., help="A Hugging Face model folder (a run's final/)."),
+    model_dir: Path = typer.Argument(..., help="A Hugging Face model folder (a run's final/), or a training "
+                                     "checkpoint (<run>/checkpoints/step_*: exported to <out>/model first)."),
     out: Path = typer.Option(..., help="Folder for downstream_results.json."),
     config: Optional[Path] = typer.Option(None, help="A TOML file with EvalConfig fields."),
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: the paper's set)."),
@@ -209,6 +240,11 @@ def eval_downstream(
 
     overrides = _overrides(set_, {"tasks": tasks}, {"limit": limit, "data_root": data_root, "device": device})
     cfg = load_config(EvalConfig, config, overrides)
+    if (model_dir / "trainer.pt").is_file() and not (model_dir / "config.json").is_file():
+        from thresher.train.checkpoint import export_checkpoint
+
+        model_dir = export_checkpoint(model_dir, out / "model", _run_store(model_dir, None))
+        typer.echo(f"checkpoint exported to {model_dir}")
     results = run_eval(cfg, model_dir, out)
     typer.echo(results_table_markdown(results, cfg.metric))
 

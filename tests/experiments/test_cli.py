@@ -153,3 +153,28 @@ def test_a_file_system_error_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "app", full_disk)
     code, err = _main(monkeypatch, capsys, "ingest")
     assert code == 2 and err == "error: No space left on device: /data/store/tokens.bin"
+
+
+def test_export_and_eval_take_a_training_checkpoint(world, tmp_path, monkeypatch, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    _, (w, store, labels) = world
+    out = tmp_path / "run"
+    sets = [f"data.store={json.dumps(str(store))}", f"data.labels={json.dumps(str(labels))}",
+            f"data.reference={json.dumps(w['reference']).replace(':', ' =')}", "data.reference_max_examples=20",
+            "selector.policy='random'", "selector.budget_tokens=20000", "train.device='cpu'", "train.seq_len=32",
+            "train.micro_batch=4", "train.global_batch_tokens=128", "train.steps=2", "train.ckpt_every=2",
+            f"out={json.dumps(str(out))}"]
+    assert _main(monkeypatch, capsys, "train", *[a for s in sets for a in ("--set", s)])[0] == 0
+    step = out / "checkpoints" / "step_000002"
+    assert _main(monkeypatch, capsys, "export", step, "--out", tmp_path / "hf")[0] == 0
+    final, exported = load_file(out / "final" / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
+    assert final.keys() == exported.keys() and all(torch.equal(final[k], exported[k]) for k in final)
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    code, err = _main(monkeypatch, capsys, "eval", "downstream", step, "--out", tmp_path / "ev", "--data-root",
+                      tmp_path / "nowhere")
+    assert code == 2 and "evaluation data root not found" in err  # exported first, then the data root
+    assert (tmp_path / "ev" / "model" / "config.json").is_file()
+    code, err = _main(monkeypatch, capsys, "export", tmp_path / "hf", "--out", tmp_path / "x")
+    assert code == 2 and err.startswith("error: not a training checkpoint")

@@ -36,7 +36,7 @@ def _fake_build_run(cfg):
 def test_refused_resume_keeps_the_runs_config(tmp_path, monkeypatch):
     monkeypatch.setenv("THRESHER_NO_PROGRESS", "1")
     monkeypatch.setattr(run_module, "build_run", _fake_build_run)
-    monkeypatch.setattr(run_module, "_hf_tokenizer", lambda store: None)
+    monkeypatch.setattr(run_module, "hf_tokenizer", lambda store: None)
     train = TrainConfig(model="tiny", seq_len=32, micro_batch=4, global_batch_tokens=128, steps=2, ckpt_every=2,
                         lr=1e-3, device="cpu", export=False)
     cfg = RunConfig(out=str(tmp_path), train=train)

@@ -181,3 +181,35 @@ def test_the_progress_bar_says_where_a_slow_selection_update_went(monkeypatch, c
     assert out.strip().splitlines() == ["step 1: selection update 6.0 s (a training step 0.50 s); "
                                         "selection so far 86% of the run's time"]
     assert "sel=81%" in err  # the postfix at the end: 6.2 s of 7.7 s
+
+
+def _word_tokenizer(vocab: int):
+    from tokenizers import Tokenizer, models
+
+    return Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w1"))
+
+
+@pytest.mark.parametrize("loss_impl", ["full", "chunked"])
+def test_an_intermediate_checkpoint_exports_like_the_final_model(tmp_path, loss_impl):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thresher.train.checkpoint import export_checkpoint
+
+    store = pattern_store()
+    store.tokenizer = lambda: _word_tokenizer(store.vocab_size)
+    task = _task(store)
+    cfg = tiny_config(steps=4, ckpt_every=2, export=True, loss_impl=loss_impl)
+    out = train(cfg, store, StaticSelector(np.arange(10)), tmp_path, eval_tasks={"t": task})
+    ckpts = dict(list_checkpoints(tmp_path / "checkpoints"))
+    last = export_checkpoint(ckpts[4], tmp_path / "hf4", store)
+    loaded = AutoModelForCausalLM.from_pretrained(last)
+    assert reference_loss(loaded, task, 4, 64) == pytest.approx(out["ref_losses"]["t"], rel=1e-6)
+    final = AutoModelForCausalLM.from_pretrained(out["model_dir"])
+    for (k, a), (_, b) in zip(sorted(loaded.state_dict().items()), sorted(final.state_dict().items())):
+        assert torch.equal(a, b), k
+    tok = AutoTokenizer.from_pretrained(last)
+    assert tok.eos_token_id == store.eos_id and tok.pad_token_id == store.pad_id
+    mid = AutoModelForCausalLM.from_pretrained(export_checkpoint(ckpts[2], tmp_path / "hf2", store))
+    assert reference_loss(mid, task, 4, 64) > out["ref_losses"]["t"]  # step 2: a model that learned less
+    with pytest.raises(ThresherError, match="not a training checkpoint"):
+        export_checkpoint(tmp_path / "hf2", tmp_path / "x", store)

@@ -52,8 +52,8 @@ def evaluate_downstream(
     shots = _shots(names, num_fewshot)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
-        hint = ("; a run's checkpoints/step_* folders are training state, not Hugging Face models: evaluate "
-                "the run's final/ folder (written when thresher train finishes, train.export = true)"
+        hint = ("; a run's checkpoints/step_* folders are training state, not Hugging Face models: export one "
+                "with train.checkpoint.export_checkpoint (`thresher export`), or evaluate the run's final/"
                 if (model_dir / "trainer.pt").exists() else "")
         raise ThresherError(f"not a Hugging Face checkpoint (no config.json): {model_dir}{hint}")
     out_dir = Path(out_dir)

@@ -20,6 +20,7 @@ from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_ta
 from thresher.influence.config import SPEED_ONLY
 from thresher.influence.rewards import RewardSource
 from thresher.train.callbacks import Callback
+from thresher.train.checkpoint import hf_tokenizer
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_jsonl, make_dir
 from thresher.utils.log import print0, rank
@@ -193,7 +194,7 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
         print0(f"warning: train.warmup_steps = {t.warmup_steps} >= train.steps = {t.steps}: the learning rate never "
                f"leaves its warmup (no {t.schedule} decay); lower train.warmup_steps for a short run")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
-                    callbacks=[save_config, *callbacks], tokenizer=_hf_tokenizer(store))
+                    callbacks=[save_config, *callbacks], tokenizer=hf_tokenizer(store))
     if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it
         write_selector_log(selector.log, out / "selector_log.jsonl")
     return summary
@@ -232,17 +233,6 @@ class SaveRunConfig(Callback):
     def on_train_start(self, run) -> None:
         if run.dist.rank == 0:
             save_run_config(self.cfg, run.out_dir)
-
-
-def _hf_tokenizer(store):
-    """The store's tokenizer as a transformers tokenizer, so the exported model folder is complete."""
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(tokenizer_object=store.tokenizer())
-    eos = tok.convert_ids_to_tokens(store.eos_id)
-    pad = tok.convert_ids_to_tokens(store.pad_id)
-    tok.eos_token, tok.pad_token = eos, pad
-    return tok
 
 
 def write_selector_log(log: list[dict], path: Path) -> None:

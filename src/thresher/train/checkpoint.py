@@ -255,3 +255,44 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
     from transformers import PreTrainedTokenizerFast  # a raw ``tokenizers.Tokenizer``
 
     PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(folder)
+
+
+def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, store) -> Path:
+    """The Hugging Face folder of training checkpoint ``path`` (a ``checkpoints/step_*`` folder), like the
+    ``final/`` a finished run writes, for downstream evaluation of intermediate steps. ``store``: the run's
+    token store (vocabulary, pad/eos ids and the tokenizer the folder gets)."""
+    from safetensors.torch import load_file
+
+    from thresher.train.config import TrainConfig
+    from thresher.train.models import build_model, get_model_config
+    from thresher.utils.tomlio import from_dict
+
+    path = Path(path)
+    if not (path / "trainer.pt").is_file() or not (path / "model.safetensors").is_file():
+        raise ThresherError(f"not a training checkpoint (no trainer.pt and model.safetensors): {path}")
+    trainer = read_trainer_state(path)
+    cfg = from_dict(TrainConfig, dict(trainer["config"]), "train")
+    model = build_model(get_model_config(cfg.model), store.vocab_size, pad_id=store.pad_id, eos_id=store.eos_id)
+    with _unreadable(path):
+        weights = load_file(path / "model.safetensors")
+        # an FSDP checkpoint holds the full state of the wrapped module (chunked loss: under "lm.")
+        weights = {k.removeprefix("lm.") if k.startswith("lm.") else k: v for k, v in weights.items()}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise ThresherError(f"checkpoint {path} does not fit model {cfg.model!r} with a vocabulary of "
+                                f"{store.vocab_size}: missing {sorted(set(missing) - tied)[:3]}, "
+                                f"unexpected {sorted(unexpected)[:3]}")
+    if tied:
+        model.tie_weights()
+    return export_hf(model, out_dir, hf_tokenizer(store))
+
+
+def hf_tokenizer(store):
+    """The store's tokenizer as a transformers tokenizer, so an exported model folder is complete."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=store.tokenizer())
+    tok.eos_token, tok.pad_token = tok.convert_ids_to_tokens(store.eos_id), tok.convert_ids_to_tokens(store.pad_id)
+    return tok
+
