@@ -108,6 +108,23 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert _losses(tmp_path / "fsdp-resumed") == _losses(tmp_path / "fsdp")  # bit-exact after the resume
     for mode in ("ddp-layers", "fsdp-layers"):  # compiled kernels round differently: a looser bound
         assert _losses(tmp_path / mode) == pytest.approx(one, rel=1e-4, abs=1e-5), mode
+    # an FSDP checkpoint (the wrapped module's full state) exports to the same Hugging Face model as DDP's
+    from tokenizers import Tokenizer, models
+
+    store = pattern_store()
+    store.tokenizer = lambda: Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w1"))
+    ref = reference_loss(_export(tmp_path, "ddp", store), _eval_task(), 3, 64)
+    for mode in ("fsdp", "fsdp-layers", "ddp-chunked"):
+        assert reference_loss(_export(tmp_path, mode, store), _eval_task(), 3, 64) == pytest.approx(ref, rel=1e-4), mode
+
+
+def _export(root, mode, store):
+    from transformers import AutoModelForCausalLM
+
+    from thresher.train.checkpoint import export_checkpoint
+
+    folder = export_checkpoint(root / mode / "checkpoints" / "step_000006", root / f"hf-{mode}", store)
+    return AutoModelForCausalLM.from_pretrained(folder)
 
 
 def test_fsdp_without_fully_shard_is_one_clear_error(monkeypatch):

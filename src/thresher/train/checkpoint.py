@@ -275,8 +275,9 @@ def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, store
     model = build_model(get_model_config(cfg.model), store.vocab_size, pad_id=store.pad_id, eos_id=store.eos_id)
     with _unreadable(path):
         weights = load_file(path / "model.safetensors")
-        # an FSDP checkpoint holds the full state of the wrapped module (chunked loss: under "lm.")
-        weights = {k.removeprefix("lm.") if k.startswith("lm.") else k: v for k, v in weights.items()}
+        # an FSDP checkpoint holds the full state of the wrapped module: torch.compile's "_orig_mod.",
+        # the chunked loss's "lm." in front of the Hugging Face names
+        weights = {_hf_key(k): v for k, v in weights.items()}
         missing, unexpected = model.load_state_dict(weights, strict=False)
         tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
         if set(missing) - tied or unexpected:
@@ -286,6 +287,12 @@ def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, store
     if tied:
         model.tie_weights()
     return export_hf(model, out_dir, hf_tokenizer(store))
+
+
+def _hf_key(key: str) -> str:
+    for prefix in ("_orig_mod.", "module.", "lm."):
+        key = key.removeprefix(prefix)
+    return key
 
 
 def hf_tokenizer(store):
