@@ -299,7 +299,9 @@ def experiment(
     else:
         picked = None
     only_list = [p.strip() for p in only.split(",") if p.strip()] if only else None
-    for name in only_list or exp.policies:  # their store, labels and reference files exist, before any folder is made
+    # their store, labels and reference files exist, before any folder is made (a synthetic experiment builds
+    # its own under experiment.out: run_experiment points [data] at them)
+    for name in (only_list or exp.policies) if not exp.synthetic_docs else ():
         if name in exp.policies:
             check_run_inputs(run_config_for(exp, base, name, exp.seeds[0]))
     typer.echo(f"results: {run_experiment(exp, base, only=only_list, seeds=picked)}")

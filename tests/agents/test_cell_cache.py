@@ -218,3 +218,43 @@ def test_a_running_selector_marks_its_folder_used_at_every_update(tmp_path, poli
     assert sel.on_step(3, None)
     assert cells.list_cell_caches(tmp_path)[0].last_used > time.time() - 60
     assert cells.prune_cell_caches(tmp_path, 30) == []
+
+
+def test_a_folder_pruned_under_a_waiting_rank_is_rebuilt_by_that_rank(tmp_path, monkeypatch):
+    """Local rank 0 loaded the folder before a prune; rank 1 found it, then lost it to the prune before its
+    load. Rank 0 will not build it again, so rank 1 must rebuild it itself instead of waiting wait_s for it."""
+    ctx = make_ctx(600)
+    cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path)  # local rank 0, done
+    real_load = cells.load_cell_index
+    calls = []
+
+    def pruned_then_load(folder, **kw):
+        if not calls:
+            cells.prune_cell_caches(tmp_path, 0)
+        calls.append(folder)
+        return real_load(folder, **kw)
+
+    monkeypatch.setattr(cells, "load_cell_index", pruned_then_load)
+    t = time.monotonic()
+    got = cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path, local_rank=1, wait_s=3)
+    assert time.monotonic() - t < 3
+    _assert_same(build_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths), got)
+
+
+def test_two_prunes_at_once_each_skip_what_the_other_took(tmp_path, monkeypatch):
+    import shutil
+
+    for n in (300, 400, 500):
+        ctx = make_ctx(n)
+        cached_cell_index(ctx.labels, COLUMNS, ctx.doc_lengths, tmp_path)
+    listed = cells.list_cell_caches(tmp_path)
+    real_rename = os.rename
+
+    def racing_rename(src, dst):
+        if src == listed[0].path:  # the other prune renamed this one a moment ago
+            shutil.rmtree(src)
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(cells.os, "rename", racing_rename)
+    gone = cells.prune_cell_caches(tmp_path, 0)
+    assert [e.path for e in gone] == [e.path for e in listed] and not list(tmp_path.glob("cells-*"))

@@ -118,3 +118,24 @@ def test_corrupt_parquet_page_is_a_one_line_error(tmp_path):
     data[len(data) // 3: len(data) // 3 + 2000] = b"A" * 2000  # a row group in the middle; the footer is intact
     path.write_bytes(bytes(data))
     _one_line_error(lambda: iter_records(path), "cannot read Parquet file", "c.parquet")
+
+
+def test_a_highly_compressible_zst_is_read_in_bounded_pieces(tmp_path):
+    """A repetitive shard compresses ~10000-fold: a 128 KB read of it decompressed at once held the whole
+    shard in memory (per ingest worker). The reader decompresses FEED compressed bytes at a time."""
+    import zstandard
+
+    from thresher.corpus.readers import _ZstdReader
+
+    line = json.dumps({"text": "the same cookie banner " * 40}).encode() + b"\n"
+    n = (64 << 20) // len(line)
+    c = zstandard.ZstdCompressor(level=3)
+    (tmp_path / "r.jsonl.zst").write_bytes(c.compress(line * n) + c.compress(line * 3))
+    r = _ZstdReader(tmp_path / "r.jsonl.zst")
+    buf, total, most = bytearray(1 << 20), 0, 0
+    while (k := r.readinto(buf)):
+        total += k
+        most = max(most, r._out.nbytes + k)
+    r.close()
+    assert total == len(line) * (n + 3)
+    assert most <= 32 << 20  # never the whole 64 MB shard at once

@@ -36,8 +36,8 @@ def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
     (["train", "--set", "train..steps=5"], "override 'train..steps=5' must look like"),
     (["ingest", "x.jsonl", "--out", "s", "--tokenizer", "t.json", "--workers", "0"], "ingest workers = 0"),
     (["experiment", CONFIGS / "synthetic.toml"], f"{CONFIGS / 'synthetic.toml'} has no [experiment] table"),
-    (["experiment", CONFIGS / "experiment_synthetic.toml", "--set", "data.store=nowhere", "--set",
-      "data.labels=nowhere"], "not a token store: nowhere"),
+    (["experiment", CONFIGS / "experiment_synthetic.toml", "--set", "experiment.synthetic_docs=0", "--set",
+      "data.store=nowhere", "--set", "data.labels=nowhere"], "not a token store: nowhere"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
@@ -178,3 +178,18 @@ def test_export_and_eval_take_a_training_checkpoint(world, tmp_path, monkeypatch
     assert (tmp_path / "ev" / "model" / "config.json").is_file()
     code, err = _main(monkeypatch, capsys, "export", tmp_path / "hf", "--out", tmp_path / "x")
     assert code == 2 and err.startswith("error: not a training checkpoint")
+
+
+def test_a_synthetic_experiment_is_not_refused_for_the_store_it_builds_itself(tmp_path, monkeypatch, capsys):
+    """experiment.synthetic_docs builds the store, labels and references under experiment.out (run_experiment):
+    the CLI's input check must not refuse the shipped configs/experiment_synthetic.toml for lacking them."""
+    from thresher.experiments import experiment
+
+    calls = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda exp, base, **kw: calls.append(exp) or "results.md")
+    monkeypatch.setattr(sys, "argv", ["thresher", "experiment", str(CONFIGS / "experiment_synthetic.toml"),
+                                      "--set", f"experiment.out={tmp_path / 'exp'}"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0, capsys.readouterr().err
+    assert len(calls) == 1 and calls[0].synthetic_docs == 20000

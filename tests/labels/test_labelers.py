@@ -356,3 +356,24 @@ def test_a_bare_sentence_transformers_name_is_fetched_from_its_organisation(monk
     with pytest.raises(ThresherError, match="BAAI/bge-nope: OSError: 404"):
         EmbedLabeler("BAAI/bge-nope").fetch()  # an org/name id is tried as given, once
     assert tried == ["BAAI/bge-nope"]
+
+
+def test_fetching_a_hub_model_skips_the_other_runtimes_exports(monkeypatch):
+    """snapshot_download without patterns fetches the whole repo: onnx/, openvino/, TF/Flax/Rust weights,
+    which the labelers never load (several times the model's size for some Hub repos)."""
+    import fnmatch
+
+    import huggingface_hub
+
+    from thresher.labels import base
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    seen = {}
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: seen.update(kw))
+    base.ensure_model("nobody/not-cached-model")
+    skip = seen.get("ignore_patterns") or []
+    repo = ["config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json",
+            "onnx/model.onnx", "openvino/openvino_model.bin", "tf_model.h5", "flax_model.msgpack", "rust_model.ot"]
+    kept = [f for f in repo if not any(fnmatch.fnmatch(f, p) for p in skip)]
+    assert kept == ["config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json"]

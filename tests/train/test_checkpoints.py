@@ -108,6 +108,24 @@ def test_settings_are_checked_before_any_weight_is_loaded(tmp_path):
         train(tiny_config(model="debug", steps=4), pattern_store(), _sel(), tmp_path, resume=True)
 
 
+def test_the_selector_state_is_checked_before_any_weight_is_loaded(tmp_path, monkeypatch):
+    """A resume the selector refuses (its labels relabelled with --replace, other selector settings) fails before
+    the model and optimizer state are read: a large model's checkpoint is not loaded only to be refused."""
+    from thresher.train import loop
+
+    train(tiny_config(steps=2, ckpt_every=2), pattern_store(), _sel(), tmp_path)
+
+    class Relabelled(StaticSelector):
+        def check_state(self, state):
+            raise SettingsMismatchError("cannot resume: the labels of domain changed")
+
+    loaded = []
+    monkeypatch.setattr(loop, "load_checkpoint", lambda *a, **kw: loaded.append(a))
+    with pytest.raises(SettingsMismatchError, match="the labels of domain changed"):
+        train(tiny_config(steps=4), pattern_store(), Relabelled(np.arange(10)), tmp_path, resume=True)
+    assert loaded == []
+
+
 def test_checkpoint_files_and_folders_are_fsynced(tmp_path, monkeypatch):
     synced, real = [], os.fsync
 

@@ -208,8 +208,10 @@ def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarra
     except ThresherError:
         if _retried or (folder / "meta.json").is_file():
             raise
-        # pruned (``prune_cell_caches``) between the check above and the load: build it again
-        return cached_cell_index(labels, columns, doc_lengths, cache_dir, local_rank, wait_s, _retried=True)
+        # pruned (``prune_cell_caches``) between the check above and the load: build it again, in this process
+        # whatever its local rank (local rank 0 may have loaded the folder before it went, and would never
+        # rebuild it for a rank that waits)
+        return cached_cell_index(labels, columns, doc_lengths, cache_dir, 0, wait_s, _retried=True)
     mark_used(folder)
     index.key = key
     return index
@@ -239,14 +241,18 @@ def list_cell_caches(cache_dir: str | os.PathLike) -> list[CacheEntry]:
     """The ``cells-*`` folders of ``cache_dir``, least recently used first (an absent folder: none)."""
     out = []
     for folder in Path(cache_dir).glob("cells-*"):
-        if not folder.is_dir():
-            continue
-        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         try:
-            meta = json.loads((folder / "meta.json").read_text())
-            used, n, cols = (folder / "meta.json").stat().st_mtime, meta.get("n_docs"), list(meta.get("columns", []))
-        except (OSError, ValueError):
-            used, n, cols = folder.stat().st_mtime, None, []
+            if not folder.is_dir():
+                continue
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            try:
+                meta = json.loads((folder / "meta.json").read_text())
+                used, n = (folder / "meta.json").stat().st_mtime, meta.get("n_docs")
+                cols = list(meta.get("columns", []))
+            except (OSError, ValueError):
+                used, n, cols = folder.stat().st_mtime, None, []
+        except FileNotFoundError:  # pruned by another process while listed
+            continue
         out.append(CacheEntry(folder, size, used, n, cols))
     return sorted(out, key=lambda e: e.last_used)
 
@@ -266,6 +272,8 @@ def prune_cell_caches(cache_dir: str | os.PathLike, unused_days: float, dry_run:
             trash = e.path.parent / f".{e.path.name}.tmp-prune-{os.getpid()}-{time.time_ns()}"
             try:
                 os.rename(e.path, trash)
+            except FileNotFoundError:  # another prune took it first
+                continue
             except OSError as err:
                 raise ThresherError(f"cannot delete cell index cache {e.path}: {err.strerror}") from None
             shutil.rmtree(trash, ignore_errors=True)

@@ -223,7 +223,12 @@ class _ZstdReader(io.RawIOBase):
     EOFError, as gzip does. (zstandard's stream_reader just stops there: a truncated shard would read as
     its first part, silently.)"""
 
-    CHUNK = 1 << 17
+    CHUNK = 1 << 17  # compressed bytes read from the file at a time
+    # compressed bytes decompressed at a time: zstd expands a byte 32768-fold at most (an RLE block), so one
+    # step holds at most 32 MB however compressible the shard (a whole 128 KB read of a repetitive shard at
+    # once decompressed to gigabytes)
+    FEED = 1 << 10
+    OUT = 1 << 20  # decompressed bytes gathered per fill (fewer, larger reads for the buffered reader above)
 
     def __init__(self, path: Path):
         import zstandard
@@ -231,6 +236,7 @@ class _ZstdReader(io.RawIOBase):
         self._file = open(path, "rb")
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = None  # the decompressor of the frame being read; None between frames
+        self._in = memoryview(b"")  # compressed bytes read, not yet decompressed
         self._out = memoryview(b"")
 
     def readable(self) -> bool:
@@ -246,22 +252,28 @@ class _ZstdReader(io.RawIOBase):
         return n
 
     def _fill(self) -> bool:
-        """Decompress the next chunk into self._out; False at the end of the file."""
-        data = self._file.read(self.CHUNK)
-        if not data:
-            if self._obj is not None:
-                raise EOFError("compressed file ended before the end of a zstd frame (truncated?)")
-            return False
-        out = []
-        while data:
-            if self._obj is None:
-                self._obj = self._dctx.decompressobj()
-            out.append(self._obj.decompress(data))
-            data = b""
-            if self._obj.eof:  # frame done; what follows it starts the next frame
-                data, self._obj = self._obj.unused_data, None
+        """Decompress FEED-byte pieces until about OUT bytes are out (or the input ends) into self._out;
+        False at the end of the file."""
+        out, size = [], 0
+        while size < self.OUT:
+            if not self._in:
+                self._in = memoryview(self._file.read(self.CHUNK))
+                if not self._in:
+                    if self._obj is not None:
+                        raise EOFError("compressed file ended before the end of a zstd frame (truncated?)")
+                    break
+            data, self._in = self._in[: self.FEED], self._in[self.FEED :]
+            while data:
+                if self._obj is None:
+                    self._obj = self._dctx.decompressobj()
+                piece = self._obj.decompress(data)
+                out.append(piece)
+                size += len(piece)
+                data = b""
+                if self._obj.eof:  # frame done; what follows it starts the next frame
+                    data, self._obj = self._obj.unused_data, None
         self._out = memoryview(b"".join(out))
-        return True
+        return size > 0
 
     def close(self) -> None:
         self._file.close()

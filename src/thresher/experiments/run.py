@@ -190,9 +190,10 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
              "and step)" if t.global_batch_tokens % per_micro == 0 else "")
     print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {t.model} for {t.steps} steps of "
            f"{t.global_batch_tokens} tokens{accum} -> {out}")
-    if t.schedule != "constant" and t.warmup_steps >= t.steps:
+    if t.warmup_steps >= t.steps:
+        after = f", no {t.schedule} decay" if t.schedule != "constant" else ""
         print0(f"warning: train.warmup_steps = {t.warmup_steps} >= train.steps = {t.steps}: the learning rate never "
-               f"leaves its warmup (no {t.schedule} decay); lower train.warmup_steps for a short run")
+               f"leaves its warmup (it never reaches train.lr{after}); lower train.warmup_steps for a short run")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
                     callbacks=[save_config, *callbacks], tokenizer=hf_tokenizer(store))
     if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it

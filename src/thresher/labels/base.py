@@ -122,6 +122,13 @@ def model_version(path_or_id: str) -> dict[str, Any]:
     return {"model": path_or_id, "commit": commit}
 
 
+# what a snapshot of a Hub repo need not fetch: the exports to other runtimes that many model repos carry
+# beside the PyTorch weights (BAAI/bge-large-en-v1.5: onnx/ as large again as the model; sentence-transformers
+# repos: onnx/, openvino/, TF, Flax and Rust weights). Transformers and sentence-transformers load none of them.
+HUB_SKIP = ["onnx/*", "*.onnx", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tflite", "coreml/*", "*.mlmodel",
+            "*.gguf"]
+
+
 def ensure_model(path_or_id: str, hub_ids: Sequence[str] = ()) -> None:
     """A local path, a Hub id already in the Hugging Face cache, or a Hub id downloaded into it now; else a
     one-line ThresherError, before any labelling starts (a worker would otherwise fail in its first shard,
@@ -147,7 +154,7 @@ def ensure_model(path_or_id: str, hub_ids: Sequence[str] = ()) -> None:
     errors = []
     for repo in repos:
         try:
-            snapshot_download(repo)
+            snapshot_download(repo, ignore_patterns=HUB_SKIP)
             return
         except Exception as e:  # noqa: BLE001 - network, auth, no such repo: all mean "cannot get it"
             errors.append(f"{repo}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")

@@ -108,7 +108,9 @@ class Progress(Callback):
         if run.dist.rank == 0 and os.environ.get("THRESHER_NO_PROGRESS") != "1":
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", unit="step", dynamic_ncols=True)
+            from thresher.utils.log import bar_options
+
+            self.bar = tqdm(total=run.cfg.steps, initial=run.step, desc="train", unit="step", **bar_options())
 
     def on_step_end(self, run, metrics):
         if self.bar is not None:

@@ -202,7 +202,9 @@ def _resume(run: Run) -> bool:
         try:
             state = read_trainer_state(path)
             _check_resume_settings(run.cfg, state, path)
-            load_checkpoint(path, run.engine, run.optimizer, trainer=state)  # weights only after the check
+            if hasattr(run.selector, "check_state"):  # its settings and labels too, before the weights load
+                run.selector.check_state(state["selector"])
+            load_checkpoint(path, run.engine, run.optimizer, trainer=state)  # weights only after the checks
             break
         except SettingsMismatchError:
             raise

@@ -24,10 +24,25 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs)
 
 
+# seconds between refreshes of a bar whose stream is not a terminal (a log file, a pipe, SLURM's output): tqdm
+# refreshes every 0.1 s, and a bar shown below another (the influence phases under the train bar) writes a
+# new line at each refresh there, hundreds of lines per selection update
+NON_TTY_REFRESH_S = 30.0
+
+
+def bar_options(file=None, **kw) -> dict:
+    """tqdm keyword arguments for a bar on ``file`` (default stderr): refreshed rarely when it is not a TTY."""
+    file = sys.stderr if file is None else file
+    isatty = getattr(file, "isatty", None)
+    if not (isatty and isatty()):
+        kw.setdefault("mininterval", NON_TTY_REFRESH_S)
+    return {"file": file, "dynamic_ncols": True, **kw}
+
+
 def progress(it: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it", **kw) -> Iterable[T]:
     """A tqdm bar on rank 0 (stderr), a plain iterator elsewhere or when THRESHER_NO_PROGRESS=1."""
     if rank() != 0 or os.environ.get("THRESHER_NO_PROGRESS") == "1":
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, **kw)
+    return tqdm(it, desc=desc, total=total, unit=unit, **bar_options(**kw))
