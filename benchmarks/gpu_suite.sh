@@ -12,13 +12,15 @@ PY=${PY:-python3}
 BUDGET=${SUITE_BUDGET:-540}
 START=$(date +%s)
 log() { echo "$*" | tee -a "$OUT/suite.log"; }
+# grep line-buffered (where it can), so suite.log holds every finished line even if the whole command is killed
+LB=; echo | grep --line-buffered -q '' 2>/dev/null && LB=--line-buffered
 # step MIN_SECONDS CMD...: run CMD if MIN_SECONDS are left, cut at the budget
 step() {
   local min=$1; shift
   local left=$(( BUDGET - ($(date +%s) - START) ))
   if (( left < min )); then log "== skipped (${left}s left, needs ${min}s): $*"; return; fi
   log "== [${left}s left] $*"
-  PYTHONUNBUFFERED=1 timeout "$left" "$@" 2>&1 | grep -v Warning | tee -a "$OUT/suite.log"
+  PYTHONUNBUFFERED=1 timeout "$left" "$@" 2>&1 | grep $LB -v Warning | tee -a "$OUT/suite.log"
   local rc=${PIPESTATUS[0]}
   if (( rc )); then log "== exit $rc (124: cut at the budget; 137: killed, e.g. out of memory)"; fi
 }

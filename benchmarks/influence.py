@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from thresher.corpus.batching import pad_docs
@@ -105,8 +106,11 @@ def scorer_for(model, docs, args, **kw):
     kw = {"projection": args.projection, "full_space_max_entries": args.full_space_max_entries, **kw}
     cfg = InfluenceConfig(batch_size=args.batch_size, max_len=args.seq_len, autocast=args.autocast, fit_docs_max=len(docs), **kw)
     s = InfluenceScorer(model, ref, cfg, fit_docs=docs)
+    dev = next(model.parameters()).device
+    sync(dev)
     t = time.perf_counter()
     s.refresh(model)
+    sync(dev)  # the refresh's last GPU work (reference gradients, their projection) is asynchronous
     return s, time.perf_counter() - t
 
 
@@ -157,32 +161,37 @@ def main() -> None:
     n_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
     peak = (args.peak_tflops * 1e12) if args.peak_tflops else (800e12 if dev.type == "cuda" else cpu_peak_flops())
     limit_s = 4 * n_params * n_tok / peak  # forward 2NP + activation-only backward 2NP
-    print(f"device={dev} model={args.model} block params={n_params / 1e6:.2f}M tokens={n_tok} peak={peak / 1e12:.3f} TFLOP/s")
+    print(f"device={dev} model={args.model} block params={n_params / 1e6:.2f}M tokens={n_tok} peak={peak / 1e12:.3f} TFLOP/s "
+          f"torch={torch.__version__} transformers={transformers.__version__}")
 
-    rows = []
-    t_train = train_time(model, batches, dev, False)
-    rows.append(("train (eager)", t_train, None))
-    if args.compile:
-        rows.append(("train (compiled)", train_time(model, batches, dev, True), None))
-    for pc in args.preconditioners.split(","):
-        for mode in args.modes.split(","):
-            rows.append(score_row(model, docs, args, pc, mode, dev))
-    if args.model == "tiny" or args.docs <= 16:
-        rows.append(("naive per-example loop", naive_time(model, docs[: min(8, len(docs))], dev) * len(docs) / min(8, len(docs)), None))
+    # each row is printed as soon as it is measured (flush): a run cut by a timeout still reports what finished
+    print(f"{'what':<34}{'tok/s':>12}{'docs/s':>10}{'vs train':>10}{'vs train(c)':>12}{'FLOP-limit frac':>17}{'refresh s':>11}",
+          flush=True)
+    times: dict = {}
 
-    t_comp = dict((n, t) for n, t, _ in rows).get("train (compiled)")
-    print(f"{'what':<34}{'tok/s':>12}{'docs/s':>10}{'vs train':>10}{'vs train(c)':>12}{'FLOP-limit frac':>17}{'refresh s':>11}")
-    for name, t, fit in rows:
+    def report(name, t, fit=None):
+        times[name] = t
+        t_train, t_comp = times["train (eager)"], times.get("train (compiled)")
         frac = f"{limit_s / t:.3f}" if name.startswith("score") or name.startswith("naive") else ""
         vs_c = f"{t_comp / t:.3f}" if t_comp else ""
-        print(f"{name:<34}{n_tok / t:>12.0f}{args.docs / t:>10.1f}{t_train / t:>10.3f}{vs_c:>12}{frac:>17}{(f'{fit:.2f}' if fit else ''):>11}")
+        print(f"{name:<34}{n_tok / t:>12.0f}{args.docs / t:>10.1f}{t_train / t:>10.3f}{vs_c:>12}{frac:>17}"
+              f"{(f'{fit:.2f}' if fit else ''):>11}", flush=True)
+
+    report("train (eager)", train_time(model, batches, dev, False))
+    if args.compile:
+        report("train (compiled)", train_time(model, batches, dev, True))
+    for pc in args.preconditioners.split(","):
+        for mode in args.modes.split(","):
+            report(*score_row(model, docs, args, pc, mode, dev))
+    if args.model == "tiny" or args.docs <= 16:
+        report("naive per-example loop", naive_time(model, docs[: min(8, len(docs))], dev) * len(docs) / min(8, len(docs)))
     print(f"peak memory: {peak_mem_gb(dev):.2f} GB ({'CUDA allocated' if dev.type == 'cuda' else 'process max RSS'})")
 
-    print("cost vs projection size (ekfac):")
+    print("cost vs projection size (ekfac):", flush=True)
     for pd in [int(x) for x in args.proj_dims.split(",") if x]:
         s, t_fit = scorer_for(model, docs, args, preconditioner="ekfac", projection_dim=pd, reward_mode="features")
         t = timed(lambda: s.score_docs(docs), dev)
-        print(f"  projection_dim={pd:<6} D={s.feats.dim:<6} score tok/s={n_tok / t:>10.0f} refresh={t_fit:.2f}s")
+        print(f"  projection_dim={pd:<6} D={s.feats.dim:<6} score tok/s={n_tok / t:>10.0f} refresh={t_fit:.2f}s", flush=True)
 
 
 if __name__ == "__main__":

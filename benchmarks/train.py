@@ -9,8 +9,10 @@ Both sides train the same config on random tokens for --steps updates; the first
 (compilation, allocator warm-up) are excluded from tokens/s; "1st update s" is the first update's time,
 i.e. mostly the (cold-cache) compile time: Dynamo is reset before every run and Inductor's caches are
 off, but Inductor's one-time start-up (imports, compile workers) falls on the first compiled run of the
-process only, so later rows' first updates are a few seconds short of a cold start in a fresh process
-(run one --modes/--loss per process for cold numbers on every row). The plain loop (full logits + F.cross_entropy) is the
+process only (thresher's: it runs before the plain baseline), so later rows' first updates are a few
+seconds short of a cold start in a fresh process (run one --modes/--loss per process for cold numbers on
+every row). Each measurement is printed as a "# ..." line as soon as it is taken, the table row when both
+sides of it are known. The plain loop (full logits + F.cross_entropy) is the
 reference for the overhead of the selector hook, the packed loader, metrics and callbacks; with
 ``--loss full,chunked`` thresher runs once per loss implementation (TrainConfig.loss_impl) against
 the same plain number. Peak memory is torch.cuda.max_memory_allocated of the thresher run (n/a on CPU).
@@ -67,6 +69,14 @@ class AllDocs(Selector):
         self.n = n
 
 
+def dynamo_graphs() -> str:
+    """Graphs Dynamo compiled and graph breaks since the counters were last cleared: compile_scope="layers"
+    should give 1 graph (every layer reusing it); more means recompiles (past the recompile limit, 8, the
+    remaining layers would silently run eagerly)."""
+    c = torch._dynamo.utils.counters
+    return f"graphs={c['stats']['unique_graphs']} breaks={sum(c['graph_break'].values())}"
+
+
 def thresher_tps(cfg: TrainConfig, store, warmup: int) -> tuple[float, float | None, float]:
     """(tokens/s after warm-up, peak GiB allocated on the GPU or None on CPU, seconds of the first update:
     compilation included)."""
@@ -75,6 +85,7 @@ def thresher_tps(cfg: TrainConfig, store, warmup: int) -> tuple[float, float | N
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     torch._dynamo.reset()  # no graph compiled by an earlier row is reused
+    torch._dynamo.utils.counters.clear()  # for dynamo_graphs()
     with tempfile.TemporaryDirectory() as out:
         train(cfg, store, AllDocs(store.n_docs), out)
         lines = [json.loads(ln) for ln in open(f"{out}/metrics.jsonl")]
@@ -88,6 +99,7 @@ def plain_tps(cfg: TrainConfig, vocab: int, warmup: int) -> tuple[float, float]:
     torch.compile when cfg.compile)."""
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # for dynamo_graphs()
     torch.manual_seed(0)
     model = build_model(cfg.model, vocab).to(dev)
     opt = build_optimizer(model, cfg, dev)
@@ -100,7 +112,7 @@ def plain_tps(cfg: TrainConfig, vocab: int, warmup: int) -> tuple[float, float]:
         for _ in range(accum):
             ids = torch.randint(2, vocab, (cfg.micro_batch, cfg.seq_len + 1), device=dev)
             with amp:
-                logits = engine(input_ids=ids[:, :-1]).logits
+                logits = engine(input_ids=ids[:, :-1], use_cache=False).logits  # no KV cache, as thresher
             (F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()) / accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
@@ -127,7 +139,10 @@ def main() -> None:
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     store = RandomStore(2000, args.vocab)
-    print(f"device={dev} threads={torch.get_num_threads()} seq_len={args.seq_len} micro_batch={args.micro_batch}")
+    import transformers
+
+    print(f"device={dev} threads={torch.get_num_threads()} seq_len={args.seq_len} micro_batch={args.micro_batch} "
+          f"torch={torch.__version__} transformers={transformers.__version__}")
     print(f"{'model':>6} {'mode':>15} {'loss':>7} {'thresher tok/s':>15} {'plain tok/s':>12} {'ratio':>6} "
           f"{'MFU':>6} {'peak GiB':>8} {'1st update s':>13} {'plain 1st s':>12}")
     for name in args.models.split(","):
@@ -138,15 +153,24 @@ def main() -> None:
                               warmup_steps=2, compile=mode.startswith("compiled"), device=dev, export=False,
                               compile_scope="layers" if mode == "compiled-layers" else "model",
                               loss_chunk_tokens=args.chunk_tokens)
-            if cfg.compile not in plains:
-                plains[cfg.compile] = plain_tps(cfg, args.vocab, args.warmup)
-            plain, plain_first = plains[cfg.compile]
             peak = _peak_flops(cfg, torch.device(dev))
             fpt = count_flops_per_token(get_model_config(name), args.vocab, args.seq_len)
+            # thresher first, each number printed ("# ..." lines) as soon as it is measured: a run cut by a
+            # timeout (e.g. during the plain baseline's whole-model compile) still reports what finished
+            ours_rows = []
             for loss in args.loss.split(","):
                 ours, mem, first = thresher_tps(dataclasses.replace(cfg, loss_impl=loss), store, args.warmup)
                 mfu = f"{fpt * ours / peak:.1%}" if peak else "n/a"
                 mem_s = f"{mem:.2f}" if mem is not None else "n/a"
+                print(f"# thresher {name} {mode} {loss}: {ours:,.0f} tok/s, MFU {mfu}, peak {mem_s} GiB, "
+                      f"1st update {first:.1f} s, {dynamo_graphs()}", flush=True)
+                ours_rows.append((loss, ours, mfu, mem_s, first))
+            if cfg.compile not in plains:
+                plains[cfg.compile] = plain_tps(cfg, args.vocab, args.warmup)
+                print(f"# plain {name} {'compiled' if cfg.compile else 'eager'}: {plains[cfg.compile][0]:,.0f} tok/s, "
+                      f"1st update {plains[cfg.compile][1]:.1f} s, {dynamo_graphs()}", flush=True)
+            plain, plain_first = plains[cfg.compile]
+            for loss, ours, mfu, mem_s, first in ours_rows:
                 print(f"{name:>6} {mode:>15} {loss:>7} {ours:>15,.0f} {plain:>12,.0f} {ours / plain:>6.2f} {mfu:>6} "
                       f"{mem_s:>8} {first:>13.1f} {plain_first:>12.1f}", flush=True)
 
