@@ -246,7 +246,7 @@ def eval_downstream(
         model_dir = export_checkpoint(model_dir, out / "model", _run_store(model_dir, None))
         typer.echo(f"checkpoint exported to {model_dir}")
     results = run_eval(cfg, model_dir, out)
-    typer.echo(results_table_markdown(results, cfg.metric))
+    typer.echo(results_table_markdown({str(model_dir): results}, cfg.metric))
 
 
 @app.command()

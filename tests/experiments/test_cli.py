@@ -33,6 +33,8 @@ def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
     (["demo", "--out", "d", "--policies", "random,bogus"], "demo policies ['bogus']: choose from random"),
     (["demo", "--out", "d", "--projection", "bogus"], "influence.projection = 'bogus'"),
     (["train", "--set", "=5"], "override '=5' must look like key=value or section.key=value"),
+    (["train", "--set", "train.model='tiny'", "--set", "train.seq_len=1024"],
+     "train.seq_len=1024 exceeds model tiny's context 256"),
     (["train", "--set", "train..steps=5"], "override 'train..steps=5' must look like"),
     (["ingest", "x.jsonl", "--out", "s", "--tokenizer", "t.json", "--workers", "0"], "ingest workers = 0"),
     (["experiment", CONFIGS / "synthetic.toml"], f"{CONFIGS / 'synthetic.toml'} has no [experiment] table"),
