@@ -92,9 +92,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
     from thresher.corpus.store import TokenStore
     from thresher.labels.table import LabelTable
 
-    from thresher.train.models import get_model_config
-
-    model = get_model_config(cfg.train.model)  # an unknown model or a too long context: before any data loads
+    model = cfg.train.model_config()  # an unknown model, bad overrides or a too long context: before any data loads
     if cfg.train.seq_len > model.max_seq_len:
         raise ThresherError(f"train.seq_len={cfg.train.seq_len} exceeds model {model.name}'s context "
                             f"{model.max_seq_len}")

@@ -35,6 +35,7 @@ def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
     (["train", "--set", "=5"], "override '=5' must look like key=value or section.key=value"),
     (["train", "--set", "train.model='tiny'", "--set", "train.seq_len=1024"],
      "train.seq_len=1024 exceeds model tiny's context 256"),
+    (["train", "--set", "train.model_overrides={hidn = 1}"], "train.model_overrides: unknown field(s) ['hidn']"),
     (["train", "--set", "train..steps=5"], "override 'train..steps=5' must look like"),
     (["ingest", "x.jsonl", "--out", "s", "--tokenizer", "t.json", "--workers", "0"], "ingest workers = 0"),
     (["experiment", CONFIGS / "synthetic.toml"], f"{CONFIGS / 'synthetic.toml'} has no [experiment] table"),

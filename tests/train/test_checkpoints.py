@@ -211,3 +211,34 @@ def test_resuming_a_finished_run_still_reports_its_reference_losses(tmp_path):
     again = train(tiny_config(steps=4, eval_every=2, ckpt_every=2), store, _sel(), tmp_path, eval_tasks={"t": task},
                   resume=True)  # nothing left to train (a run that died after its last checkpoint)
     assert again["step"] == 4 and again["ref_losses"] == first["ref_losses"]
+
+
+def test_model_overrides_train_resume_only_unchanged_and_export(tmp_path):
+    from transformers import AutoModelForCausalLM
+    from tokenizers import Tokenizer, models
+
+    from thresher.train.checkpoint import export_checkpoint
+
+    over = {"layers": 1, "kv_heads": 2}
+    cfg = tiny_config(steps=4, ckpt_every=2, model_overrides=over)
+    train(cfg, pattern_store(), _sel(), tmp_path / "run", callbacks=[StopAt(2)])
+    with pytest.raises(SettingsMismatchError, match="model_overrides"):
+        train(tiny_config(steps=4, ckpt_every=2, model_overrides={"layers": 2}), pattern_store(), _sel(),
+              tmp_path / "run", resume=True)
+    train(cfg, pattern_store(), _sel(), tmp_path / "run", resume=True)
+    store = pattern_store()
+    store.tokenizer = lambda: Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w1"))
+    hf = AutoModelForCausalLM.from_pretrained(export_checkpoint(tmp_path / "run" / "checkpoints" / "step_000004",
+                                                                tmp_path / "hf", store))
+    assert (hf.config.num_hidden_layers, hf.config.num_key_value_heads) == (1, 2)
+
+
+def test_a_checkpoint_from_before_model_overrides_resumes(tmp_path):
+    cfg = tiny_config(steps=4, ckpt_every=2)
+    train(cfg, pattern_store(), _sel(), tmp_path, callbacks=[StopAt(2)])
+    path = tmp_path / "checkpoints" / "step_000002"
+    state = torch.load(path / "trainer.pt", weights_only=True)
+    del state["config"]["model_overrides"]  # what an older thresher wrote
+    torch.save(state, path / "trainer.pt")
+    out = train(cfg, pattern_store(), _sel(), tmp_path, resume=True)
+    assert out["step"] == 4

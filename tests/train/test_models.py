@@ -45,3 +45,29 @@ def test_tiny_builds_and_runs_on_cpu():
 def test_unknown_model_is_a_user_error():
     with pytest.raises(ThresherError, match="unknown model"):
         get_model_config("7b")
+
+
+def test_model_overrides_build_your_own_recipe():
+    from thresher.train.config import TrainConfig
+    from thresher.train.models import resolve_model
+
+    over = {"hidden": 96, "layers": 3, "heads": 6, "kv_heads": 2, "max_seq_len": 512, "rope_theta": 5e5,
+            "tie_embeddings": True}
+    cfg = TrainConfig(model="tiny", model_overrides=over).model_config()
+    assert (cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.max_seq_len) == (96, 3, 6, 2, 512)
+    assert cfg.tie_embeddings
+    assert cfg.name.startswith("tiny+") and cfg.intermediate == 16 * -(-96 * 8 // 3 // 16)  # tiny's multiple_of kept
+    with torch.device("meta"):
+        model = build_model(cfg, 1000)
+    hf = model.config
+    assert (hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads) == (96, 3, 6, 2)
+    assert hf.max_position_embeddings == 512 and hf.tie_word_embeddings
+    assert count_params(cfg, 1000) == sum(p.numel() for p in model.parameters())  # GQA and tied counted right
+    assert resolve_model("tiny", {}) == get_model_config("tiny")
+    for bad, message in [({"hidn": 96}, r"unknown field\(s\) \['hidn'\]"),
+                         ({"layers": 2.5}, "layers = 2.5: expected a positive int"),
+                         ({"heads": 0}, "expected a positive int"), ({"tie_embeddings": 1}, "expected true or false"),
+                         ({"hidden": 100, "heads": 6}, "hidden \\(100\\) must divide by heads \\(6\\)"),
+                         ({"heads": 4, "kv_heads": 3}, "heads by kv_heads \\(3\\)")]:
+        with pytest.raises(ThresherError, match=message):
+            resolve_model("tiny", bad)

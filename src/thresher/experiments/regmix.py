@@ -195,6 +195,7 @@ def proxy_config(base: RunConfig, cfg: RegMixConfig, i: int, weights: dict[str, 
     rc.selector.policy, rc.selector.mixture_column = "static-mixture", cfg.column
     rc.selector.mixture_weights = dict(weights)
     rc.train.model, rc.train.steps = cfg.model, cfg.steps
+    rc.train.model_overrides = {}  # the base's recipe changes describe its own model, not the proxy
     rc.train.warmup_steps = min(rc.train.warmup_steps, max(cfg.steps // 10, 1))
     rc.train.export = False  # only the reference losses are needed
     return rc

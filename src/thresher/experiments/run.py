@@ -188,7 +188,7 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     per_micro = t.micro_batch * t.seq_len * world
     accum = (f" ({t.global_batch_tokens // per_micro} micro-batch(es) of {t.micro_batch} x {t.seq_len} per rank "
              "and step)" if t.global_batch_tokens % per_micro == 0 else "")
-    print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {t.model} for {t.steps} steps of "
+    print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {t.model_config().name} for {t.steps} steps of "
            f"{t.global_batch_tokens} tokens{accum} -> {out}")
     if t.warmup_steps >= t.steps:
         after = f", no {t.schedule} decay" if t.schedule != "constant" else ""

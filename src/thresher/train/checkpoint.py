@@ -264,7 +264,7 @@ def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, store
     from safetensors.torch import load_file
 
     from thresher.train.config import TrainConfig
-    from thresher.train.models import build_model, get_model_config
+    from thresher.train.models import build_model
     from thresher.utils.tomlio import from_dict
 
     path = Path(path)
@@ -272,7 +272,7 @@ def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, store
         raise ThresherError(f"not a training checkpoint (no trainer.pt and model.safetensors): {path}")
     trainer = read_trainer_state(path)
     cfg = from_dict(TrainConfig, dict(trainer["config"]), "train")
-    model = build_model(get_model_config(cfg.model), store.vocab_size, pad_id=store.pad_id, eos_id=store.eos_id)
+    model = build_model(cfg.model_config(), store.vocab_size, pad_id=store.pad_id, eos_id=store.eos_id)
     with _unreadable(path):
         weights = load_file(path / "model.safetensors")
         # an FSDP checkpoint holds the full state of the wrapped module: torch.compile's "_orig_mod.",

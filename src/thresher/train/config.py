@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 from thresher.utils.errors import ThresherError
@@ -15,6 +15,9 @@ DEVICE_PATTERN = r"auto|cpu|cuda(?::(\d+))?"  # train.device; group 1: the index
 class TrainConfig:
     # model: a name from thresher.train.models.MODELS (tiny, debug, 20m, 60m, 125m, 370m, 1.3b)
     model: str = "tiny"
+    # your own recipe: ModelConfig fields changed on top of `model`, e.g. {hidden = 1536, layers = 20,
+    # heads = 12, kv_heads = 4, max_seq_len = 2048, rope_theta = 500000.0, tie_embeddings = true}
+    model_overrides: dict = field(default_factory=dict)
     seq_len: int = 128  # tokens per training sequence (documents packed, EOS between them)
     micro_batch: int = 4  # sequences per forward/backward on one rank
     global_batch_tokens: int = 2048  # tokens per optimizer update, all ranks and micro-steps together
@@ -82,6 +85,12 @@ class TrainConfig:
         if self.warmup_steps < 0 or not 0.0 <= self.decay_fraction <= 1.0:
             raise ThresherError("train.warmup_steps must be >= 0 and train.decay_fraction in [0, 1]")
         return self
+
+    def model_config(self):
+        """The ModelConfig trained: ``model`` with ``model_overrides`` applied (checked)."""
+        from thresher.train.models import resolve_model
+
+        return resolve_model(self.model, self.model_overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)

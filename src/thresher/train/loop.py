@@ -31,14 +31,14 @@ from thresher.train.config import TrainConfig
 from thresher.train.data import PackedLoader
 from thresher.train.dist import Dist, all_reduce_mean, barrier, init_distributed, teardown, wrap_model
 from thresher.train.loss import CausalLMWithLoss
-from thresher.train.models import build_model, count_flops_per_token, get_model_config
+from thresher.train.models import build_model, count_flops_per_token
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_json
 from thresher.utils.log import print0
 from thresher.utils.seeding import derive_seed
 
 # settings a resumed run must share with the checkpoint (others: steps, logging, runtime may change)
-_RESUME_MUST_MATCH = ("model", "seq_len", "global_batch_tokens", "seed", "lr", "schedule", "warmup_steps",
+_RESUME_MUST_MATCH = ("model", "model_overrides", "seq_len", "global_batch_tokens", "seed", "lr", "schedule", "warmup_steps",
                       "beta1", "beta2", "eps", "weight_decay", "doc_positions", "min_lr_ratio", "decay_fraction")
 # settings that may change on resume but reshape the learning-rate schedule (a warning names them)
 _RESUME_RESHAPES_SCHEDULE = ("steps",)
@@ -151,7 +151,7 @@ def _peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
 
 
 def _setup(cfg: TrainConfig, store, selector, out_dir: Path, d: Dist) -> Run:
-    mcfg = get_model_config(cfg.model)
+    mcfg = cfg.model_config()
     if cfg.seq_len > mcfg.max_seq_len:
         raise ThresherError(f"train.seq_len={cfg.seq_len} exceeds model {mcfg.name}'s context {mcfg.max_seq_len}")
     _seed_all(derive_seed(cfg.seed, "model-init"))
@@ -228,7 +228,8 @@ def _resume(run: Run) -> bool:
 
 def _check_resume_settings(cfg: TrainConfig, state: dict, path: Path) -> None:
     saved = state["config"]
-    diff = [k for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)]
+    defaults = TrainConfig()  # a key a checkpoint of an older thresher lacks had its default value
+    diff = [k for k in _RESUME_MUST_MATCH if saved.get(k, getattr(defaults, k)) != getattr(cfg, k)]
     if diff:
         raise SettingsMismatchError(f"cannot resume {path}: settings differ from the checkpoint's: {', '.join(diff)}")
 

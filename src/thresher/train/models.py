@@ -72,6 +72,34 @@ def get_model_config(name_or_cfg: str | ModelConfig) -> ModelConfig:
     return MODELS[name_or_cfg]()
 
 
+def resolve_model(name: str, overrides: dict | None = None) -> ModelConfig:
+    """The named config with ``overrides`` (ModelConfig fields) applied; unknown fields, wrong types and
+    shapes that do not divide (hidden by heads, heads by kv_heads) are one-line errors."""
+    cfg = get_model_config(name)
+    if not overrides:
+        return cfg
+    known = {f.name: f for f in dataclasses.fields(ModelConfig) if f.name != "name"}
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ThresherError(f"train.model_overrides: unknown field(s) {unknown}; choose from {sorted(known)}")
+    kinds = {"hidden": int, "layers": int, "heads": int, "kv_heads": int, "multiple_of": int, "max_seq_len": int,
+             "mlp_ratio": float, "rope_theta": float, "norm_eps": float, "init_std": float, "tie_embeddings": bool}
+    for k, v in overrides.items():
+        want = kinds[k]
+        ok = isinstance(v, bool) if want is bool else (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and (want is float or float(v).is_integer()))
+        if not ok or (want is not bool and v <= 0):
+            what = "true or false" if want is bool else f"a positive {want.__name__}"
+            raise ThresherError(f"train.model_overrides.{k} = {v!r}: expected {what}")
+    vals = {k: want(v) for k, v in overrides.items() for want in [kinds[k]]}
+    out = dataclasses.replace(cfg, name=f"{cfg.name}+" + ",".join(f"{k}={v}" for k, v in sorted(vals.items())), **vals)
+    kv = out.kv_heads or out.heads
+    if out.hidden % out.heads or out.heads % kv:
+        raise ThresherError(f"train.model_overrides: hidden ({out.hidden}) must divide by heads ({out.heads}) and "
+                            f"heads by kv_heads ({kv})")
+    return out
+
+
 def hf_config(cfg: ModelConfig, vocab_size: int, pad_id: int | None = None, eos_id: int | None = None):
     from transformers import LlamaConfig
 
