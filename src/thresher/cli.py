@@ -101,7 +101,7 @@ def ingest(
 
     stats = run_ingest(inputs, out, tokenizer, text_field=text_field, field_map=_parse_map(map_),
                        workers=workers, batch_size=batch_size, resume=resume)
-    typer.echo(f"token store written to {out}: {stats}")
+    typer.echo(f"token store {out}: {stats}")
 
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate checkpoints: downstream tasks via lm-evaluation-harness.")
@@ -141,7 +141,7 @@ def label(
                             "replace": True if replace else None})
     cfg = load_config(LabelConfig, config, overrides)
     table = run_from_config(TokenStoreSource(store), cfg, out)
-    typer.echo(f"label table written to {out}: {table.n_docs} documents, columns {table.columns}")
+    typer.echo(f"label table {out}: {table.n_docs} documents, columns {table.columns}")
 
 
 @app.command()
