@@ -20,3 +20,16 @@ def test_a_nested_bar_in_a_log_file_writes_a_few_lines_not_one_per_refresh(monke
     outer.close()
     lines = log.getvalue().count("\n")
     assert lines <= 8, lines
+
+
+def test_a_short_phase_bar_writes_nothing_into_a_log_file(monkeypatch):
+    log = io.StringIO()  # not a TTY
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.delenv("THRESHER_NO_PROGRESS", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    for _ in progress(range(20), desc="influence scoring", unit="batch", leave=False):
+        time.sleep(0.01)
+    assert log.getvalue() == ""
+    for _ in progress(range(3), desc="label shards", unit="shard"):  # a top-level bar still shows
+        pass
+    assert "label shards" in log.getvalue()

@@ -36,6 +36,8 @@ def bar_options(file=None, **kw) -> dict:
     isatty = getattr(file, "isatty", None)
     if not (isatty and isatty()):
         kw.setdefault("mininterval", NON_TTY_REFRESH_S)
+        if kw.get("leave") is False:  # a phase bar (influence factors, scoring...): shown only once it runs
+            kw.setdefault("delay", NON_TTY_REFRESH_S)  # that long, so a log gets no lines for short phases
     return {"file": file, "dynamic_ncols": True, **kw}
 
 
