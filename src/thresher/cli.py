@@ -195,9 +195,9 @@ def _run_store(checkpoint: Path, store: Optional[Path]):
     """The token store of the run that wrote ``checkpoint``: ``store``, else the one its config.toml names."""
     from thresher.config import load_run_config
     from thresher.corpus.store import TokenStore
+    from thresher.train.checkpoint import require_checkpoint
 
-    if not (checkpoint / "trainer.pt").is_file():
-        raise ThresherError(f"not a training checkpoint (no trainer.pt): {checkpoint}")
+    require_checkpoint(checkpoint)  # before looking for the run's store beside it
     if store is None:
         config = checkpoint.parent.parent / "config.toml"
         if not config.is_file():

@@ -92,10 +92,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
     from thresher.corpus.store import TokenStore
     from thresher.labels.table import LabelTable
 
-    model = cfg.train.model_config()  # an unknown model, bad overrides or a too long context: before any data loads
-    if cfg.train.seq_len > model.max_seq_len:
-        raise ThresherError(f"train.seq_len={cfg.train.seq_len} exceeds model {model.name}'s context "
-                            f"{model.max_seq_len}")
+    cfg.train.model_config()  # an unknown model, bad overrides or a too long context: before any data loads
     if not cfg.data.store or not cfg.data.labels:
         raise ThresherError("data.store and data.labels must name a token store and a label table: "
                             "give a run config (--config run.toml) or --set data.store=... --set data.labels=...")

@@ -102,9 +102,8 @@ class Selector(ABC):
         self.version += 1
 
     def state_dict(self) -> dict:
-        sel = self._selection  # int32 in checkpoints while doc ids fit (half the size; loads back as int64)
-        small = sel.size == 0 or int(sel.max()) < 2**31
-        state = {"version": self.version, "selection": sel.astype(np.int32) if small else sel.copy(), "log": list(self.log)}
+        # int32 in checkpoints while doc ids fit: narrow_ids already holds them so
+        state = {"version": self.version, "selection": self._selection.copy(), "log": list(self.log)}
         if self.settings is not None:
             state["settings"] = self.settings
         rewards = self._reward_source()

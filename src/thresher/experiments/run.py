@@ -184,16 +184,8 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     make_dir(out)
     save_config = SaveRunConfig(cfg)  # as given: build_run fills in derived fields
     store, selector, eval_tasks = build_run(cfg)
-    t, world = cfg.train, int(os.environ.get("WORLD_SIZE", "1"))
-    per_micro = t.micro_batch * t.seq_len * world
-    accum = (f" ({t.global_batch_tokens // per_micro} micro-batch(es) of {t.micro_batch} x {t.seq_len} per rank "
-             "and step)" if t.global_batch_tokens % per_micro == 0 else "")
-    print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {t.model_config().name} for {t.steps} steps of "
-           f"{t.global_batch_tokens} tokens{accum} -> {out}")
-    if t.warmup_steps >= t.steps:
-        after = f", no {t.schedule} decay" if t.schedule != "constant" else ""
-        print0(f"warning: train.warmup_steps = {t.warmup_steps} >= train.steps = {t.steps}: the learning rate never "
-               f"leaves its warmup (it never reaches train.lr{after}); lower train.warmup_steps for a short run")
+    print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model_config().name} for "
+           f"{cfg.train.steps} steps -> {out}")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
                     callbacks=[save_config, *callbacks], tokenizer=hf_tokenizer(store))
     if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it

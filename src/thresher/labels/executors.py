@@ -11,7 +11,6 @@ every doc, and the label table is written atomically (table.py). Both executors 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -185,7 +184,8 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
     identity = getattr(source, "identity", None)  # a token store's fingerprint: the table records it
     if replace and clusterer is None and "embedding" in specs and LabelTable.exists(out):
         t = LabelTable.open(out)  # columns derived from the embeddings (clusters) record their provenance
-        replaced = "embedding" in t.columns and _differs(t.provenance("embedding"), specs["embedding"]["provenance"])
+        replaced = ("embedding" in t.columns
+                    and fingerprint(t.provenance("embedding")) != fingerprint(specs["embedding"]["provenance"]))
         stale = [c for c in t.columns if replaced and c not in specs and "embedding" in t.provenance(c)]
         if stale:
             raise ThresherError(f"replacing 'embedding' would leave {stale} computed from the old embeddings: "
@@ -256,10 +256,6 @@ def merge_shards(out: Path, work: Path, shards: list, specs: dict, n: int,
     kinds = {c: label_specs[c]["kind"] for c in scalar}
     return LabelTable.write(out, n, data, specs, blocks=_shard_blocks(work, shards, kinds, n) if scalar else None,
                             source=source, replace=replace)
-
-
-def _differs(a: dict, b: dict) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str)
 
 
 def _shard_blocks(work: Path, shards: list, kinds: dict[str, str], n: int):

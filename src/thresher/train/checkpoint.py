@@ -267,9 +267,7 @@ def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, store
     from thresher.train.models import build_model
     from thresher.utils.tomlio import from_dict
 
-    path = Path(path)
-    if not (path / "trainer.pt").is_file() or not (path / "model.safetensors").is_file():
-        raise ThresherError(f"not a training checkpoint (no trainer.pt and model.safetensors): {path}")
+    path = require_checkpoint(path)
     trainer = read_trainer_state(path)
     cfg = from_dict(TrainConfig, dict(trainer["config"]), "train")
     model = build_model(cfg.model_config(), store.vocab_size, pad_id=store.pad_id, eos_id=store.eos_id)
@@ -287,6 +285,14 @@ def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, store
     if tied:
         model.tie_weights()
     return export_hf(model, out_dir, hf_tokenizer(store))
+
+
+def require_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it holds a training checkpoint's weights and trainer state, else a ThresherError."""
+    path = Path(path)
+    if not (path / "trainer.pt").is_file() or not (path / "model.safetensors").is_file():
+        raise ThresherError(f"not a training checkpoint (no trainer.pt and model.safetensors): {path}")
+    return path
 
 
 def _hf_key(key: str) -> str:

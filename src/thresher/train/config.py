@@ -87,10 +87,15 @@ class TrainConfig:
         return self
 
     def model_config(self):
-        """The ModelConfig trained: ``model`` with ``model_overrides`` applied (checked)."""
+        """The ModelConfig trained: ``model`` with ``model_overrides`` applied (checked), whose context holds
+        ``seq_len``."""
         from thresher.train.models import resolve_model
 
-        return resolve_model(self.model, self.model_overrides)
+        model = resolve_model(self.model, self.model_overrides)
+        if self.seq_len > model.max_seq_len:
+            raise ThresherError(f"train.seq_len={self.seq_len} exceeds model {model.name}'s context "
+                                f"{model.max_seq_len}")
+        return model
 
     def to_dict(self) -> dict:
         return asdict(self)

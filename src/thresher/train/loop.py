@@ -38,8 +38,9 @@ from thresher.utils.log import print0
 from thresher.utils.seeding import derive_seed
 
 # settings a resumed run must share with the checkpoint (others: steps, logging, runtime may change)
-_RESUME_MUST_MATCH = ("model", "model_overrides", "seq_len", "global_batch_tokens", "seed", "lr", "schedule", "warmup_steps",
-                      "beta1", "beta2", "eps", "weight_decay", "doc_positions", "min_lr_ratio", "decay_fraction")
+_RESUME_MUST_MATCH = ("model", "model_overrides", "seq_len", "global_batch_tokens", "seed", "lr", "schedule",
+                      "warmup_steps", "beta1", "beta2", "eps", "weight_decay", "doc_positions", "min_lr_ratio",
+                      "decay_fraction")
 # settings that may change on resume but reshape the learning-rate schedule (a warning names them)
 _RESUME_RESHAPES_SCHEDULE = ("steps",)
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "A10G": 70e12,
@@ -141,6 +142,18 @@ def _accum_steps(cfg: TrainConfig, world: int) -> int:
     return cfg.global_batch_tokens // per_micro
 
 
+def _announce(run: Run) -> None:
+    """What a step costs (the accumulation is what makes a large-batch config slow on CPU), and a schedule
+    a short run never leaves the warmup of."""
+    cfg = run.cfg
+    print0(f"train: {cfg.global_batch_tokens} tokens a step = {run.accum} micro-batch(es) of {cfg.micro_batch} x "
+           f"{cfg.seq_len} per rank x {run.dist.world} rank(s)")
+    if cfg.warmup_steps >= cfg.steps:
+        after = f", no {cfg.schedule} decay" if cfg.schedule != "constant" else ""
+        print0(f"warning: train.warmup_steps = {cfg.warmup_steps} >= train.steps = {cfg.steps}: the learning rate "
+               f"never leaves its warmup (it never reaches train.lr{after}); lower train.warmup_steps for a short run")
+
+
 def _peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
     if cfg.peak_flops:
         return cfg.peak_flops
@@ -152,8 +165,6 @@ def _peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
 
 def _setup(cfg: TrainConfig, store, selector, out_dir: Path, d: Dist) -> Run:
     mcfg = cfg.model_config()
-    if cfg.seq_len > mcfg.max_seq_len:
-        raise ThresherError(f"train.seq_len={cfg.seq_len} exceeds model {mcfg.name}'s context {mcfg.max_seq_len}")
     _seed_all(derive_seed(cfg.seed, "model-init"))
     model = build_model(mcfg, store.vocab_size, pad_id=store.pad_id, eos_id=store.eos_id).to(d.device)
     _seed_all(derive_seed(cfg.seed, "train"))
@@ -348,6 +359,7 @@ def train(cfg: TrainConfig, store, selector, out_dir, eval_tasks: dict | None = 
         if d.rank == 0:
             remove_stale_temp(out_dir / "checkpoints")
         run = _setup(cfg, store, selector, out_dir, d)
+        _announce(run)
         if not (resume and _resume(run)) and selector.version == 0:
             selector.initial_selection()
         if d.rank == 0:

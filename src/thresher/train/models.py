@@ -78,12 +78,11 @@ def resolve_model(name: str, overrides: dict | None = None) -> ModelConfig:
     cfg = get_model_config(name)
     if not overrides:
         return cfg
-    known = {f.name: f for f in dataclasses.fields(ModelConfig) if f.name != "name"}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ThresherError(f"train.model_overrides: unknown field(s) {unknown}; choose from {sorted(known)}")
     kinds = {"hidden": int, "layers": int, "heads": int, "kv_heads": int, "multiple_of": int, "max_seq_len": int,
              "mlp_ratio": float, "rope_theta": float, "norm_eps": float, "init_std": float, "tie_embeddings": bool}
+    unknown = sorted(set(overrides) - set(kinds))
+    if unknown:
+        raise ThresherError(f"train.model_overrides: unknown field(s) {unknown}; choose from {sorted(kinds)}")
     for k, v in overrides.items():
         want = kinds[k]
         ok = isinstance(v, bool) if want is bool else (isinstance(v, (int, float)) and not isinstance(v, bool)
