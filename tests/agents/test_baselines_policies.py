@@ -213,6 +213,34 @@ def test_mates_resume_mid_run_reselects_identically():
     assert fresh.log == whole.log and len(fresh.log) == len(full)
 
 
+def test_mates_refuses_a_resume_over_other_embeddings():
+    """MATES re-predicts the pool from the embeddings every update: a checkpoint taken over embeddings computed
+    one way must not resume over a column relabelled another way (--replace), nor over another shape."""
+    from thresher.utils.errors import SettingsMismatchError
+
+    kw = dict(policy="mates", update_every=5, mates_samples=300, budget_docs=250)
+
+    def ctx_with(prov, d=16):
+        ctx = make_ctx(noise=1e-3, d=d)
+        ctx.embedding_provenance = prov
+        return ctx
+
+    made = {"labeler": "EmbedLabeler", "settings": {"model": "all-MiniLM-L6-v2", "max_length": 256}}
+    sel = build_selector(SelectorConfig(**kw), ctx_with(made))
+    sel.initial_selection()
+    sel.on_step(5, None)
+    state = pickle.loads(pickle.dumps(sel.state_dict()))
+    same = build_selector(SelectorConfig(**kw), ctx_with(dict(made)))
+    same.load_state_dict(state)  # the same column: resumes
+    relabelled = {**made, "settings": {**made["settings"], "max_length": 64}}
+    for other in (ctx_with(relabelled), ctx_with(made, d=8)):
+        with pytest.raises(SettingsMismatchError, match="embedding column 'embedding' changed") as e:
+            build_selector(SelectorConfig(**kw), other).load_state_dict(state)
+        assert "\n" not in str(e.value)
+    old = {k: v for k, v in state.items() if k != "labels_key"}  # a checkpoint from before the key: unchecked
+    build_selector(SelectorConfig(**kw), ctx_with(relabelled)).load_state_dict(old)
+
+
 @pytest.mark.parametrize("policy,labeler", [("perplexity", "perplexity"), ("dsir", "dsir"), ("mates", "embed")])
 def test_missing_column_names_the_labeler(policy, labeler):
     ctx = make_ctx()

@@ -55,6 +55,18 @@ def test_the_key_follows_every_input():
     assert len({key, *others}) == 5
 
 
+def test_the_key_follows_the_lengths_values_not_their_dtype():
+    """An older store's lengths.npy held int64; the same lengths read as int32 (today's store) key alike, so a
+    checkpoint's labels_key still matches after the store's lengths were rewritten narrower."""
+    ctx = make_ctx(500)
+    as32, as64 = np.asarray(ctx.doc_lengths, dtype=np.int32), np.asarray(ctx.doc_lengths, dtype=np.int64)
+    key = cell_index_key(ctx.labels, COLUMNS, as32)
+    assert key == cell_index_key(ctx.labels, COLUMNS, as64) == cell_index_key(ctx.labels, COLUMNS, as64.astype(np.uint32))
+    huge = as64.copy()
+    huge[0] += 2**32  # a length int32 cannot hold keys by its int64 value, not a wrapped one
+    assert cell_index_key(ctx.labels, COLUMNS, huge) not in (key, cell_index_key(ctx.labels, COLUMNS, huge.astype(np.int32)))
+
+
 def test_other_ranks_wait_for_local_rank_0_and_map_its_index(tmp_path):
     ctx = make_ctx(2000)
     got = {}

@@ -109,3 +109,26 @@ def test_a_label_table_of_another_store_is_refused(world, tmp_path):
     rc.data = dataclasses.replace(rc.data, labels=str(labels))
     with pytest.raises(ThresherError, match="labelled from another token store"):
         build_run(rc)
+
+
+def test_mates_runs_see_how_their_embedding_column_was_computed(world, tmp_path):
+    """build_run hands MATES the label table's record of its embedding column (renamed through
+    data.label_columns), which its checkpoints key on: a --replace of that column refuses the resume."""
+    import shutil
+
+    import numpy as np
+
+    from thresher.experiments.run import build_run
+    from thresher.labels.table import LabelTable
+
+    rc = _config(world, "multi-agent", tmp_path / "run")
+    labels = tmp_path / "labels"
+    shutil.copytree(rc.data.labels, labels)
+    n = LabelTable.open(labels).n_docs
+    np.save(tmp_path / "emb.npy", np.random.default_rng(0).normal(size=(n, 4)).astype(np.float16))
+    prov = {"labeler": "EmbedLabeler", "settings": {"max_length": 64}}
+    LabelTable.write(labels, n, {"my_emb": tmp_path / "emb.npy"}, {"my_emb": {"kind": "embedding", "provenance": prov}})
+    rc.data = dataclasses.replace(rc.data, labels=str(labels), label_columns={**rc.data.label_columns, "embedding": "my_emb"})
+    rc.selector = dataclasses.replace(rc.selector, policy="mates")
+    _, selector, _ = build_run(rc)
+    assert selector.ctx.embedding_provenance == prov

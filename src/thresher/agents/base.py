@@ -49,6 +49,7 @@ class SelectionContext:
     budget_tokens: int | None = None  # a token budget for D_k
     seed: int = 0
     embeddings: np.ndarray | None = None  # (n_docs, d) float16, for embedding-based policies
+    embedding_provenance: dict | None = None  # how ``embeddings`` were computed (the label table's record)
     scores: Mapping[str, np.ndarray] | None = None  # float label columns by name (len n_docs; NaN = missing)
     cell_cache: str | None = None  # folder for the cell index, memory-mapped and shared by a node's ranks (None: in memory)
 

@@ -108,7 +108,12 @@ def cell_index_key(labels: Labels, columns: list[str], doc_lengths: np.ndarray) 
     document lengths (SHA-1 over the bytes; about 2 GB/s, a few seconds at 600M documents)."""
     h = hashlib.sha1(json.dumps({"version": CACHE_VERSION, "columns": list(columns), "n_docs": int(len(doc_lengths)),
                                  "categories": [len(labels.categories.get(c, [])) for c in columns]}).encode())
-    arrays = [doc_lengths] + [labels.codes[c] for c in columns if c in labels.codes]
+    # lengths hash by value, not by how they are stored: a store whose lengths.npy an older thresher wrote
+    # as int64 keys like the same lengths as int32 (narrow_lengths' rule; no copy when already int32)
+    lengths = np.asarray(doc_lengths)
+    if lengths.dtype != np.int32 and (not lengths.size or (lengths.min() >= -2**31 and lengths.max() < 2**31)):
+        lengths = lengths.astype(np.int32)
+    arrays = [lengths] + [labels.codes[c] for c in columns if c in labels.codes]
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())

@@ -47,11 +47,16 @@ def numeric_context_fields(cfg_data, table, selector: SelectorConfig | None = No
             if table.kind(col) != "float":
                 raise ThresherError(f"label column {col!r} is {table.kind(col)}, the selector needs a float column")
             scores[name] = np.asarray(table.column(col), dtype=np.float32)
-    emb_name = selector.embedding_column if selector is not None else "embedding"
-    emb_col = rename.get(emb_name, emb_name)
+    emb_col = embedding_column(cfg_data, selector)
     wanted = selector is None or selector.policy == "mates"  # only MATES reads the (large) embeddings
     present = wanted and emb_col in table.columns and table.kind(emb_col) == "embedding"
     return scores, (table.embeddings(emb_col) if present else None)
+
+
+def embedding_column(cfg_data, selector: SelectorConfig | None = None) -> str:
+    """The label-table column holding the embeddings the selector reads (through ``data.label_columns``)."""
+    name = selector.embedding_column if selector is not None else "embedding"
+    return dict(getattr(cfg_data, "label_columns", {}) or {}).get(name, name)
 
 
 def require_scores(ctx: SelectionContext, column: str, policy: str, labeler: str) -> np.ndarray:

@@ -137,7 +137,7 @@ def agent_labels(cfg: RunConfig, table) -> Labels:
 def build_run(cfg: RunConfig):
     """Open the data and build (store, selector, eval tasks) for ``cfg``."""
     from thresher.agents.policies import build_selector
-    from thresher.agents.score_top import numeric_context_fields
+    from thresher.agents.score_top import embedding_column, numeric_context_fields
     from thresher.corpus.store import TokenStore
     from thresher.labels.table import LabelTable
 
@@ -153,8 +153,10 @@ def build_run(cfg: RunConfig):
     fit_ids = np.sort(rng(cfg.seed, "influence-fit").choice(store.n_docs, min(cfg.data.influence_fit_docs, store.n_docs), replace=False))
     rewards = LazyInfluenceRewards(cfg.influence, reward_tasks, store, fit_ids)
     scores, embeddings = numeric_context_fields(cfg.data, table, cfg.selector)
+    emb_prov = table.provenance(embedding_column(cfg.data, cfg.selector)) if embeddings is not None else None
     ctx = SelectionContext(doc_lengths=np.asarray(store.lengths), labels=agent_labels(cfg, table), rewards=rewards,
-                           seed=cfg.seed, scores=scores, embeddings=embeddings, cell_cache=cell_index_cache(cfg))
+                           seed=cfg.seed, scores=scores, embeddings=embeddings, embedding_provenance=emb_prov,
+                           cell_cache=cell_index_cache(cfg))
     return store, build_selector(cfg.selector, ctx), eval_tasks
 
 
