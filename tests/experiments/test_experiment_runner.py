@@ -124,6 +124,29 @@ def test_differences_to_the_baseline_are_paired_over_shared_seeds():
     assert numbers["quad"]["delta_vs_baseline"] == pytest.approx(0.05)
     assert numbers["quad"]["delta_seeds"] == [0, 1] and numbers["quad"]["mean_seeds"] == [0, 1]
     assert numbers["quad"]["mean"]["values"] == pytest.approx([3.05, 3.15])
-    assert any("| quad |" in ln and "+0.050 (2 shared seeds)" in ln for ln in lines)
+    assert any("| quad |" in ln and "+0.050 ± 0.000 (2 shared seeds)" in ln for ln in lines)
     with pytest.raises(ThresherError, match="baseline"):
         ExperimentConfig(seeds=[0], policies=["random"], baseline="Random").validate()
+
+
+def test_the_difference_to_the_baseline_has_a_paired_interval():
+    """Δ carries the Student-t interval of the per-seed differences (its significance), computed by hand here;
+    one shared seed has none."""
+    import statistics
+
+    from scipy.stats import t
+
+    from thresher.experiments.experiment import ExperimentConfig, ref_table
+
+    exp = ExperimentConfig(seeds=[0, 1, 2], policies=["random", "quad", "dsir"])
+    runs = {"random": {0: {"ref": {"a": 3.0}}, 1: {"ref": {"a": 3.2}}, 2: {"ref": {"a": 3.4}}},
+            "quad": {0: {"ref": {"a": 2.9}}, 1: {"ref": {"a": 3.15}}, 2: {"ref": {"a": 3.2}}},
+            "dsir": {1: {"ref": {"a": 3.0}}}}
+    lines, numbers = ref_table(exp, runs)
+    diffs = [-0.1, -0.05, -0.2]
+    half = t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+    assert numbers["quad"]["delta_vs_baseline"] == pytest.approx(sum(diffs) / 3)
+    assert numbers["quad"]["delta_ci"] == pytest.approx(half)
+    assert any("| quad |" in ln and f"{sum(diffs) / 3:+.3f} ± {half:.3f}" in ln for ln in lines)
+    assert numbers["dsir"]["delta_ci"] is None
+    assert any("| dsir |" in ln and "-0.200 (1 shared seeds)" in ln for ln in lines)

@@ -262,12 +262,14 @@ def ref_table(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
         shared = sorted(set(per_seed_mean[name]) & set(base))
         if shared and name != exp.baseline:
             mine, theirs = [per_seed_mean[name][s] for s in shared], [base[s] for s in shared]
-            d = sum(a - b for a, b in zip(mine, theirs)) / len(shared)
+            d, half = mean_ci([a - b for a, b in zip(mine, theirs)], exp.confidence)  # paired: per-seed differences
             noise = max(_range(mine), _range(theirs))
             big = bool(len(shared) > 1 and abs(d) > noise)
             partial = len(shared) < max(len(per_seed_mean[name]), len(base))  # the seed sets differ
-            delta = f"{d:+.3f}" + (" *" if big else "") + (f" ({len(shared)} shared seeds)" if partial else "")
+            delta = (f"{d:+.3f}" + ("" if half is None else f" ± {half:.3f}") + (" *" if big else "")
+                     + (f" ({len(shared)} shared seeds)" if partial else ""))
             num["delta_vs_baseline"], num["exceeds_seed_range"], num["delta_seeds"] = d, big, shared
+            num["delta_ci"] = half  # half-width of the paired Student-t interval (None for one shared seed)
         elif name != exp.baseline and vals:
             delta = "n/a (no seed shared with the baseline)"
         cells += [delta, f"{_range(vals):.3f}" if len(vals) > 1 else "-"]
@@ -405,7 +407,9 @@ def write_results(exp: ExperimentConfig) -> Path:
     runs = collect(exp)
     lines = ["# thresher experiment", "",
              f"Final reference loss (mean NLL per continuation token on the held-out halves; lower is better), "
-             f"mean ± {exp.confidence:.0%} Student-t interval over seeds. `*`: the difference to {exp.baseline} "
+             f"mean ± {exp.confidence:.0%} Student-t interval over seeds. Δ: the mean of the per-seed differences "
+             f"to {exp.baseline} ± their {exp.confidence:.0%} paired Student-t interval (an interval that excludes 0 "
+             f"is a significant difference at that level). `*`: the difference to {exp.baseline} "
              f"is larger than both policies' seed ranges (max - min over seeds).", ""]
     table, numbers = ref_table(exp, runs) if runs else ([], {})
     lines += table + [""]
