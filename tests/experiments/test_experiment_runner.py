@@ -150,3 +150,42 @@ def test_the_difference_to_the_baseline_has_a_paired_interval():
     assert any("| quad |" in ln and f"{sum(diffs) / 3:+.3f} ± {half:.3f}" in ln for ln in lines)
     assert numbers["dsir"]["delta_ci"] is None
     assert any("| dsir |" in ln and "-0.200 (1 shared seeds)" in ln for ln in lines)
+
+
+def _fake_run(d: Path, evals: dict[int, float], tokens_per_step: int) -> None:
+    """A finished run folder: metrics.jsonl with a reference loss at each step of ``evals``, summary.json."""
+    d.mkdir(parents=True)
+    rows = [{"step": st, "loss": 5.0, "tokens": st * tokens_per_step, "ref_loss/a": v, "ref_loss/b": v + 1.0}
+            for st, v in sorted(evals.items())]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    last = max(evals)
+    (d / "summary.json").write_text(json.dumps({"finished": True, "step": last, "tokens": last * tokens_per_step,
+                                                "train_seconds": 1.0, "selection_seconds": 0.0,
+                                                "train_flops": 1.0, "selection_flops": 0.0}))
+
+
+def test_runs_of_different_lengths_are_also_compared_at_equal_tokens(tmp_path):
+    """A variant that trains twice the steps ends lower; the table says how many tokens each row trained, and
+    a second table compares every run at the fewest tokens any run trained, from its evaluation there."""
+    from thresher.experiments.experiment import ExperimentConfig, write_results
+
+    exp = ExperimentConfig(out=str(tmp_path), seeds=[0, 1], policies=["random", "long"],
+                           variants={"long": {"policy": "random", "set": ["train.steps=200"]}})
+    for s in (0, 1):
+        _fake_run(tmp_path / f"runs/random/seed{s}", {50: 4.0 + s, 100: 3.0 + s}, 2048)
+        _fake_run(tmp_path / f"runs/long/seed{s}", {50: 4.1 + s, 100: 3.2 + s, 150: 2.5, 200: 2.0 + s}, 2048)
+    md = write_results(exp).read_text()
+    main, equal = md.split("## At equal tokens: 204,800")
+    assert "| random | 2 | 204.8k |" in main and "| long | 2 | 409.6k |" in main
+    assert "-1.000" in main.split("| long |")[1].splitlines()[0]  # final against final: 2.5 vs 3.5 (mean of a, b)
+    long_row = equal.split("| long |")[1].splitlines()[0]
+    assert "| 204.8k |" in "| long |" + long_row and "+0.200" in long_row  # 3.7 vs 3.5 at equal tokens
+    numbers = json.loads((tmp_path / "results.json").read_text())["equal_tokens"]
+    assert numbers["tokens"] == 204800
+    assert numbers["reference_loss"]["long"]["a"]["values"] == pytest.approx([3.2, 4.2])
+    # equal lengths: no second table
+    for s in (0, 1):
+        _fake_run(tmp_path / f"same/runs/random/seed{s}", {100: 3.0}, 2048)
+        _fake_run(tmp_path / f"same/runs/long/seed{s}", {100: 3.1}, 2048)
+    exp.out = str(tmp_path / "same")
+    assert "At equal tokens" not in write_results(exp).read_text()

@@ -195,7 +195,9 @@ def _downstream(exp: ExperimentConfig, run_dir: Path) -> None:
 
 # --- the report ---------------------------------------------------------------------------------------------
 def collect(exp: ExperimentConfig) -> dict:
-    """name -> seed -> {ref: {task: loss}, summary, curve: (steps, mean ref loss), downstream?} of finished runs."""
+    """name -> seed -> {ref: {task: loss}, tokens (trained), summary, curve: (steps, mean ref loss), curve_tokens
+    (tokens trained at those steps), ref_at_tokens: {tokens: {task: loss}} at every evaluation, downstream?}
+    of finished runs."""
     from thresher.evaluate.downstream import RESULTS_FILE
     from thresher.evaluate.report import final_ref_losses, read_jsonl, ref_curves
 
@@ -211,7 +213,15 @@ def collect(exp: ExperimentConfig) -> dict:
             steps = sorted(set.intersection(*(set(s) for s, _ in curves.values()))) if curves else []
             by_step = {t: dict(zip(s, v)) for t, (s, v) in curves.items()}
             mean_curve = [sum(by_step[t][st] for t in by_step) / len(by_step) for st in steps]
-            row = {"dir": str(d), "ref": ref, "summary": read_json(d / SUMMARY), "curve": [steps, mean_curve]}
+            tokens_at = {int(m["step"]): int(m["tokens"]) for m in metrics if "step" in m and "tokens" in m}
+            summary = read_json(d / SUMMARY)
+            row = {"dir": str(d), "ref": ref, "tokens": summary.get("tokens"), "summary": summary,
+                   "curve": [steps, mean_curve], "curve_tokens": [tokens_at.get(st) for st in steps],
+                   "ref_at_tokens": {}}
+            for t, st_loss in by_step.items():
+                for st, loss in st_loss.items():
+                    if st in tokens_at:
+                        row["ref_at_tokens"].setdefault(tokens_at[st], {})[t] = loss
             ds = d / "downstream" / RESULTS_FILE
             if ds.exists():
                 row["downstream"] = json.loads(ds.read_text(encoding="utf-8"))
@@ -252,10 +262,12 @@ def ref_table(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
         numbers[name] = {k: {"values": v, "mean_ci": mean_ci(v, exp.confidence) if v else None}
                          for k, v in per.items()} | {"seeds": sorted(seeds), "mean_seeds": sorted(per_seed_mean[name])}
     base = per_seed_mean.get(exp.baseline, {})
-    head = ["policy", "seeds", *tasks, "mean", f"Δ mean vs {exp.baseline}", "seed range"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(tasks) + 3)]
+    head = ["policy", "seeds", "tokens", *tasks, "mean", f"Δ mean vs {exp.baseline}", "seed range"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * (len(tasks) + 3)]
     for name, num in numbers.items():
-        cells = [name, str(len(num["seeds"]))]
+        trained = sorted({r["tokens"] for r in runs[name].values() if r.get("tokens") is not None})
+        num["tokens"] = trained
+        cells = [name, str(len(num["seeds"])), "-".join(_tokens(n) for n in trained) or "-"]
         cells += [_fmt(*num[t]["mean_ci"]) if num[t]["mean_ci"] else "-" for t in tasks + ["mean"]]
         vals = num["mean"]["values"]
         delta = "-"
@@ -275,6 +287,36 @@ def ref_table(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
         cells += [delta, f"{_range(vals):.3f}" if len(vals) > 1 else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines, numbers
+
+
+def _tokens(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.4g}{unit}"
+    return str(n)
+
+
+def equal_tokens_rows(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
+    """When the runs trained different numbers of tokens (a variant with its own steps or batch), the table
+    again at the fewest tokens any run trained: each run's reference loss at its evaluation after exactly
+    that many tokens (a run that did not evaluate there is left out and named)."""
+    trained = {r.get("tokens") for seeds in runs.values() for r in seeds.values()}
+    if len(trained) < 2 or None in trained:
+        return [], {}
+    at = min(trained)
+    same = {n: {s: r | {"ref": r["ref_at_tokens"][at], "tokens": at} for s, r in seeds.items()
+                if at in r.get("ref_at_tokens", {})} for n, seeds in runs.items()}
+    lacking = [f"{n}/seed{s}" for n, seeds in runs.items() for s, r in sorted(seeds.items())
+               if at not in r.get("ref_at_tokens", {})]
+    table, numbers = ref_table(exp, {n: v for n, v in same.items() if v})
+    lines = [f"## At equal tokens: {at:,} (the fewest any run trained)", "",
+             "The runs trained different numbers of tokens (column `tokens`), so the final losses above are not "
+             "at equal data; here each run's reference loss at its evaluation after exactly that many tokens.", "",
+             *table, ""]
+    if lacking:
+        lines += [f"No evaluation at {at:,} tokens (left out; choose train.eval_every so that every run evaluates "
+                  f"there): {', '.join(lacking)}", ""]
+    return lines, {"tokens": at, "reference_loss": numbers}
 
 
 def _range(values: list[float]) -> float:
@@ -341,7 +383,7 @@ def compute_rows(runs: dict) -> list[str]:
 
 
 def plot_curves(runs: dict, path: Path) -> None:
-    """Figure 4: mean reference loss over training steps, mean over seeds, one line per policy."""
+    """Figure 4: mean reference loss over tokens trained, mean over seeds, one line per policy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,13 +393,15 @@ def plot_curves(runs: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, seeds in runs.items():
-        curves = [r["curve"] for r in seeds.values() if r["curve"][0]]
+        # over tokens trained, not steps: a variant with another batch or step count lines up by data seen
+        curves = [(r["curve_tokens"], r["curve"][1]) for r in seeds.values()
+                  if r["curve"][0] and None not in r.get("curve_tokens", [None])]
         if not curves:
             continue
-        steps = sorted(set.intersection(*(set(c[0]) for c in curves)))
-        ys = [sum(dict(zip(*c))[s] for c in curves) / len(curves) for s in steps]
-        ax.plot(steps, ys, marker="o", ms=3, label=name)
-    ax.set_xlabel("step")
+        xs = sorted(set.intersection(*(set(c[0]) for c in curves)))
+        ys = [sum(dict(zip(*c))[x] for c in curves) / len(curves) for x in xs]
+        ax.plot(xs, ys, marker="o", ms=3, label=name)
+    ax.set_xlabel("tokens trained")
     ax.set_ylabel("reference loss (mean over tasks and seeds)")
     ax.legend(fontsize=7)
     _savefig(fig, path)
@@ -413,6 +457,8 @@ def write_results(exp: ExperimentConfig) -> Path:
              f"is larger than both policies' seed ranges (max - min over seeds).", ""]
     table, numbers = ref_table(exp, runs) if runs else ([], {})
     lines += table + [""]
+    equal, equal_numbers = equal_tokens_rows(exp, runs) if runs else ([], {})
+    lines += equal
     if runs:
         plot_curves(runs, out / "curves.png")
         lines += ["![reference loss over training](curves.png)", ""]
@@ -429,8 +475,9 @@ def write_results(exp: ExperimentConfig) -> Path:
     missing = [f"{n}/seed{s}" for n in exp.policies for s in exp.seeds if s not in runs.get(n, {})]
     if missing:
         lines += ["Not finished yet: " + ", ".join(missing), ""]
-    atomic_write_json(out / "results.json", {"reference_loss": numbers, "runs": {
-        n: {str(s): {k: r[k] for k in ("dir", "ref", "summary", "curve", "downstream") if k in r}
+    atomic_write_json(out / "results.json", {"reference_loss": numbers, "equal_tokens": equal_numbers, "runs": {
+        n: {str(s): {k: r[k] for k in ("dir", "ref", "tokens", "summary", "curve", "curve_tokens", "downstream")
+                     if k in r}
             for s, r in seeds.items()} for n, seeds in runs.items()}})
     path = out / "results.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
