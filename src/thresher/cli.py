@@ -228,7 +228,8 @@ def eval_downstream(
     out: Path = typer.Option(..., help="Folder for downstream_results.json."),
     config: Optional[Path] = typer.Option(None, help="A TOML file with EvalConfig fields."),
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: the paper's set)."),
-    limit: Optional[int] = typer.Option(None, help="At most this many documents per task (0 = all)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many documents per task, per subject for "
+                                        "MMLU (57 x as many) (0 = all)."),
     data_root: Optional[str] = typer.Option(None, help="Folder holding the benchmarks (shared/data/eval layout)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda."),
     set_: List[str] = typer.Option([], "--set", help="Override an EvalConfig field: key=value (repeatable)."),
@@ -240,13 +241,14 @@ def eval_downstream(
 
     overrides = _overrides(set_, {"tasks": tasks}, {"limit": limit, "data_root": data_root, "device": device})
     cfg = load_config(EvalConfig, config, overrides)
+    given = str(model_dir)  # the table's row: the checkpoint asked for, not its exported copy <out>/model
     if (model_dir / "trainer.pt").is_file() and not (model_dir / "config.json").is_file():
         from thresher.train.checkpoint import export_checkpoint
 
         model_dir = export_checkpoint(model_dir, out / "model", _run_store(model_dir, None))
         typer.echo(f"checkpoint exported to {model_dir}")
     results = run_eval(cfg, model_dir, out)
-    typer.echo(results_table_markdown({str(model_dir): results}, cfg.metric))
+    typer.echo(results_table_markdown({given: results}, cfg.metric))
 
 
 @app.command()

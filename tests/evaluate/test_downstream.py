@@ -107,6 +107,14 @@ def test_unknown_task_and_bad_model_dir(tiny_model_dir, fake_data_root, tmp_path
         evaluate_downstream(tmp_path, ["arc_easy"], 0, fake_data_root, tmp_path)
 
 
+def test_a_missing_model_folder_names_the_checkpoints_that_exist(tiny_model_dir, fake_data_root, tmp_path):
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "step_000012").mkdir(parents=True)
+    with pytest.raises(ThresherError, match=r"no such model folder: .*step_12 \(.*checkpoints holds step_000012\)"):
+        evaluate_downstream(ckpts / "step_12", ["arc_easy"], 0, fake_data_root, tmp_path / "ev")
+    assert not (tmp_path / "ev").exists()
+
+
 def test_summarize_by_hand():
     per_task = {"a": {"acc": 0.5, "acc_norm": 0.25}, "b": {"acc": 0.25, "acc_norm": 0.5},
                 "c": {"acc": 1.0, "acc_norm": None}}

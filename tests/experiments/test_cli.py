@@ -196,3 +196,24 @@ def test_a_synthetic_experiment_is_not_refused_for_the_store_it_builds_itself(tm
         cli.main()
     assert e.value.code == 0, capsys.readouterr().err
     assert len(calls) == 1 and calls[0].synthetic_docs == 20000
+
+
+def test_eval_of_a_checkpoint_names_the_checkpoint_in_its_table(tmp_path, monkeypatch, capsys):
+    """The table's row is the checkpoint evaluated (rows of step_000100 and step_000200 differ), not the
+    exported copy <out>/model that every checkpoint's evaluation shares."""
+    from thresher.evaluate import config as eval_config
+    from thresher.evaluate.downstream import summarize
+    from thresher.train import checkpoint
+
+    step = tmp_path / "run" / "checkpoints" / "step_000100"
+    step.mkdir(parents=True)
+    (step / "trainer.pt").write_bytes(b"")
+    monkeypatch.setattr(checkpoint, "export_checkpoint", lambda ckpt, out, store: Path(out))
+    monkeypatch.setattr(cli, "_run_store", lambda ckpt, store: None)
+    result = summarize({"arc_easy": {"acc": 0.5, "acc_norm": 0.5, "num_fewshot": 3, "n": 2}}, {"PS": ["arc_easy"]})
+    monkeypatch.setattr(eval_config, "run_eval", lambda cfg, model_dir, out: result)
+    monkeypatch.setattr(sys, "argv", ["thresher", "eval", "downstream", str(step), "--out", str(tmp_path / "ev")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and f"| {step} | 50.0 |" in out and "ev/model |" not in out

@@ -51,6 +51,10 @@ def evaluate_downstream(
         raise ThresherError(f"duplicate downstream tasks in {tasks}")
     shots = _shots(names, num_fewshot)
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():  # e.g. checkpoints/step_300 for step_000300: say which folders exist there
+        near = sorted(p.name for p in model_dir.parent.glob("step_*")) if model_dir.parent.is_dir() else []
+        raise ThresherError(f"no such model folder: {model_dir}"
+                            + (f" ({model_dir.parent} holds {', '.join(near[-3:])})" if near else ""))
     if not (model_dir / "config.json").exists():
         hint = ("; a run's checkpoints/step_* folders are training state, not Hugging Face models: export one "
                 "with train.checkpoint.export_checkpoint (`thresher export`), or evaluate the run's final/"
