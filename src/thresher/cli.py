@@ -324,12 +324,12 @@ def regmix(
     """Initial agent weights from RegMix: proxy runs on random mixtures of one label column, a LightGBM fit from
     mixture to reference loss, the mixture it predicts best; writes a selector.init_file. Resumable."""
     from thresher.config import check_run_inputs
-    from thresher.experiments.regmix import load_regmix, run_regmix
+    from thresher.experiments.regmix import load_regmix, proxy_config, run_regmix
 
     overrides = _overrides(set_, scalars={"regmix.column": column, "regmix.out": str(out) if out else None,
                                           "regmix.n_proxies": proxies, "regmix.steps": steps})
     cfg, base = load_regmix(config, overrides)
-    check_run_inputs(base)
+    check_run_inputs(proxy_config(base, cfg, 0, {}))  # what the proxies run (their model, their policy's labels)
     result = run_regmix(cfg, base)
     path = Path(cfg.out) / f"init_{cfg.column}.json"
     typer.echo(f"weights: {json.dumps({k: round(v, 4) for k, v in result['weights'].items()})}")

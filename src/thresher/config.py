@@ -97,7 +97,15 @@ def check_run_inputs(cfg: RunConfig) -> None:
         raise ThresherError("data.store and data.labels must name a token store and a label table: "
                             "give a run config (--config run.toml) or --set data.store=... --set data.labels=...")
     TokenStore.open(cfg.data.store)
-    LabelTable.open(cfg.data.labels)
+    table = LabelTable.open(cfg.data.labels)
+    from thresher.agents.policies import label_columns_needed  # the policy's agents find their columns
+    from thresher.agents.selectors import missing_labels_error
+
+    need = label_columns_needed(cfg.selector)
+    have = {name: col for name, col in cfg.data.label_columns.items()
+            if col in table.columns and table.kind(col) == "category"}
+    if [c for c in need if c not in have]:
+        raise missing_labels_error(cfg.selector.policy, need, [c for c in need if c not in have], sorted(have))
     if not cfg.data.reference:
         raise ThresherError("data.reference is empty: name at least one reference task JSONL")
     missing = [str(p) for p in cfg.data.reference.values() if not Path(p).exists()]

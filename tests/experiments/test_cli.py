@@ -217,3 +217,39 @@ def test_eval_of_a_checkpoint_names_the_checkpoint_in_its_table(tmp_path, monkey
         cli.main()
     out = capsys.readouterr().out
     assert e.value.code == 0 and f"| {step} | 50.0 |" in out and "ev/model |" not in out
+
+
+def test_an_experiment_missing_a_policys_label_column_stops_before_training(world, tmp_path, monkeypatch, capsys):
+    """multi-agent's topic agent has no column (here: mapped to one the table lacks): the experiment stops at
+    once, before random trains, instead of when multi-agent's turn comes; regmix checks its proxies' labels."""
+    _, (w, store, labels) = world
+    path = tmp_path / "exp.toml"
+    path.write_text(f"""
+[experiment]
+out = "{tmp_path / 'exp'}"
+seeds = [0]
+policies = ["random", "multi-agent"]
+[data]
+store = "{store}"
+labels = "{labels}"
+reference = {json.dumps(w["reference"]).replace(":", " =")}
+label_columns = {{topic = "no_such_column"}}
+""")
+    code, err = _main(monkeypatch, capsys, "experiment", path)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: policy multi-agent runs agents ['quality', 'domain', 'topic'], but the label "
+                          "table has no ['topic'] column")
+    assert not (tmp_path / "exp" / "runs").exists()
+    # regmix over the domain column: the base's multi-agent policy does not matter, the proxies' column does
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text(path.read_text().split("[data]")[1].join(["[selector]\npolicy = \"multi-agent\"\n[data]", ""]))
+    out = tmp_path / "rm"
+    from thresher.experiments import regmix
+
+    monkeypatch.setattr(regmix, "run_regmix", lambda cfg, base: {"weights": {"x": 1.0}})
+    monkeypatch.setattr(sys, "argv", ["thresher", "regmix", "--config", str(run_toml), "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0, capsys.readouterr().err  # the base's topic agent is no obstacle to regmix over domain
+    code, err = _main(monkeypatch, capsys, "regmix", "--config", run_toml, "--column", "topic", "--out", out)
+    assert code == 2 and "policy static-mixture runs agents ['topic']" in err and not out.exists()

@@ -59,6 +59,20 @@ POLICIES: dict[str, Callable[[SelectorConfig, str], Selector]] = {
 }
 
 
+def label_columns_needed(cfg: SelectorConfig) -> list[str]:
+    """The agent label columns (names of data.label_columns) the policy's setup will look up."""
+    if cfg.policy not in POLICIES:
+        return []
+    sel = POLICIES[cfg.policy](cfg, cfg.policy)
+    if isinstance(sel, MultiAgentSelector):
+        return list(sel.columns) + ([cfg.bandit_column] if sel.with_bandit else [])
+    if isinstance(sel, QuadSelector):
+        return [cfg.bandit_column]
+    if isinstance(sel, StaticMixtureSelector):
+        return [cfg.mixture_column]
+    return []
+
+
 def build_selector(cfg: SelectorConfig, ctx: SelectionContext) -> Selector:
     """The selector of ``cfg.policy``, set up on ``ctx`` (call ``initial_selection()`` next)."""
     if cfg.policy not in POLICIES:

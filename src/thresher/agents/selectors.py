@@ -107,6 +107,15 @@ class _StagedSelector(Selector):
         self.g.bit_generator.state = state["rng"]
 
 
+def missing_labels_error(policy: str, cols: list[str], missing: list[str], found: list[str]) -> ThresherError:
+    return ThresherError(
+        f"policy {policy} runs agents {cols}, but the label table has no {missing} column "
+        f"(agent columns found: {found}): label the store with the labeler that writes "
+        "it (topic: topic_zeroshot or topic_hf; cluster: embed with --kmeans-k), or pick a policy / "
+        "selector.agents that uses only the columns you have "
+        "(e.g. --set selector.agents='[\"domain\", \"quality\"]')")
+
+
 class MultiAgentSelector(_StagedSelector):
     """Algorithm 1: every U steps refresh rewards, update agents (Eq. 4-5) and theta (Eq. 8-9),
     re-select D_k by Eq. 7 (top-k or Gumbel-top-k, per cell).
@@ -130,12 +139,7 @@ class MultiAgentSelector(_StagedSelector):
                 raise ThresherError(f"selector.{key} names {unknown}: not label columns (have: {sorted(ctx.labels.codes)})")
         missing = [c for c in cols if c not in ctx.labels.codes]
         if missing:
-            raise ThresherError(
-                f"policy {self.name} runs agents {cols}, but the label table has no {missing} column "
-                f"(agent columns found: {sorted(ctx.labels.codes)}): label the store with the labeler that writes "
-                "it (topic: topic_zeroshot or topic_hf; cluster: embed with --kmeans-k), or pick a policy / "
-                "selector.agents that uses only the columns you have "
-                "(e.g. --set selector.agents='[\"domain\", \"quality\"]')")
+            raise missing_labels_error(self.name, cols, missing, sorted(ctx.labels.codes))
         self._index(ctx, cols)
         self.empty = _warn_empty_categories(self.name, self.index, self.categories, self.columns)
         if self.learn and ctx.rewards is None:

@@ -79,6 +79,9 @@ def load_regmix(path: str | Path | None, overrides: list[str] | None = None) -> 
     cfg = from_dict(RegMixConfig, data.pop("regmix", {}), "regmix")
     cfg.validate()
     base = run_config_from_dict(data)
+    if cfg.column not in base.data.label_columns:
+        raise ThresherError(f"column {cfg.column!r} is not an agent label; data.label_columns has "
+                            f"{', '.join(base.data.label_columns)}")
     if cfg.target != "mean" and cfg.target not in base.data.reference:
         raise ThresherError(f"regmix.target = {cfg.target!r} is neither 'mean' nor a reference task "
                             f"({', '.join(sorted(base.data.reference))})")
