@@ -183,3 +183,18 @@ def test_realised_mixture_cuts_what_the_pool_could_not_fill(tmp_path):
     (tmp_path / "selector_log.jsonl").write_text("")
     with pytest.raises(ThresherError, match="no readable selector_log.jsonl; delete that proxy folder"):
         realised_mixture(tmp_path, requested)
+
+
+def test_proxies_of_a_long_context_base_train_within_the_proxy_models_context():
+    """configs/pool.toml trains 1024-token sequences (README: `thresher regmix --config configs/pool.toml`); its
+    tiny proxies (context 256) train 256-token ones, the same tokens a step, instead of refusing the config."""
+    from thresher.experiments.regmix import load_regmix, proxy_config
+
+    cfg, base = load_regmix(Path(__file__).parents[2] / "configs" / "pool.toml", [])
+    assert base.train.seq_len == 1024 and cfg.model == "tiny"
+    proxy = proxy_config(base, cfg, 0, {"Books": 1.0})
+    assert proxy.train.seq_len == 256 and proxy.train.global_batch_tokens == base.train.global_batch_tokens
+    assert proxy.train.model_config().max_seq_len == 256  # no "exceeds model tiny's context"
+    proxy.train.validate()
+    cfg.model = "20m"  # a proxy model with the base's context keeps its sequence length
+    assert proxy_config(base, cfg, 0, {"Books": 1.0}).train.seq_len == 1024

@@ -199,6 +199,11 @@ def proxy_config(base: RunConfig, cfg: RegMixConfig, i: int, weights: dict[str, 
     rc.selector.mixture_weights = dict(weights)
     rc.train.model, rc.train.steps = cfg.model, cfg.steps
     rc.train.model_overrides = {}  # the base's recipe changes describe its own model, not the proxy
+    from thresher.train.models import resolve_model
+
+    # the base's sequence length is its own model's (pool.toml: 1024); a proxy trains within its context
+    # (tiny: 256), the same tokens a step in more micro-batches
+    rc.train.seq_len = min(rc.train.seq_len, resolve_model(cfg.model).max_seq_len)
     rc.train.warmup_steps = min(rc.train.warmup_steps, max(cfg.steps // 10, 1))
     rc.train.export = False  # only the reference losses are needed
     return rc
