@@ -124,3 +124,40 @@ def test_influence_rewards_checkpoint_only_reused_factors():
     c = InfluenceRewards(_scorer(model, preconditioner="ekfac", factor_refresh_every=2), Store(DOCS))
     c.load_state_dict(a.scorer.state_dict())  # a full scorer state (the older checkpoint format) still loads
     np.testing.assert_array_equal(c.rewards(ids), a.rewards(ids))
+
+
+def test_saved_scores_refuse_another_reference_sample_fit_sample_or_model_step(model, tmp_path):
+    """Same settings, other data: the reference examples and the fit documents are part of the settings (by
+    digest), and scorer.provenance() adds the model step, so saving it keeps results of two steps apart."""
+    from thresher.corpus.reference import ReferenceTask
+
+    tasks = R.reference_tasks()
+    other = {n: ReferenceTask(n, t.contexts[::-1], t.continuations[::-1]) if i == 0 else t
+             for i, (n, t) in enumerate(sorted(tasks.items()))}  # one task's examples reordered
+    a = InfluenceScorer(model, tasks, InfluenceConfig(batch_size=4, preconditioner="kfac"), FIT)
+    b = InfluenceScorer(model, other, InfluenceConfig(batch_size=4, preconditioner="kfac"), FIT)
+    c = InfluenceScorer(model, tasks, InfluenceConfig(batch_size=4, preconditioner="kfac"), R.random_docs(8, seed=9))
+    with pytest.raises(SettingsMismatchError, match=r"reference_sha1"):
+        mix_scores([(np.zeros(2), a.settings()), (np.zeros(2), b.settings())])
+    with pytest.raises(SettingsMismatchError, match=r"fit_sha1"):
+        mix_scores([(np.zeros(2), a.settings()), (np.zeros(2), c.settings())])
+    none = InfluenceScorer(model, tasks, InfluenceConfig(batch_size=4, preconditioner="none"), R.random_docs(8, seed=9))
+    assert "fit_sha1" not in none.settings()  # no factors: the fit documents change nothing
+    a.refresh(model, step=7)
+    sa = a.score_docs(DOCS)
+    save_scores(tmp_path / "a.npz", sa, a.provenance())
+    load_scores(tmp_path / "a.npz", expect_settings=a.provenance())
+    a.refresh(model, step=8)
+    with pytest.raises(SettingsMismatchError, match=r"differs in: factors_step, step\)"):
+        load_scores(tmp_path / "a.npz", expect_settings=a.provenance())
+    with pytest.raises(SettingsMismatchError, match=r"settings\.damping"):
+        mix_scores([(sa, a.provenance()), (sa, {**a.provenance(), "settings": {**a.settings(), "damping": 0.5}})])
+
+
+def test_settings_saved_before_the_data_digests_still_load(model):
+    a = _scorer(model, preconditioner="kfac")
+    a.refresh(model, step=3)
+    old = {k: v for k, v in a.settings().items() if k not in ("reference_sha1", "fit_sha1")}
+    b = _scorer(model, preconditioner="kfac")
+    b.load_state_dict({**a.state_dict(), "settings": old})  # unchecked on the data, as before
+    np.testing.assert_array_equal(b.score_docs(DOCS), a.score_docs(DOCS))

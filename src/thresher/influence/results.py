@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -12,12 +13,42 @@ from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_bytes
 
 
+# keys settings gained after results and checkpoints were written under the older ones: compared only when both
+# sides have them (the reference examples' and fit documents' digests; those older states load unchecked there)
+ADDED_KEYS = ("reference_sha1", "fit_sha1")
+
+
 def check_same_settings(a: dict, b: dict, what: str = "influence results") -> None:
-    """Raise SettingsMismatchError naming the first differing keys."""
+    """Raise SettingsMismatchError naming the first differing keys (nested ones as ``outer.inner``), e.g. of
+    ``scorer.settings()`` or of ``scorer.provenance()`` (its model ``step`` included)."""
     a, b = _canon(a), _canon(b)
     if a != b:
-        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise SettingsMismatchError(f"{what} were computed under other settings (differs in: {', '.join(keys[:6])})")
+        keys = _differing(a, b)
+        if keys:
+            raise SettingsMismatchError(f"{what} were computed under other settings (differs in: {', '.join(keys[:6])})")
+
+
+def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in ADDED_KEYS and (k in a) != (k in b):
+            continue
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict) and k not in ADDED_KEYS:
+            out += _differing(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(prefix + k)
+    return out
+
+
+def token_digest(arrays) -> str:
+    """SHA-1 of a sequence of token arrays (each as its length and little-endian int64 ids): what a scorer's
+    settings record of its reference examples and fit documents."""
+    h = hashlib.sha1()
+    for x in arrays or ():
+        x = np.ascontiguousarray(x, dtype="<i8")
+        h.update(np.array(len(x), dtype="<i8").tobytes())
+        h.update(x.tobytes())
+    return h.hexdigest()
 
 
 def save_scores(path: str | Path, scores: np.ndarray, settings: dict, **extra: np.ndarray) -> None:

@@ -26,6 +26,11 @@ class RewardSource(ABC):
     def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
         """float64 rewards, one per doc id, same order."""
 
+    def task_rewards(self, doc_ids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(``rewards(doc_ids)``, {reference task: its own rewards of the same docs}) from one scoring pass;
+        sources without per-task rewards give {} (the selectors log per-task means when there are some)."""
+        return self.rewards(doc_ids), {}
+
     def provenance(self) -> dict:
         """Where the last rewards came from: model step, reference tasks, settings."""
         return {}
@@ -50,10 +55,16 @@ class InfluenceRewards(RewardSource):
         self.scorer.refresh(model, step)
 
     def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
+        return self.task_rewards(doc_ids)[0]
+
+    def task_rewards(self, doc_ids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The combined rewards (exactly ``scorer.score_docs``'s) and each reference task's, one pass."""
         doc_ids = np.asarray(doc_ids)
         if len(doc_ids) == 0:
-            return np.zeros(0, dtype=np.float64)
-        return np.asarray(self.scorer.score_docs(self.store.docs(doc_ids)), dtype=np.float64)
+            return np.zeros(0, dtype=np.float64), {n: np.zeros(0, dtype=np.float64) for n in self.scorer.reference}
+        m = self.scorer.per_task_score_matrix(self.store.docs(doc_ids))
+        combined = np.asarray(self.scorer.combine(m), dtype=np.float64)
+        return combined, {n: np.asarray(m[:, i], dtype=np.float64) for i, n in enumerate(self.scorer.reference)}
 
     def provenance(self) -> dict:
         return self.scorer.provenance()

@@ -30,7 +30,7 @@ from thresher.influence.features import GradientFeatures, reference_subspaces
 from thresher.influence.fused import FusedFeatures
 from thresher.influence.modules import build_blocks
 from thresher.influence.precondition import FactorStats, build_preconditioner
-from thresher.influence.results import check_same_settings
+from thresher.influence.results import check_same_settings, token_digest
 from thresher.utils.errors import ThresherError
 from thresher.utils.log import progress
 from thresher.utils.seeding import rng
@@ -88,6 +88,11 @@ class InfluenceScorer:
         self.last_lambda_kept = False  # ... from per-document gradients kept in the factor pass
         self.lambda_step: int | None = None  # the model step EK-FAC's Lambda was estimated at
         self._whiteners: list | None = None  # of the current factors (full space), computed once per refit
+        # what the rewards are computed from besides the settings: each reference task's examples and the fit
+        # documents (factors only); in settings(), so results of another reference sample or fit sample are refused
+        self.data_digests = {"reference_sha1": {n: token_digest(c for pair in t.examples() for c in pair)
+                                                for n, t in self.reference.items()},
+                             **({"fit_sha1": token_digest(fit_docs)} if self.pre.needs_factors else {})}
 
     # ---- refresh ----------------------------------------------------------------------------
     def refresh(self, model: nn.Module | None = None, step: int | None = None) -> None:
@@ -368,7 +373,12 @@ class InfluenceScorer:
 
     def score_docs(self, docs: Sequence[np.ndarray], batch_size: int | None = None, max_len: int | None = None) -> np.ndarray:
         """(N,) float64 combined rewards of token arrays; sharded across ranks under torchrun."""
-        return self._combine(torch.from_numpy(self.per_task_score_matrix(docs, batch_size, max_len))).numpy()
+        return self.combine(self.per_task_score_matrix(docs, batch_size, max_len))
+
+    def combine(self, per_task: np.ndarray) -> np.ndarray:
+        """(N,) combined rewards of a (N, n_tasks) ``per_task_score_matrix``: the mean, or the
+        ``task_weights`` mean, over tasks (what ``score_docs`` returns)."""
+        return self._combine(torch.from_numpy(np.asarray(per_task))).numpy()
 
     def per_task_score_docs(self, docs, batch_size=None, max_len=None) -> dict[str, np.ndarray]:
         m = self.per_task_score_matrix(docs, batch_size, max_len)
@@ -423,6 +433,7 @@ class InfluenceScorer:
         s["full_space"] = self.full_space()
         s["reward_mode"] = "exact" if self.exact() else "features"
         s["tasks"] = {n: len(t) for n, t in self.reference.items()}
+        s.update(self.data_digests)
         if s["factor_refresh_every"] == 1:  # the behaviour before the options existed: older states still load
             del s["factor_refresh_every"], s["factor_reuse"], s["factor_reuse_from_step"]
         elif s["factor_reuse_from_step"] == 0:
