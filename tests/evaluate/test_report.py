@@ -29,3 +29,16 @@ def test_unreadable_summary_is_one_clear_error(tmp_path):
     (d / "summary.json").write_text('{"train_seconds": 1.0, ')
     with pytest.raises(ThresherError, match="summary.json is unreadable"):
         compute_table({"A": d})
+
+
+def test_weight_and_theta_plots_read_the_step_0_entry_of_a_console_with_a_bandit():
+    """The first entry lists every agent (initial weights for the categorical ones, only a name for the
+    bandit): the plots start at step 0 and name all four thetas."""
+    from thresher.evaluate.report import theta_trajectory, weight_trajectories
+
+    log = [{"step": 0, "agents": [{"agent": "quality", "categories": ["lo", "hi"], "weights": [0.5, 0.5]},
+                                  {"agent": "bandit"}], "theta": [1.0, 1.0]},
+           {"step": 10, "agents": [{"agent": "quality", "categories": ["lo", "hi"], "weights": [0.4, 0.6]},
+                                   {"agent": "bandit", "weights": [0.1] * 100}], "theta": [0.9, 1.1]}]
+    assert weight_trajectories(log) == {"quality": {"lo": ([0, 10], [0.5, 0.4]), "hi": ([0, 10], [0.5, 0.6])}}
+    assert theta_trajectory(log) == {"quality": ([0, 10], [1.0, 0.9]), "bandit": ([0, 10], [1.0, 1.1])}

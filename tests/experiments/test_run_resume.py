@@ -9,7 +9,7 @@ import pytest
 from thresher.evaluate.report import read_jsonl
 from thresher.experiments.demo import DemoConfig, _gather, run_config
 from thresher.experiments.run import run
-from thresher.train.callbacks import StopAt
+from thresher.train.callbacks import Callback, StopAt
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,28 @@ def test_mates_runs_see_how_their_embedding_column_was_computed(world, tmp_path)
     rc.selector = dataclasses.replace(rc.selector, policy="mates")
     _, selector, _ = build_run(rc)
     assert selector.ctx.embedding_provenance == prov
+
+
+class _Crash(Callback):
+    """A kill the trainer cannot finish after: an exception out of the step-``step`` callbacks."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, run, metrics):
+        if run.step >= self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_killed_run_leaves_its_selector_log_and_a_resume_redoes_it(world, tmp_path):
+    """selector_log.jsonl is written as the run goes, not only at its end: a run killed at step 30 shows the
+    updates of steps 12 and 24 with the influence provenance and the selection's digest; its resume rewrites
+    the file from the step-24 checkpoint and ends with the log of an uninterrupted run."""
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(world, "multi-agent", tmp_path / "killed"), callbacks=[_Crash(30)])
+    log = read_jsonl(tmp_path / "killed" / "selector_log.jsonl")
+    assert [r["step"] for r in log] == [0, 12, 24]
+    assert [r["rewards"]["step"] for r in log[1:]] == [12, 24] and all(r["selection_sha1"] for r in log)
+    run(_config(world, "multi-agent", tmp_path / "killed"), resume=True)
+    run(_config(world, "multi-agent", tmp_path / "full"))
+    assert _trace(tmp_path / "killed")[1] == _trace(tmp_path / "full")[1]

@@ -58,6 +58,11 @@ def agent_reward(weights: np.ndarray, mean_rewards: np.ndarray) -> float:
     return float((weights[ok] * mean_rewards[ok]).sum() / ok.sum()) if ok.any() else 0.0
 
 
+def nan_to_none(a: np.ndarray) -> list:
+    """JSON-able floats, None where NaN (a category not sampled)."""
+    return [None if np.isnan(x) else float(x) for x in a]
+
+
 @dataclass
 class AgentUpdate:
     agent: str
@@ -68,7 +73,6 @@ class AgentUpdate:
     extra: dict = field(default_factory=dict)
 
     def to_log(self) -> dict:
-        nan_to_none = lambda a: [None if np.isnan(x) else float(x) for x in a]  # noqa: E731
         return {"agent": self.agent, "mean_rewards": nan_to_none(self.mean_rewards),
                 "n_samples": [int(x) for x in self.n_samples], "agent_reward": self.reward,
                 "weights": [float(x) for x in self.weights], **self.extra}
@@ -101,6 +105,10 @@ class Agent(ABC):
         codes = index.codes[:, index.col(self.column)]
         lut = np.append(self.category_scores(), self.missing_score(missing))  # code -1 -> last
         return lut[codes]
+
+    def initial_log(self) -> dict:
+        """What the selector log's step-0 entry records of this agent before any update."""
+        return {"agent": self.name}
 
     @abstractmethod
     def state_dict(self) -> dict: ...
@@ -168,23 +176,36 @@ class CategoricalAgent(Agent):
             cats.append(np.full(len(d), j, dtype=np.int64))
         return np.concatenate(docs), np.concatenate(cats)
 
-    def learn(self, cats: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None) -> AgentUpdate:
+    def learn(self, cats: np.ndarray, rewards: np.ndarray, weights: np.ndarray | None = None,
+              task_rewards: dict[str, np.ndarray] | None = None) -> AgentUpdate:
         """Eq. 4, 5 and 8 from the sampled docs' categories (-1: not this agent's) and (raw) rewards;
-        ``weights``: 1 / inclusion probability of each doc when samples are pooled (``share_samples``)."""
+        ``weights``: 1 / inclusion probability of each doc when samples are pooled (``share_samples``);
+        ``task_rewards``: each reference task's raw rewards of the same docs, whose per-category means
+        (same weights, not normalised) the log keeps as ``task_mean_rewards``."""
         r = normalise_rewards(rewards, self.normalization)
         ok = cats >= 0
         w = None if weights is None else np.asarray(weights)[ok]
         means, counts = category_means(cats[ok], r[ok], len(self.categories), w)
+        per_task = {t: category_means(cats[ok], np.asarray(tr, dtype=np.float64)[ok], len(self.categories), w)[0]
+                    for t, tr in (task_rewards or {}).items()}
         ok = ~np.isnan(means)
         self.weights[ok] += self.eta * means[ok]
-        up = AgentUpdate(self.name, means, counts, agent_reward(self.weights, means), self.weights.copy(),
-                         {"categories": list(self.categories)})
+        extra = {"categories": list(self.categories), "eta": self.eta, "normalization": self.normalization}
+        if per_task:
+            extra["task_mean_rewards"] = {t: nan_to_none(m) for t, m in per_task.items()}
+        up = AgentUpdate(self.name, means, counts, agent_reward(self.weights, means), self.weights.copy(), extra)
         self.history.append(up.to_log())
         return up
 
     def update(self, index: CellIndex, source: RewardSource, g: np.random.Generator) -> AgentUpdate:
         docs, cats = self.sample(index, g)
-        return self.learn(cats, source.rewards(docs))
+        rewards, per_task = source.task_rewards(docs)
+        return self.learn(cats, rewards, task_rewards=per_task)
+
+    def initial_log(self) -> dict:
+        """The weights before the first update (Eq. 5 adds to them), for the selector log's step-0 entry."""
+        return {"agent": self.name, "categories": list(self.categories), "weights": [float(x) for x in self.weights],
+                "eta": self.eta, "normalization": self.normalization}
 
     def state_dict(self) -> dict:
         return {"weights": self.weights.copy(), "history": list(self.history)}

@@ -9,11 +9,12 @@ The trainer owns a Selector and:
   4. saves ``state_dict()`` inside every checkpoint and restores it with ``load_state_dict()``; a
      resumed selector makes exactly the selections an uninterrupted one would.
 Every update appends a JSON-able dict to ``log`` (step, agent, per-category mean rewards, weights,
-theta, selected composition, reward provenance); reports plot it.
+theta, selected composition, the selection's ``selection_sha1``, reward provenance); reports plot it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -131,6 +132,17 @@ class Selector(ABC):
         return getattr(getattr(self, "ctx", None), "rewards", None)
 
 
+def selection_digest(ids: np.ndarray, chunk: int = 1 << 20) -> str:
+    """SHA-1 of doc ids in their order, as little-endian int64 (whatever dtype holds them), hashed a chunk at a
+    time: every log entry that sets D_k records it (``selection_sha1``), so two runs' logs say whether they
+    selected the same documents in the same order without storing the ids."""
+    ids = np.asarray(ids)
+    h = hashlib.sha1()
+    for i in range(0, len(ids), chunk):
+        h.update(np.ascontiguousarray(ids[i : i + chunk], dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
 def narrow_ids(ids: np.ndarray) -> np.ndarray:
     """A read-only copy of doc ids in int32 while they fit (int64 from 2^31 on)."""
     ids = np.asarray(ids)
@@ -183,5 +195,6 @@ class RandomSelector(Selector):
     def initial_selection(self) -> np.ndarray:
         order = rng(self.ctx.seed, "random-selection").permutation(self.ctx.n_docs)
         self._set_selection(np.sort(order[: budget_count(self.ctx, order)]))
-        self.log.append({"step": 0, "policy": self.name, "selected": int(len(self._selection))})
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(self._selection)),
+                         "selection_sha1": selection_digest(self._selection)})
         return self._selection

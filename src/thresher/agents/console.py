@@ -56,8 +56,8 @@ class AgentConsole:
         """``share_samples``: every agent draws its sample, the union is scored once, every agent
         learns from the union with inverse-inclusion weights. -> {id(agent): its update}."""
         docs = np.unique(np.concatenate([a.sample(index, g)[0] for a in agents]))
-        rewards, w = source.rewards(docs), pooled_weights(agents, index, docs)
-        return {id(a): a.learn(doc_codes(index, a.column, docs), rewards, w) for a in agents}
+        (rewards, per_task), w = source.task_rewards(docs), pooled_weights(agents, index, docs)
+        return {id(a): a.learn(doc_codes(index, a.column, docs), rewards, w, per_task) for a in agents}
 
     def state_dict(self) -> dict:
         return {"theta": self.theta.copy(), "agents": {a.name: a.state_dict() for a in self.agents}}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.agents.base import SelectionContext, Selector, resolve_budget
+from thresher.agents.base import SelectionContext, Selector, resolve_budget, selection_digest
 from thresher.agents.config import SelectorConfig
 from thresher.agents.score_top import gumbel_keys, select_band
 from thresher.utils.errors import SettingsMismatchError, ThresherError
@@ -129,7 +129,8 @@ class MatesSelector(Selector):
         keys = gumbel_keys(None, self.ctx.n_docs, 1.0, rng(self.cfg.seed, "initial-selection"))
         ids = select_band(keys, self.ctx.doc_lengths, "high", self.budget_docs, self.budget_tokens)
         self._set_selection(ids)
-        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "initial": "random"})
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "initial": "random",
+                         "selection_sha1": selection_digest(ids)})
         return self._selection
 
     def on_step(self, step: int, model: Any) -> bool:
@@ -146,6 +147,7 @@ class MatesSelector(Selector):
         pred_mean = float(np.mean(pred[ids], dtype=np.float64)) if len(ids) else None
         self.log.append({"step": step, "policy": self.name, "n_samples": int(len(y)), "r2_heldout": r2,
                          "selected": int(len(ids)), "pred_selected_mean": pred_mean,
+                         "selection_sha1": selection_digest(ids),
                          "rewards": self.ctx.rewards.provenance()})
         return True
 

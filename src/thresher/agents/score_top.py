@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from thresher.agents.base import SelectionContext, Selector, resolve_budget
+from thresher.agents.base import SelectionContext, Selector, resolve_budget, selection_digest
 from thresher.agents.config import SelectorConfig
 from thresher.utils.errors import ThresherError
 from thresher.utils.seeding import rng
@@ -160,7 +160,8 @@ class PerplexitySelector(Selector):
         ids = select_band(self.values, self.ctx.doc_lengths, band, self.budget_docs, self.budget_tokens)
         self._set_selection(ids)
         self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "band": band,
-                         "column": self.cfg.perplexity_column, **_summary(self.values, ids)})
+                         "column": self.cfg.perplexity_column, **_summary(self.values, ids),
+                         "selection_sha1": selection_digest(ids)})
         return self._selection
 
 
@@ -183,7 +184,8 @@ class DsirSelector(Selector):
         ids = select_band(keys, self.ctx.doc_lengths, "high", self.budget_docs, self.budget_tokens)
         self._set_selection(ids)
         self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)),
-                         "column": self.cfg.dsir_column, **_summary(self.logw, ids)})
+                         "column": self.cfg.dsir_column, **_summary(self.logw, ids),
+                         "selection_sha1": selection_digest(ids)})
         return self._selection
 
 

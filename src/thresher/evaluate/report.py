@@ -77,7 +77,7 @@ def weight_trajectories(log: list[dict]) -> dict[str, dict[str, tuple[list[int],
     out: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     for row in log:
         for up in row.get("agents") or []:
-            if len(up.get("weights", [])) > 64:  # a bandit over thousands of clusters: not a line plot
+            if not up.get("weights") or len(up["weights"]) > 64:  # a bandit (over thousands of clusters): not a line plot
                 continue
             for cat, w in _named(up["weights"], up.get("categories")).items():
                 steps, ws = out.setdefault(up["agent"], {}).setdefault(cat, ([], []))

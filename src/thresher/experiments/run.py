@@ -69,11 +69,14 @@ class LazyInfluenceRewards(RewardSource):
         self.flops += scorer.linalg_flops(fit_tokens, n_fit, replicas=ranks)  # factors, eigh, subspaces
 
     def rewards(self, doc_ids: np.ndarray) -> np.ndarray:
+        return self.task_rewards(doc_ids)[0]
+
+    def task_rewards(self, doc_ids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self.inner is None:
             raise ThresherError("influence rewards asked for before the first refresh(model)")
         self.flops += self._flops_per_token * self._tokens(doc_ids)
         self.scored_docs += len(doc_ids)
-        return self.inner.rewards(doc_ids)
+        return self.inner.task_rewards(doc_ids)
 
     def state_dict(self) -> dict:
         """The scorer's factors, only when later refreshes reuse them (influence.factor_refresh_every > 1):
@@ -189,7 +192,8 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model_config().name} for "
            f"{cfg.train.steps} steps -> {out}")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
-                    callbacks=[save_config, *callbacks], tokenizer=hf_tokenizer(store))
+                    callbacks=[save_config, SelectorLog(out / "selector_log.jsonl"), *callbacks],
+                    tokenizer=hf_tokenizer(store))
     if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it
         write_selector_log(selector.log, out / "selector_log.jsonl")
     return summary
@@ -228,6 +232,24 @@ class SaveRunConfig(Callback):
     def on_train_start(self, run) -> None:
         if run.dist.rank == 0:
             save_run_config(self.cfg, run.out_dir)
+
+
+class SelectorLog(Callback):
+    """Writes ``selector_log.jsonl`` (atomically, rank 0) when training starts and after every step whose
+    selector log grew, so a running or killed run's folder holds every update so far, not only a finished
+    run's. A resume rewrites it from the checkpoint's log (entries after the checkpoint are dropped and
+    redone, as metrics.jsonl's lines are)."""
+
+    def __init__(self, path: Path):
+        self.path, self.written = Path(path), -1
+
+    def on_train_start(self, run) -> None:
+        self.on_step_end(run, {})
+
+    def on_step_end(self, run, metrics) -> None:
+        if run.dist.rank == 0 and len(run.selector.log) != self.written:
+            write_selector_log(run.selector.log, self.path)
+            self.written = len(run.selector.log)
 
 
 def write_selector_log(log: list[dict], path: Path) -> None:
