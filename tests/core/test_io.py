@@ -23,3 +23,34 @@ def test_a_file_in_the_way_of_an_output_folder_is_a_clear_error(tmp_path):
 def test_make_dir_creates_parents_and_accepts_an_existing_folder(tmp_path):
     assert make_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
     make_dir(tmp_path / "a" / "b")
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from thresher.utils.io import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half a tokens.bin")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_temporary_that_the_next_run_removes(tmp_path):
+    import subprocess
+    import sys
+
+    from thresher.utils.io import _HOST, atomic_path, remove_stale_temps
+
+    target = tmp_path / "tokens.bin"
+    r = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(target)])
+    assert r.returncode == -9 and not target.exists()
+    [left] = [p for p in tmp_path.iterdir()]  # kill -9 skips atomic_path's clean-up
+    dead_pid = left.name.split("-")[-1].split(".")[0]
+    other = "000000" if _HOST != "000000" else "111111"
+    elsewhere = tmp_path / f".x.json.{other}-{dead_pid}.abcdefgh.tmp"  # another machine's (a shared folder)
+    elsewhere.write_text("{}")
+    with atomic_path(tmp_path / "other.json") as live:  # this process's write in progress is kept
+        live.write_text("{}")
+        assert remove_stale_temps(tmp_path) == [left]
+        assert sorted(tmp_path.iterdir()) == sorted([live, elsewhere])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["other.json", elsewhere.name])
+    assert remove_stale_temps(tmp_path / "absent") == []

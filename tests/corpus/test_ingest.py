@@ -121,6 +121,44 @@ def test_resume_after_sigkill(clean, corpus, tok_path, tmp_path):
     assert_same_store(clean[0], out)
 
 
+MERGE_KILLER = """
+import os, signal, sys
+import thresher.corpus.ingest as ing
+where = sys.argv[4]
+if where == "merge":  # mid-merge: the store's docs.parquet written into its temporary, not yet renamed
+    import contextlib
+    orig = ing.atomic_path
+    @contextlib.contextmanager
+    def atomic_path(path):
+        with orig(path) as tmp:
+            yield tmp
+            if path == ing.Path(sys.argv[2]) / "docs.parquet":
+                os.kill(os.getpid(), signal.SIGKILL)
+    ing.atomic_path = atomic_path
+else:  # after the merge: store.json written, the parts not yet deleted
+    orig = ing.shutil.rmtree
+    def rmtree(path, ignore_errors=False):
+        if path == ing.Path(sys.argv[2]) / "parts":
+            os.kill(os.getpid(), signal.SIGKILL)
+        orig(path, ignore_errors=ignore_errors)
+    ing.shutil.rmtree = rmtree
+ing.ingest([sys.argv[1]], sys.argv[2], sys.argv[3], field_map=%r, workers=1, batch_size=7)
+""" % (FMAP,)
+
+
+@pytest.mark.parametrize("where", ["merge", "after-merge"])
+def test_a_kill_in_or_after_the_merge_leaves_nothing_behind_after_the_rerun(clean, corpus, tok_path, tmp_path, where):
+    script, out = tmp_path / "killer.py", tmp_path / "s"
+    script.write_text(MERGE_KILLER)
+    env = {**os.environ, "THRESHER_NO_PROGRESS": "1"}
+    r = subprocess.run([sys.executable, str(script), str(corpus["dir"]), str(out), str(tok_path), where], env=env)
+    assert r.returncode == -9 and (out / "parts").is_dir()
+    assert (where == "merge") == any(p.name.endswith(".tmp") for p in out.iterdir())
+    ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1, batch_size=7)
+    assert_same_store(clean[0], out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean[0].iterdir())  # no temp, no parts
+
+
 STUCK = """
 import os, sys, time
 import thresher.corpus.ingest as ing

@@ -317,3 +317,22 @@ def test_replacing_embeddings_without_reclustering_is_refused(tmp_path, full_tab
     with pytest.raises(ThresherError, match=r"replacing 'embedding' would leave \['cluster'\] computed from the old"):
         run_labelers(source(docs[:16]), [shorter], copy, shard_size=8, replace=True)
     assert LabelTable.open(copy).provenance("embedding") == table.provenance("embedding")
+
+
+def test_a_rerun_after_a_kill_in_the_table_write_removes_what_the_killed_run_left(tmp_path, docs):
+    import subprocess
+    import sys
+
+    from thresher.utils.io import _HOST
+
+    out = tmp_path / "t"
+    labs = [DomainLabeler(), RuleQualityLabeler()]
+    # a run killed after writing the table, before deleting its shards: as a run that kept them
+    clean = run_labelers(source(docs), labs, out, shard_size=5, keep_shards=True)
+    assert any((out / "_work").iterdir())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = out / f".labels.parquet.{_HOST}-{int(dead.stdout)}.k1ll3d_x.tmp"  # a write killed mid-way
+    left.write_bytes(b"half a table")
+    again = run_labelers(source(docs), labs, out, shard_size=5)  # up to date: nothing to label
+    tables_equal(again, clean)
+    assert not left.exists() and not any((out / "_work").iterdir())

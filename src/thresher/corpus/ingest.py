@@ -34,7 +34,7 @@ from thresher.corpus.readers import REASONS, Doc, Excluded, is_shard, iter_recor
 from thresher.corpus.store import RESERVED_COLUMNS, STORE_VERSION, narrow_lengths, token_dtype, write_lengths
 from thresher.corpus.tokenizer import load_tokenizer, special_ids, tokenizer_sha256, vocab_size
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from thresher.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
 from thresher.utils.log import print0, progress
 
 STORE_FILES = ("store.json", "tokens.bin", "offsets.npy", "lengths.npy", "lengths.json", "docs.parquet", "tokenizer.json",
@@ -62,6 +62,7 @@ def ingest(
             raise ThresherError(f"ingest {name} = {value}: expected at least 1")
     t0 = time.perf_counter()
     out = _check_out_dir(Path(out_dir))
+    remove_stale_temps(out)  # a merge killed mid-write left its temporaries (a whole tokens.bin at most)
     field_map = _check_field_map(field_map)
     shards = expand_inputs(inputs)
     tok = load_tokenizer(tokenizer)
@@ -70,6 +71,8 @@ def ingest(
     done = _prepare_out_dir(out, settings, fingerprints, resume)
     if done is not None:
         print0(f"token store {out} is already complete for these inputs")
+        if not keep_parts:  # a run killed after its merge, before deleting the parts
+            shutil.rmtree(out / "parts", ignore_errors=True)
         return done
     tasks = [
         ShardTask(str(s), str(out / "parts" / shard_key(s)), fp, text_field, field_map, batch_size, settings["dtype"])

@@ -25,7 +25,7 @@ from thresher.labels.base import DocumentSource, Labeler, fingerprint
 from thresher.labels.cluster import KMeansClusterer
 from thresher.labels.table import LabelTable
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_json, make_dir, read_json
+from thresher.utils.io import atomic_path, atomic_write_json, make_dir, read_json, remove_stale_temps
 from thresher.utils.log import print0, progress
 
 
@@ -190,11 +190,15 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
         if stale:
             raise ThresherError(f"replacing 'embedding' would leave {stale} computed from the old embeddings: "
                                 "recompute them in the same run (--kmeans-k)")
+    remove_stale_temps(out)  # a table write killed mid-way left its temporaries (whole columns)
     if set(LabelTable.check_settings(out, {c: s["provenance"] for c, s in specs.items()}, n, identity,
                                      replace)) == set(specs):
         print0(f"label table {out} is up to date")
+        if not keep_shards:  # a run killed after writing the table, before deleting its shards
+            shutil.rmtree(out / "_work" / _work_name(specs, n, shard_size), ignore_errors=True)
         return LabelTable.open(out)
     work = _work_dir(out, specs, n, shard_size)
+    remove_stale_temps(work)
     shards = shard_ranges(n, shard_size)
     todo = [s for s in shards if not _done(work, s[0])]
     print0(f"labelling {n} docs: {len(shards) - len(todo)}/{len(shards)} shards already done")
@@ -223,9 +227,13 @@ def _cluster_spec(clusterer: KMeansClusterer, specs: dict, out: Path) -> dict:
     return {"kind": "category", "categories": clusterer.categories(), "provenance": clusterer.provenance(emb_prov)}
 
 
+def _work_name(specs: dict, n: int, shard_size: int) -> str:
+    return fingerprint({"n_docs": n, "shard_size": shard_size, "columns": specs})[:16]
+
+
 def _work_dir(out: Path, specs: dict, n: int, shard_size: int) -> Path:
     settings = {"n_docs": n, "shard_size": shard_size, "columns": specs}
-    work = out / "_work" / fingerprint(settings)[:16]
+    work = out / "_work" / _work_name(specs, n, shard_size)
     make_dir(work)
     if (work / "settings.json").exists():
         if fingerprint(read_json(work / "settings.json")) != fingerprint(settings):

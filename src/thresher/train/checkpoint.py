@@ -28,6 +28,7 @@ from safetensors.torch import load_model, save_model
 from thresher.influence.distributed import is_fsdp
 from thresher.train.loss import CausalLMWithLoss
 from thresher.utils.errors import ThresherError
+from thresher.utils.io import pid_alive
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_DIR = re.compile(r"^\.tmp-step_\d+-(\d+)$")
@@ -145,20 +146,10 @@ def remove_stale_temp(root: str | os.PathLike) -> list[Path]:
         return removed
     for p in root.iterdir():
         m = _TMP_DIR.match(p.name)
-        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+        if m and (int(m.group(1)) == os.getpid() or not pid_alive(int(m.group(1)))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        pass
-    return True
 
 
 def step_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:

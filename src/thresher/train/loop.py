@@ -33,7 +33,7 @@ from thresher.train.dist import Dist, all_reduce_mean, barrier, init_distributed
 from thresher.train.loss import CausalLMWithLoss
 from thresher.train.models import build_model, count_flops_per_token
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_write_json
+from thresher.utils.io import atomic_write_json, remove_stale_temps
 from thresher.utils.log import print0
 from thresher.utils.seeding import derive_seed
 
@@ -358,6 +358,7 @@ def train(cfg: TrainConfig, store, selector, out_dir, eval_tasks: dict | None = 
     try:
         if d.rank == 0:
             remove_stale_temp(out_dir / "checkpoints")
+            remove_stale_temps(out_dir)  # metrics.jsonl, selector_log.jsonl, ... of a killed run
         run = _setup(cfg, store, selector, out_dir, d)
         _announce(run)
         if not (resume and _resume(run)) and selector.version == 0:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,7 +42,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     make_dir(path.parent)
     # a folder it may not write raises PermissionError here, which callers with a fallback catch (a
     # read-only token store keeps its lengths in memory); the CLI prints any OSError as one line
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # host and PID in the name let remove_stale_temps tell a killed writer's leftover from a live one's
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give it
     tmp_path = Path(tmp)
@@ -49,6 +53,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]  # a shared folder's other machines
+_TMP_FILE = re.compile(r"^\..+\.([0-9a-f]{6})-(\d+)\.[^.]+\.tmp$")  # atomic_path's ".<name>.<host>-<pid>.<random>.tmp"
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the atomic_path temporaries in ``folder`` whose writer died (kill -9 mid-write leaves them: a
+    whole tokens.bin or labels.parquet each, never read again); a live process's, or another machine's, are kept."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TMP_FILE.match(p.name)
+        if m and m.group(1) == _HOST and int(m.group(2)) != os.getpid() and not pid_alive(int(m.group(2))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
