@@ -336,3 +336,28 @@ def test_a_rerun_after_a_kill_in_the_table_write_removes_what_the_killed_run_lef
     again = run_labelers(source(docs), labs, out, shard_size=5)  # up to date: nothing to label
     tables_equal(again, clean)
     assert not left.exists() and not any((out / "_work").iterdir())
+
+
+def test_a_replace_stopped_before_its_manifest_is_refused_until_a_rerun_finishes_it(tmp_path, docs, monkeypatch):
+    import thresher.labels.table as table_module
+    from thresher.utils.errors import ThresherError
+
+    out = tmp_path / "labels"
+    run_labelers(source(docs), [DomainLabeler()], out, shard_size=7)
+    renamed = DomainLabeler(names=["Wikipedia", "RedPajamaC4", "RedPajamaGithub"])  # other categories
+    real = table_module.atomic_write_json
+
+    def killed(path, obj):  # the new codes and Parquet are in place, table.json is still the old one
+        raise Crash("killed")
+
+    monkeypatch.setattr(table_module, "atomic_write_json", killed)
+    with pytest.raises(Crash):
+        run_labelers(source(docs), [renamed], out, shard_size=7, replace=True)
+    monkeypatch.setattr(table_module, "atomic_write_json", real)
+    with pytest.raises(ThresherError, match="half-written .* rerun that label command") as e:
+        LabelTable.open(out)  # not the new codes under the old categories
+    assert "\n" not in str(e.value)
+    after = run_labelers(source(docs), [renamed], out, shard_size=7, replace=True)
+    direct = run_labelers(source(docs), [renamed], tmp_path / "fresh", shard_size=7)
+    tables_equal(LabelTable.open(out), direct)
+    assert after.categories("domain") == direct.categories("domain")

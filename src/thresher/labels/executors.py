@@ -183,7 +183,7 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
         specs[clusterer.column] = _cluster_spec(clusterer, specs, out)
     identity = getattr(source, "identity", None)  # a token store's fingerprint: the table records it
     if replace and clusterer is None and "embedding" in specs and LabelTable.exists(out):
-        t = LabelTable.open(out)  # columns derived from the embeddings (clusters) record their provenance
+        t = LabelTable.open(out, complete=False)  # columns derived from the embeddings record their provenance
         replaced = ("embedding" in t.columns
                     and fingerprint(t.provenance("embedding")) != fingerprint(specs["embedding"]["provenance"]))
         stale = [c for c in t.columns if replaced and c not in specs and "embedding" in t.provenance(c)]
@@ -220,8 +220,8 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
 def _cluster_spec(clusterer: KMeansClusterer, specs: dict, out: Path) -> dict:
     if "embedding" in specs:
         emb_prov = specs["embedding"]["provenance"]
-    elif LabelTable.exists(out) and "embedding" in LabelTable.open(out).columns:
-        emb_prov = LabelTable.open(out).provenance("embedding")
+    elif LabelTable.exists(out) and "embedding" in LabelTable.open(out, complete=False).columns:
+        emb_prov = LabelTable.open(out, complete=False).provenance("embedding")
     else:
         raise ThresherError("k-means needs embeddings: add the embed labeler or label into a table that has them")
     return {"kind": "category", "categories": clusterer.categories(), "provenance": clusterer.provenance(emb_prov)}

@@ -26,9 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_json, read_json
+from thresher.utils.io import atomic_path, atomic_write_json, jsonable, read_json
 
 MANIFEST, PARQUET = "table.json", "labels.parquet"
+MANIFEST_KEY = b"thresher_manifest"  # Parquet metadata: the digest of the table.json written with it
+
+
+def _manifest_key(manifest: dict) -> str:
+    from thresher.labels.base import fingerprint
+
+    return fingerprint(jsonable(manifest))[:16]
 
 
 def _codes_path(d: Path, col: str) -> Path:
@@ -44,14 +51,29 @@ class LabelTable:
         self.path, self.manifest = path, manifest
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "LabelTable":
+    def open(cls, path: str | os.PathLike, complete: bool = True) -> "LabelTable":
+        """The table at ``path``; with ``complete``, one whose last write was cut short (a kill after its new
+        columns were renamed into place, before table.json was) is an error instead of codes the manifest
+        mislabels."""
         path = Path(path)
         if not (path / MANIFEST).exists():
             raise ThresherError(f"no label table at {path} (missing {MANIFEST}); run the labelling first")
         try:
-            return cls(path, read_json(path / MANIFEST))
+            table = cls(path, read_json(path / MANIFEST))
         except (OSError, ValueError) as e:
             raise ThresherError(f"label table {path}: {MANIFEST} is unreadable ({type(e).__name__}: {e})".splitlines()[0]) from None
+        if complete:
+            table._check_complete()
+        return table
+
+    def _check_complete(self) -> None:
+        try:
+            written = (pq.read_schema(self.path / PARQUET).metadata or {}).get(MANIFEST_KEY)
+        except (OSError, pa.ArrowException):
+            return  # reading the columns says what is wrong with the file
+        if written is not None and written.decode() != _manifest_key(self.manifest):
+            raise ThresherError(f"label table {self.path} is half-written ({PARQUET} is newer than {MANIFEST}: a label "
+                                "run was stopped while writing it); rerun that label command to finish it")
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
@@ -134,7 +156,7 @@ class LabelTable:
         path = Path(path)
         if not LabelTable.exists(path):
             return []
-        t = LabelTable.open(path)
+        t = LabelTable.open(path, complete=False)
         if n_docs is not None and t.n_docs != n_docs:
             raise SettingsMismatchError(f"label table {path} has {t.n_docs} docs, the source has {n_docs}")
         if source and t.source not in (None, source):
@@ -167,7 +189,7 @@ class LabelTable:
         group by row group, so a table of hundreds of millions of documents needs little memory."""
         path = Path(path)
         LabelTable.check_settings(path, {c: s["provenance"] for c, s in specs.items()}, n_docs, source, replace)
-        old = LabelTable.open(path) if LabelTable.exists(path) else None
+        old = LabelTable.open(path, complete=False) if LabelTable.exists(path) else None
         manifest = {"version": 1, "n_docs": n_docs, "columns": dict(old.manifest["columns"]) if old else {}}
         source = source or (old.source if old else None)
         if source:
@@ -186,7 +208,8 @@ class LabelTable:
         order = ["doc_id"] + [c for c in manifest["columns"] if c in keep or c in scalar]
         schema = pa.schema([pa.field("doc_id", pa.int64())] + [
             pa.field(c, _arrow_type(manifest["columns"][c]["kind"])) for c in order[1:]],
-            metadata={b"thresher": json.dumps(manifest, default=str).encode()})
+            metadata={b"thresher": json.dumps(manifest, default=str).encode(),
+                      MANIFEST_KEY: _manifest_key(manifest).encode()})
         with contextlib.ExitStack() as stack:
             codes = {}
             for col in scalar:

@@ -104,6 +104,11 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Any) -> None:
     atomic_write_text(path, "".join(json.dumps(r, default=_lenient_default) + "\n" for r in rows))
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` as read_json reads back what atomic_write_json wrote (numpy values as numbers, paths as str)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
