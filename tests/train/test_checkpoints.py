@@ -163,10 +163,11 @@ def test_stale_temp_folders_of_dead_processes_are_removed(tmp_path):
     try:
         root = tmp_path / "checkpoints"
         for pid in (dead.pid, alive.pid):
-            (root / f".tmp-step_000002-{pid}").mkdir(parents=True)
-            (root / f".tmp-step_000002-{pid}" / "optim.pt").write_bytes(b"partial")
+            for kind in ("tmp", "old"):  # a save in progress; the step it was replacing (killed before rmtree)
+                (root / f".{kind}-step_000002-{pid}").mkdir(parents=True)
+                (root / f".{kind}-step_000002-{pid}" / "optim.pt").write_bytes(b"partial")
         train(tiny_config(steps=2), pattern_store(), _sel(), tmp_path, resume=True)
-        assert sorted(p.name for p in root.iterdir()) == [f".tmp-step_000002-{alive.pid}"]
+        assert sorted(p.name for p in root.iterdir()) == [f".old-step_000002-{alive.pid}", f".tmp-step_000002-{alive.pid}"]
     finally:
         alive.kill()
         alive.wait()

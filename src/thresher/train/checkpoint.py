@@ -31,7 +31,7 @@ from thresher.utils.errors import ThresherError
 from thresher.utils.io import pid_alive
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-_TMP_DIR = re.compile(r"^\.tmp-step_\d+-(\d+)$")
+_TMP_DIR = re.compile(r"^\.(?:tmp|old)-step_\d+-(\d+)$")  # a save in progress, or the step it replaces
 
 
 # --- selector / numpy state <-> weights_only-safe containers --------------------------------------
@@ -140,7 +140,8 @@ def _fsync(path: Path) -> None:
 
 
 def remove_stale_temp(root: str | os.PathLike) -> list[Path]:
-    """Remove ``.tmp-step_*-PID`` folders of saves that died (PID gone, or this process: none is running)."""
+    """Remove ``.tmp-step_*-PID`` folders of saves that died (PID gone, or this process: none is running), and
+    ``.old-step_*-PID`` ones: the earlier copy of a step a save was replacing when it died (a whole checkpoint)."""
     root, removed = Path(root), []
     if not root.is_dir():
         return removed
