@@ -173,6 +173,18 @@ def test_stale_temp_folders_of_dead_processes_are_removed(tmp_path):
         alive.wait()
 
 
+def test_an_export_killed_mid_way_is_cleaned_up_by_the_next_one(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for kind in ("tmp", "old"):  # save_pretrained cut short; the final/ being replaced, moved aside
+        (tmp_path / f".{kind}-final-{dead.pid}").mkdir()
+        (tmp_path / f".{kind}-final-{dead.pid}" / "model.safetensors").write_bytes(b"partial")
+    train(tiny_config(steps=2, export=True), pattern_store(), _sel(), tmp_path)
+    first = (tmp_path / "final" / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert first and (tmp_path / "final" / "config.json").is_file()
+
+
 def test_cut_short_metrics_line_is_dropped_on_resume(tmp_path, capsys):
     cfg = tiny_config(steps=6, ckpt_every=2)
     full = train(cfg, pattern_store(), _sel(), tmp_path / "full")

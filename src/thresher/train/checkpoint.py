@@ -229,15 +229,28 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, trainer: dict | N
 def export_hf(model, out_dir: str | os.PathLike, tokenizer=None, state_dict: dict | None = None) -> Path:
     """A folder transformers' ``AutoModelForCausalLM.from_pretrained`` and lm-eval's ``hf`` model load."""
     out = Path(out_dir)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    _remove_dead_exports(out)
+    tmp, trash = (out.parent / f".{kind}-{out.name}-{os.getpid()}" for kind in ("tmp", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     unwrap(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         _save_tokenizer(tokenizer, tmp)
-    if out.exists():
-        shutil.rmtree(out)
+    if out.exists():  # moved aside, not deleted in place: a kill never leaves half of the old folder
+        os.replace(out, trash)
     os.replace(tmp, out)
+    shutil.rmtree(trash, ignore_errors=True)
     return out
+
+
+def _remove_dead_exports(out: Path) -> None:
+    """Remove ``.tmp-<name>-PID`` / ``.old-<name>-PID`` folders beside ``out`` of exports killed mid-way (a whole
+    model each) by a process that is gone."""
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.iterdir():
+        m = re.match(rf"^\.(?:tmp|old)-{re.escape(out.name)}-(\d+)$", p.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _save_tokenizer(tokenizer, folder: Path) -> None:
