@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from thresher.utils.errors import ThresherError
@@ -54,3 +56,23 @@ def test_a_writer_killed_mid_write_leaves_a_temporary_that_the_next_run_removes(
         assert sorted(tmp_path.iterdir()) == sorted([live, elsewhere])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["other.json", elsewhere.name])
     assert remove_stale_temps(tmp_path / "absent") == []
+
+
+def test_a_zombie_is_not_alive():
+    import subprocess
+    import sys
+    import time
+
+    from thresher.utils.io import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(200):  # exited, not yet reaped (as a killed writer whose parent died, until init reaps it)
+            with open(f"/proc/{child.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+        assert not pid_alive(child.pid)
+    finally:
+        child.wait()
+    assert pid_alive(os.getpid())

@@ -74,13 +74,19 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (killed, not yet reaped: a killed job whose parent died waits for
+    init, which in a container may be never) does not."""
     try:
         os.kill(pid, 0)  # signal 0: only checks that the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
         pass
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (macOS)
+        return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
