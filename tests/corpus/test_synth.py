@@ -226,3 +226,17 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(ThresherError, match="n_shards"):
         synth.generate(SynthConfig.tiny(n_shards=2), tmp_path)
     assert not (tmp_path / "ground_truth.json").exists()
+
+
+def test_a_rerun_after_a_kill_mid_write_removes_the_killed_build_s_temporaries(tmp_path):
+    import subprocess
+    import sys
+
+    from thresher.utils.io import _HOST
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / "corpus" / f".shard-00000.jsonl.gz.{_HOST}-{int(dead.stdout)}.k1ll3d_x.tmp"  # killed mid-shard
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half a shard")
+    synth.generate(SynthConfig.tiny(seed=0), tmp_path)
+    assert not left.exists() and not [p for p in tmp_path.rglob(".*")]

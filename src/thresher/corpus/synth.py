@@ -33,7 +33,8 @@ import numpy as np
 from thresher.corpus.synth_config import DOMAINS, REDPAJAMA_SET_NAMES, TOPICS, SynthConfig
 from thresher.labels.intervals import QUALITY_INTERVALS, quality_interval
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, make_dir, read_json
+from thresher.utils.io import (atomic_path, atomic_write_bytes, atomic_write_json, make_dir, read_json,
+                               remove_stale_temps)
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 
@@ -447,6 +448,8 @@ def generate(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = False) -> 
     t0 = time.perf_counter()
     if _already_done(cfg, out, overwrite):
         return summary(out) | {"skipped": True}
+    for folder in (out, out / "corpus", out / "reference"):  # a build killed mid-write left its temporaries
+        remove_stale_temps(folder)
     world = build_world(cfg)
     corpus = sample_corpus(world)
     reference = make_reference(world)

@@ -19,7 +19,7 @@ from thresher.config import DataConfig, RunConfig
 from thresher.influence.config import InfluenceConfig
 from thresher.train.config import TrainConfig
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_write_json, read_json
+from thresher.utils.io import atomic_write_json, read_json, remove_stale_temps
 from thresher.utils.log import print0
 
 
@@ -130,6 +130,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> Path:
 
     cfg.validate()
     out = Path(out)
+    remove_stale_temps(out)  # report.md, plots of a killed run
     t0 = time.perf_counter()
     world, store, labels = _gather(out, cfg)
     times = {"data": time.perf_counter() - t0}

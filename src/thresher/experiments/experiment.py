@@ -29,7 +29,7 @@ from pathlib import Path
 from thresher.agents.policies import POLICIES
 from thresher.config import SEEDED_SECTIONS, RunConfig, run_config_from_dict
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_write_json, make_dir, read_json
+from thresher.utils.io import atomic_write_json, make_dir, read_json, remove_stale_temps
 from thresher.utils.log import print0
 from thresher.utils.tomlio import apply_overrides, differences, from_dict, load_toml, to_dict
 
@@ -163,6 +163,7 @@ def run_experiment(exp: ExperimentConfig, base: dict, callbacks=(), only: list[s
     always covers every finished run of the experiment."""
     out = Path(exp.out)
     make_dir(out)
+    remove_stale_temps(out)  # results.md, plots, ... of a killed report
     if exp.synthetic_docs:
         base = _prepare_synthetic(exp, base)
     names = [n for n in exp.policies if not only or n in only]

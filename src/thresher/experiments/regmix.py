@@ -28,7 +28,7 @@ import numpy as np
 
 from thresher.config import RunConfig, run_config_from_dict
 from thresher.utils.errors import ThresherError
-from thresher.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
+from thresher.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, remove_stale_temps
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 from thresher.utils.tomlio import apply_overrides, from_dict, load_toml
@@ -258,6 +258,7 @@ def run_regmix(cfg: RegMixConfig, base: RunConfig) -> dict:
     cfg.validate()
     if cfg.regressor == "lightgbm":
         require_lightgbm()  # before hours of proxies
+    remove_stale_temps(cfg.out)  # proxies.jsonl, results.md, ... of a killed run
     cats, shares = token_shares(base, cfg.column)
     # one stream per proxy: raising n_proxies later keeps the mixtures (and proxies) already drawn
     mixtures = np.vstack([sample_mixtures(shares, 1, cfg.concentration, cfg.seed, f"proxy-{i}")
