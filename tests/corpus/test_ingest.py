@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -169,6 +170,34 @@ ing.PartWriter.add = add  # the spawned workers import this script too (as __mp_
 if __name__ == "__main__":
     ing.ingest([sys.argv[1]], sys.argv[2], sys.argv[3], field_map=%r, workers=2, batch_size=7)
 """ % (FMAP,)
+
+
+def test_a_kill_of_the_main_process_ends_the_workers_and_a_rerun_resumes(clean, corpus, tok_path, tmp_path):
+    from thresher.utils.io import pid_alive
+
+    script, out, marks = tmp_path / "stuck.py", tmp_path / "s", tmp_path / "marks"
+    script.write_text(STUCK)
+    marks.mkdir()
+    env = {**os.environ, "THRESHER_NO_PROGRESS": "1", "MARKS": str(marks)}
+    p = subprocess.Popen([sys.executable, str(script), str(corpus["dir"]), str(out), str(tok_path)], env=env,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(marks.iterdir())) < 2 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(m.name) for m in marks.iterdir()]
+        assert len(workers) == 2, "both workers should be busy"
+        p.kill()  # the OOM killer's kill -9, of the main process only
+        p.wait()
+        deadline = time.monotonic() + 20
+        while any(map(pid_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(pid_alive, workers)), "the workers outlived the main process"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+    ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1, batch_size=7)
+    assert_same_store(clean[0], out)
 
 
 def test_ctrl_c_stops_a_parallel_ingest_at_once_and_a_rerun_resumes(clean, corpus, tok_path, tmp_path):

@@ -34,7 +34,8 @@ from thresher.corpus.readers import REASONS, Doc, Excluded, is_shard, iter_recor
 from thresher.corpus.store import RESERVED_COLUMNS, STORE_VERSION, narrow_lengths, token_dtype, write_lengths
 from thresher.corpus.tokenizer import load_tokenizer, special_ids, tokenizer_sha256, vocab_size
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
+from thresher.utils.io import (atomic_path, atomic_write_json, atomic_write_text, exit_with_parent, read_json,
+                               remove_stale_temps)
 from thresher.utils.log import print0, progress
 
 STORE_FILES = ("store.json", "tokens.bin", "offsets.npy", "lengths.npy", "lengths.json", "docs.parquet", "tokenizer.json",
@@ -263,6 +264,7 @@ _WORKER: dict = {}
 
 def _init_worker(tok_json: str, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (see _run_tasks)
+    exit_with_parent()  # a kill -9 of the main process ends the workers too
     # tokenizers' Rust thread pool reads this when it starts (on the first encode): split the cores.
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     from tokenizers import Tokenizer

@@ -25,7 +25,7 @@ from thresher.labels.base import DocumentSource, Labeler, fingerprint
 from thresher.labels.cluster import KMeansClusterer
 from thresher.labels.table import LabelTable
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_json, make_dir, read_json, remove_stale_temps
+from thresher.utils.io import atomic_path, atomic_write_json, exit_with_parent, make_dir, read_json, remove_stale_temps
 from thresher.utils.log import print0, progress
 
 
@@ -109,6 +109,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(source, labelers, work, batch_size):
+    exit_with_parent()  # a kill -9 of the main process ends the workers too
     _WORKER.update(source=source, labelers=labelers, work=Path(work), batch_size=batch_size)
 
 

@@ -9,6 +9,8 @@ import os
 import re
 import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -87,6 +89,20 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):  # no /proc (macOS)
         return True
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """Call in a worker process: it exits once the process that started it is gone. A spawn pool's workers
+    outlive a kill -9 of the main process otherwise, holding their memory (and GPU) for good and writing
+    into the shards a rerun redoes."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
