@@ -25,8 +25,10 @@ def test_demo_report_and_multi_agent_beats_random(tmp_path):
     assert mean["multi-agent"] < mean["random"] - 0.1, mean
     # every agent update is logged with its reward provenance (model step and reference tasks)
     log = read_jsonl(tmp_path / "runs" / "multi-agent" / "selector_log.jsonl")
-    updates = [r for r in log if r.get("agents")]
+    updates = [r for r in log if r.get("agents") and r["step"] > 0]
     assert [r["step"] for r in updates] == [100, 200, 300, 400]
+    assert [a["agent"] for a in log[0]["agents"]] == ["quality", "domain", "topic"]  # step 0: initial weights
+    assert all(len(a["weights"]) == len(a["categories"]) for a in log[0]["agents"])
     assert all(r["rewards"]["step"] == r["step"] for r in updates)
     # a rerun skips every finished stage and gives the same report numbers
     again = run_demo(small_demo(), tmp_path)

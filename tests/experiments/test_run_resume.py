@@ -106,6 +106,12 @@ def test_a_label_table_of_another_store_is_refused(world, tmp_path):
     assert manifest["source"].startswith("store-sha256:")  # labelling recorded the store it read
     manifest["source"] = "store-sha256:" + "0" * 32
     (labels / "table.json").write_text(json.dumps(manifest))
+    import pyarrow.parquet as pq  # as a label run writes the pair: labels.parquet names its table.json's digest
+
+    from thresher.labels.table import MANIFEST_KEY, _manifest_key
+    t = pq.read_table(labels / "labels.parquet")
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, MANIFEST_KEY: _manifest_key(manifest).encode()}),
+                   labels / "labels.parquet")
     rc.data = dataclasses.replace(rc.data, labels=str(labels))
     with pytest.raises(ThresherError, match="labelled from another token store"):
         build_run(rc)

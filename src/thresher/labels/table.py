@@ -72,8 +72,9 @@ class LabelTable:
         except (OSError, pa.ArrowException):
             return  # reading the columns says what is wrong with the file
         if written is not None and written.decode() != _manifest_key(self.manifest):
-            raise ThresherError(f"label table {self.path} is half-written ({PARQUET} is newer than {MANIFEST}: a label "
-                                "run was stopped while writing it); rerun that label command to finish it")
+            raise ThresherError(f"label table {self.path} is half-written ({PARQUET} does not match {MANIFEST}: a label "
+                                "run was stopped while writing it, or table.json was edited); rerun that label "
+                                "command to finish it")
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
