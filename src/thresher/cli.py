@@ -282,13 +282,13 @@ def experiment(
 ):
     """Compare policies x seeds on one pool: resumable run by run, then a results table with confidence
     intervals, curves, agent weights, influence per category and selection compute."""
-    from thresher.experiments.experiment import load_experiment, run_config_for, run_experiment, write_results
+    from thresher.experiments.experiment import load_experiment, report_only as write_report, run_config_for, run_experiment
 
     from thresher.config import check_run_inputs
 
     exp, base = load_experiment(config, list(set_))
     if report_only:
-        typer.echo(f"results: {write_results(exp)}")
+        typer.echo(f"results: {write_report(exp, base)}")
         return
     if seeds:  # run a subset now (e.g. one process per seed); the table still covers experiment.seeds
         try:

@@ -8,7 +8,7 @@ import pytest
 
 import thresher.experiments.run as run_module
 from thresher.evaluate.report import final_ref_losses, read_jsonl
-from thresher.experiments.experiment import load_experiment, mean_ci, run_experiment
+from thresher.experiments.experiment import load_experiment, mean_ci, report_only, run_experiment
 from thresher.train.callbacks import StopAt
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 
@@ -81,6 +81,11 @@ def test_runner_resumes_after_a_kill_without_redoing_finished_runs(tmp_path, mon
     exp2, base2 = _load(tmp_path / "exp", "train.lr=0.01")
     with pytest.raises(SettingsMismatchError):
         run_experiment(exp2, base2)
+    before = results.read_text()
+    with pytest.raises(SettingsMismatchError, match="train.lr"):  # --report-only too: old runs, new settings
+        report_only(exp2, base2)
+    assert results.read_text() == before
+    assert report_only(exp, base) == results and results.read_text() == before
     # a run folder saved before an option existed (the line is absent) ran with its default: accepted
     saved = tmp_path / "exp/runs/random/seed0/config.toml"
     lines = saved.read_text().splitlines(keepends=True)
