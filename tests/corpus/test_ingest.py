@@ -172,21 +172,30 @@ if __name__ == "__main__":
 """ % (FMAP,)
 
 
-def test_a_kill_of_the_main_process_ends_the_workers_and_a_rerun_resumes(clean, corpus, tok_path, tmp_path):
-    from thresher.utils.io import pid_alive
-
+def _start_stuck_ingest(corpus, tok_path, tmp_path, **popen):
+    """A 2-worker ingest in its own process group whose workers never finish a shard: (process, output folder,
+    worker PIDs) once both workers are inside a shard."""
     script, out, marks = tmp_path / "stuck.py", tmp_path / "s", tmp_path / "marks"
     script.write_text(STUCK)
     marks.mkdir()
     env = {**os.environ, "THRESHER_NO_PROGRESS": "1", "MARKS": str(marks)}
     p = subprocess.Popen([sys.executable, str(script), str(corpus["dir"]), str(out), str(tok_path)], env=env,
-                         start_new_session=True)
+                         start_new_session=True, **popen)
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < 2 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(m.name) for m in marks.iterdir()]
+    if len(workers) != 2:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("both workers should be busy")
+    return p, out, workers
+
+
+def test_a_kill_of_the_main_process_ends_the_workers_and_a_rerun_resumes(clean, corpus, tok_path, tmp_path):
+    from thresher.utils.io import pid_alive
+
+    p, out, workers = _start_stuck_ingest(corpus, tok_path, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while len(list(marks.iterdir())) < 2 and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = [int(m.name) for m in marks.iterdir()]
-        assert len(workers) == 2, "both workers should be busy"
         p.kill()  # the OOM killer's kill -9, of the main process only
         p.wait()
         deadline = time.monotonic() + 20
@@ -201,17 +210,8 @@ def test_a_kill_of_the_main_process_ends_the_workers_and_a_rerun_resumes(clean, 
 
 
 def test_ctrl_c_stops_a_parallel_ingest_at_once_and_a_rerun_resumes(clean, corpus, tok_path, tmp_path):
-    script, out, marks = tmp_path / "stuck.py", tmp_path / "s", tmp_path / "marks"
-    script.write_text(STUCK)
-    marks.mkdir()
-    env = {**os.environ, "THRESHER_NO_PROGRESS": "1", "MARKS": str(marks)}
-    p = subprocess.Popen([sys.executable, str(script), str(corpus["dir"]), str(out), str(tok_path)], env=env,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p, out, _ = _start_stuck_ingest(corpus, tok_path, tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while len(list(marks.iterdir())) < 2 and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(list(marks.iterdir())) == 2, "both workers should be busy"
         os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
         _, err = p.communicate(timeout=60)
     finally:
