@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus_helpers import SHARED, corpus, make_records, tok_path, write_jsonl  # noqa: F401
+from process_helpers import kill_main_only, start_stuck
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import thresher.corpus.ingest as ing
@@ -173,38 +174,16 @@ if __name__ == "__main__":
 
 
 def _start_stuck_ingest(corpus, tok_path, tmp_path, **popen):
-    """A 2-worker ingest in its own process group whose workers never finish a shard: (process, output folder,
-    worker PIDs) once both workers are inside a shard."""
-    script, out, marks = tmp_path / "stuck.py", tmp_path / "s", tmp_path / "marks"
+    """A 2-worker ingest whose workers never finish a shard: (process, output folder, worker PIDs)."""
+    script, out = tmp_path / "stuck.py", tmp_path / "s"
     script.write_text(STUCK)
-    marks.mkdir()
-    env = {**os.environ, "THRESHER_NO_PROGRESS": "1", "MARKS": str(marks)}
-    p = subprocess.Popen([sys.executable, str(script), str(corpus["dir"]), str(out), str(tok_path)], env=env,
-                         start_new_session=True, **popen)
-    deadline = time.monotonic() + 60
-    while len(list(marks.iterdir())) < 2 and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = [int(m.name) for m in marks.iterdir()]
-    if len(workers) != 2:
-        os.killpg(p.pid, signal.SIGKILL)
-        pytest.fail("both workers should be busy")
+    p, workers = start_stuck(script, [str(corpus["dir"]), str(out), str(tok_path)], tmp_path / "marks", **popen)
     return p, out, workers
 
 
 def test_a_kill_of_the_main_process_ends_the_workers_and_a_rerun_resumes(clean, corpus, tok_path, tmp_path):
-    from thresher.utils.io import pid_alive
-
     p, out, workers = _start_stuck_ingest(corpus, tok_path, tmp_path)
-    try:
-        p.kill()  # the OOM killer's kill -9, of the main process only
-        p.wait()
-        deadline = time.monotonic() + 20
-        while any(map(pid_alive, workers)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(map(pid_alive, workers)), "the workers outlived the main process"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
+    kill_main_only(p, workers)
     ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=1, batch_size=7)
     assert_same_store(clean[0], out)
 

@@ -361,3 +361,27 @@ def test_a_replace_stopped_before_its_manifest_is_refused_until_a_rerun_finishes
     direct = run_labelers(source(docs), [renamed], tmp_path / "fresh", shard_size=7)
     tables_equal(LabelTable.open(out), direct)
     assert after.categories("domain") == direct.categories("domain")
+
+
+STUCK_LABEL = """
+import os, sys, time
+from thresher.labels import InMemorySource, run_labelers
+from thresher.labels.quality import RuleQualityLabeler
+def label(self, batch):  # a shard that takes forever; marks that a worker is in it
+    open(os.path.join(os.environ["MARKS"], str(os.getpid())), "w").close()
+    time.sleep(3600)
+RuleQualityLabeler.label = label  # the spawned workers import this script too (as __mp_main__)
+if __name__ == "__main__":
+    run_labelers(InMemorySource(["some text here"] * 40), [RuleQualityLabeler()], sys.argv[1], shard_size=10,
+                 workers=2, batch_size=5)
+"""
+
+
+def test_a_kill_of_the_main_process_ends_the_label_workers(tmp_path):
+    """kill -9 of the main process only (the OOM killer's): its spawned label workers, models loaded, exit
+    too instead of running on under init and writing shards a rerun redoes."""
+    from process_helpers import kill_main_only, start_stuck
+
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_LABEL)
+    kill_main_only(*start_stuck(script, [str(tmp_path / "labels")], tmp_path / "marks"))

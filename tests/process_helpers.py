@@ -1,0 +1,46 @@
+"""A job whose spawned workers are stuck inside their work, for kill tests (ingest and label workers)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def start_stuck(script: Path, args: list[str], marks: Path, n_workers: int = 2, timeout: float = 120, **popen):
+    """Run ``script`` (its workers write a file named by their PID into ``marks`` and never finish) in its own
+    process group; -> (process, worker PIDs) once every worker is inside its work."""
+    marks.mkdir()
+    env = {**os.environ, "THRESHER_NO_PROGRESS": "1", "MARKS": str(marks)}
+    p = subprocess.Popen([sys.executable, str(script), *args], env=env, start_new_session=True, **popen)
+    deadline = time.monotonic() + timeout
+    while len(list(marks.iterdir())) < n_workers and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(m.name) for m in marks.iterdir()]
+    if len(workers) != n_workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"{n_workers} workers should be busy, {len(workers)} are")
+    return p, workers
+
+
+def kill_main_only(p: subprocess.Popen, workers: list[int], timeout: float = 20) -> None:
+    """kill -9 of the main process alone (the OOM killer's); its workers must exit by themselves."""
+    from thresher.utils.io import pid_alive
+
+    try:
+        p.kill()
+        p.wait()
+        deadline = time.monotonic() + timeout
+        while any(map(pid_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(pid_alive, workers)), "the workers outlived the main process"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
