@@ -23,6 +23,7 @@ import numpy as np
 
 from thresher.influence.results import check_same_settings
 from thresher.influence.rewards import RewardSource
+from thresher.utils.digest import CHUNK, update_int64
 from thresher.utils.errors import ThresherError
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
@@ -132,14 +133,12 @@ class Selector(ABC):
         return getattr(getattr(self, "ctx", None), "rewards", None)
 
 
-def selection_digest(ids: np.ndarray, chunk: int = 1 << 20) -> str:
-    """SHA-1 of doc ids in their order, as little-endian int64 (whatever dtype holds them), hashed a chunk at a
-    time: every log entry that sets D_k records it (``selection_sha1``), so two runs' logs say whether they
-    selected the same documents in the same order without storing the ids."""
-    ids = np.asarray(ids)
+def selection_digest(ids: np.ndarray, chunk: int = CHUNK) -> str:
+    """SHA-1 of doc ids in their order, as little-endian int64 (whatever dtype holds them): every log entry that
+    sets D_k records it (``selection_sha1``), so two runs' logs say whether they selected the same documents in
+    the same order without storing the ids."""
     h = hashlib.sha1()
-    for i in range(0, len(ids), chunk):
-        h.update(np.ascontiguousarray(ids[i : i + chunk], dtype="<i8").tobytes())
+    update_int64(h, ids, chunk)
     return h.hexdigest()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.utils.digest import update_int64
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_bytes
 
@@ -45,9 +46,8 @@ def token_digest(arrays) -> str:
     settings record of its reference examples and fit documents."""
     h = hashlib.sha1()
     for x in arrays or ():
-        x = np.ascontiguousarray(x, dtype="<i8")
         h.update(np.array(len(x), dtype="<i8").tobytes())
-        h.update(x.tobytes())
+        update_int64(h, x)
     return h.hexdigest()
 
 
