@@ -24,7 +24,7 @@ import numpy as np
 from thresher.influence.results import check_same_settings
 from thresher.influence.rewards import RewardSource
 from thresher.utils.digest import CHUNK, update_int64
-from thresher.utils.errors import ThresherError
+from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 
@@ -113,12 +113,28 @@ class Selector(ABC):
         reward_state = rewards.state_dict() if rewards is not None else {}
         if reward_state:  # e.g. influence factors reused across refreshes
             state["rewards"] = reward_state
+        key = self.labels_key()
+        if key is not None:
+            state["labels_key"] = key[0]
         return state
 
+    def labels_key(self) -> tuple[str, str] | None:
+        """(a digest of the labels this selector keeps selecting by, what they are in words), or None for a
+        selector that reads no labels after its first selection. Checkpoints keep the digest; a resume over
+        labels with another digest is refused instead of selecting by other labels mid-run."""
+        return None
+
     def check_state(self, state: dict) -> None:
-        """Raise SettingsMismatchError when ``state`` was written under other settings than this selector's."""
+        """Raise SettingsMismatchError when ``state`` was written under other settings than this selector's,
+        or over other labels."""
         if self.settings is not None and "settings" in state:  # states written before settings were kept: unchecked
             check_same_settings(state["settings"], self.settings, "the checkpoint's selector state")
+        saved, key = state.get("labels_key"), self.labels_key()  # None saved: a checkpoint from before the key
+        if saved is not None and key is not None and saved != key[0]:
+            raise SettingsMismatchError(
+                f"cannot resume: {key[1]} changed since this checkpoint (a column relabelled with --replace, the "
+                "store re-ingested, or another label table); the run would go on selecting by other labels. "
+                "Start a new run folder, or restore the labels it used")
 
     def load_state_dict(self, state: dict) -> None:
         self.check_state(state)

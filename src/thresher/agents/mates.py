@@ -25,7 +25,7 @@ import numpy as np
 from thresher.agents.base import SelectionContext, Selector, resolve_budget, selection_digest
 from thresher.agents.config import SelectorConfig
 from thresher.agents.score_top import gumbel_keys, select_band
-from thresher.utils.errors import SettingsMismatchError, ThresherError
+from thresher.utils.errors import ThresherError
 from thresher.utils.log import progress
 from thresher.utils.seeding import rng
 
@@ -173,27 +173,17 @@ class MatesSelector(Selector):
         r2 = r_squared(fit_ridge(x[train], y[train], self.cfg.mates_alpha), x[hold], y[hold])
         return None if np.isnan(r2) else float(r2)
 
-    @property
-    def labels_key(self) -> str:
-        """A digest of what the embeddings are (their shape and the label table's record of how they were
-        computed; hashing 600M x d values would take minutes): a resume over a column relabelled with
-        --replace is refused, as the staged selectors refuse changed category labels."""
+    def labels_key(self) -> tuple[str, str]:
+        """What the embeddings are: their shape and the label table's record of how they were computed (hashing
+        600M x d values would take minutes)."""
         emb = self.ctx.embeddings
         what = {"shape": list(emb.shape), "dtype": str(emb.dtype), "provenance": self.ctx.embedding_provenance}
-        return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        key = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return key, f"the embedding column {self.cfg.embedding_column!r}"
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "rng": self.g.bit_generator.state, "labels_key": self.labels_key,
+        return {**super().state_dict(), "rng": self.g.bit_generator.state,
                 "ridge": self.model.to_dict() if self.model is not None else None}
-
-    def check_state(self, state: dict) -> None:
-        super().check_state(state)
-        saved = state.get("labels_key")  # None: a checkpoint written before the key was kept (unchecked)
-        if saved is not None and saved != self.labels_key:
-            raise SettingsMismatchError(
-                f"cannot resume: the embedding column {self.cfg.embedding_column!r} changed since this checkpoint "
-                "(relabelled with --replace, or another label table); MATES would go on predicting from other "
-                "embeddings. Start a new run folder, or restore the labels it used")
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

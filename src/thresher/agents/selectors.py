@@ -15,7 +15,7 @@ from thresher.agents.config import SelectorConfig
 from thresher.agents.console import AgentConsole
 from thresher.agents.presets import init_specs, initial_weights
 from thresher.agents.select import make_groups, select_gumbel, select_top_k
-from thresher.utils.errors import SettingsMismatchError, ThresherError
+from thresher.utils.errors import ThresherError
 from thresher.utils.log import print0
 from thresher.utils.seeding import derive_seed, rng
 
@@ -91,16 +91,10 @@ class _StagedSelector(Selector):
         return src.provenance() if src is not None else {}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "rng": self.g.bit_generator.state, "labels_key": self.index.key}
+        return {**super().state_dict(), "rng": self.g.bit_generator.state}
 
-    def check_state(self, state: dict) -> None:
-        super().check_state(state)
-        saved = state.get("labels_key")  # None: a checkpoint written before the key was kept (unchecked)
-        if saved is not None and saved != self.index.key:
-            raise SettingsMismatchError(
-                f"cannot resume: the labels of {', '.join(self.index.columns)} or the documents' lengths changed "
-                "since this checkpoint (a column relabelled with --replace, or the store re-ingested); the run "
-                "would go on selecting by other labels. Start a new run folder, or restore the labels it used")
+    def labels_key(self) -> tuple[str, str]:
+        return self.index.key, f"the labels of {', '.join(self.index.columns)} or the documents' lengths"
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
