@@ -101,16 +101,15 @@ def check_run_inputs(cfg: RunConfig) -> None:
     from thresher.agents.policies import label_columns_needed  # the policy's agents find their columns
     from thresher.agents.selectors import missing_labels_error
 
-    need = label_columns_needed(cfg.selector)
-    have = {name: col for name, col in cfg.data.label_columns.items()
-            if col in table.columns and table.kind(col) == "category"}
-    if [c for c in need if c not in have]:
-        raise missing_labels_error(cfg.selector.policy, need, [c for c in need if c not in have], sorted(have))
+    need, have = label_columns_needed(cfg.selector), table.category_columns(cfg.data.label_columns)
+    missing = [c for c in need if c not in have]
+    if missing:
+        raise missing_labels_error(cfg.selector.policy, need, missing, sorted(have))
     if not cfg.data.reference:
         raise ThresherError("data.reference is empty: name at least one reference task JSONL")
-    missing = [str(p) for p in cfg.data.reference.values() if not Path(p).exists()]
-    if missing:
-        raise ThresherError(f"reference task file(s) not found: {', '.join(missing)}")
+    absent = [str(p) for p in cfg.data.reference.values() if not Path(p).exists()]
+    if absent:
+        raise ThresherError(f"reference task file(s) not found: {', '.join(absent)}")
 
 
 def save_run_config(cfg: RunConfig, out_dir: str | Path) -> Path:

@@ -121,8 +121,7 @@ _SCORE_POLICIES = ("perplexity", "dsir", "mates")
 
 def agent_labels(cfg: RunConfig, table) -> Labels:
     """Label-table columns under the names the agents use (``data.label_columns``); absent ones skipped."""
-    present = {name: col for name, col in cfg.data.label_columns.items()
-               if col in table.columns and table.kind(col) == "category"}
+    present = table.category_columns(cfg.data.label_columns)
     defaults = DataConfig().label_columns
     for name, col in cfg.data.label_columns.items():  # say why an agent will find no column the user named
         if col and col not in table.columns and col != defaults.get(name):

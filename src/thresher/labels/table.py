@@ -138,6 +138,11 @@ class LabelTable:
             return arr.to_numpy(zero_copy_only=False).astype(np.float32)
         return arr.to_pylist()
 
+    def category_columns(self, names: Mapping[str, str]) -> dict[str, str]:
+        """The entries of ``names`` ({agent name: column}, e.g. data.label_columns) whose column this table has as
+        categories, the only kind an agent reads."""
+        return {name: col for name, col in names.items() if col in self.columns and self.kind(col) == "category"}
+
     def to_agent_labels(self, columns: list[str] | dict[str, str] | None = None):
         """agents.base.Labels of categorical columns; a dict {agent name: column} renames them."""
         from thresher.agents.base import Labels
