@@ -23,7 +23,7 @@ from thresher.train.callbacks import Callback
 from thresher.train.checkpoint import hf_tokenizer
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_jsonl, make_dir
-from thresher.utils.log import print0, rank
+from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 
 
@@ -192,9 +192,7 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
            f"{cfg.train.steps} steps -> {out}")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
                     callbacks=[save_config, SelectorLog(out / "selector_log.jsonl"), *callbacks],
-                    tokenizer=hf_tokenizer(store))
-    if rank() == 0:  # every rank holds the same log (the selection is replicated); one writes it
-        write_selector_log(selector.log, out / "selector_log.jsonl")
+                    tokenizer=hf_tokenizer(store))  # SelectorLog has written every update of the log
     return summary
 
 
@@ -247,9 +245,6 @@ class SelectorLog(Callback):
 
     def on_step_end(self, run, metrics) -> None:
         if run.dist.rank == 0 and len(run.selector.log) != self.written:
-            write_selector_log(run.selector.log, self.path)
+            atomic_write_jsonl(self.path, run.selector.log)
             self.written = len(run.selector.log)
 
-
-def write_selector_log(log: list[dict], path: Path) -> None:
-    atomic_write_jsonl(path, log)
