@@ -186,13 +186,14 @@ def report_only(exp: ExperimentConfig, base: dict) -> Path:
     """``--report-only``: results.md from the finished runs, once every run folder it reads is checked against
     the experiment's settings as given now (a ``--set train.lr=...`` would otherwise put old runs in a table
     under new settings); trains nothing. Returns the path of results.md."""
-    if exp.synthetic_docs and (Path(exp.out) / "world").exists():  # no world: no run of it either
+    if exp.synthetic_docs:
+        if not (Path(exp.out) / "world").exists():  # no world: no run of it either
+            return write_results(exp)
         base = _prepare_synthetic(exp, base)  # its stages are complete: nothing is rebuilt
-    if not exp.synthetic_docs or (Path(exp.out) / "world").exists():
-        for name in exp.policies:
-            for seed in exp.seeds:
-                cfg = run_config_for(exp, base, name, seed)
-                check_same_settings(cfg, Path(cfg.out), "drop the --set that changed them")
+    for name in exp.policies:
+        for seed in exp.seeds:
+            cfg = run_config_for(exp, base, name, seed)
+            check_same_settings(cfg, Path(cfg.out), "drop the --set that changed them")
     return write_results(exp)
 
 
