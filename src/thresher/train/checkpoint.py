@@ -142,11 +142,17 @@ def _fsync(path: Path) -> None:
 def remove_stale_temp(root: str | os.PathLike) -> list[Path]:
     """Remove ``.tmp-step_*-PID`` folders of saves that died (PID gone, or this process: none is running), and
     ``.old-step_*-PID`` ones: the earlier copy of a step a save was replacing when it died (a whole checkpoint)."""
-    root, removed = Path(root), []
-    if not root.is_dir():
+    return _remove_dead_writers(Path(root), _TMP_DIR)
+
+
+def _remove_dead_writers(folder: Path, pattern: re.Pattern) -> list[Path]:
+    """Remove the folders in ``folder`` whose name ``pattern`` matches with a writer's PID as group 1, where that
+    writer is gone or is this process (which is not writing them now)."""
+    removed = []
+    if not folder.is_dir():
         return removed
-    for p in root.iterdir():
-        m = _TMP_DIR.match(p.name)
+    for p in folder.iterdir():
+        m = pattern.match(p.name)
         if m and (int(m.group(1)) == os.getpid() or not pid_alive(int(m.group(1)))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
@@ -229,9 +235,8 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, trainer: dict | N
 def export_hf(model, out_dir: str | os.PathLike, tokenizer=None, state_dict: dict | None = None) -> Path:
     """A folder transformers' ``AutoModelForCausalLM.from_pretrained`` and lm-eval's ``hf`` model load."""
     out = Path(out_dir)
-    _remove_dead_exports(out)
+    _remove_dead_exports(out)  # this process's own tmp and trash included
     tmp, trash = (out.parent / f".{kind}-{out.name}-{os.getpid()}" for kind in ("tmp", "old"))
-    shutil.rmtree(tmp, ignore_errors=True)
     unwrap(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         _save_tokenizer(tokenizer, tmp)
@@ -244,13 +249,8 @@ def export_hf(model, out_dir: str | os.PathLike, tokenizer=None, state_dict: dic
 
 def _remove_dead_exports(out: Path) -> None:
     """Remove ``.tmp-<name>-PID`` / ``.old-<name>-PID`` folders beside ``out`` of exports killed mid-way (a whole
-    model each) by a process that is gone."""
-    if not out.parent.is_dir():
-        return
-    for p in out.parent.iterdir():
-        m = re.match(rf"^\.(?:tmp|old)-{re.escape(out.name)}-(\d+)$", p.name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True)
+    model each), and this process's own (an earlier export of it that failed would block the swap)."""
+    _remove_dead_writers(out.parent, re.compile(rf"^\.(?:tmp|old)-{re.escape(out.name)}-(\d+)$"))
 
 
 def _save_tokenizer(tokenizer, folder: Path) -> None:
