@@ -123,3 +123,26 @@ def test_quad_log_holds_the_bandit_increments_thresholds_and_task_means(unvisite
         assert above["qa"] == pytest.approx(1e-4 - above["cloze"], rel=1e-9)
     np.testing.assert_array_equal(counts, sel.bandit.counts)
     np.testing.assert_allclose(sums, sel.bandit.sums, rtol=1e-12, atol=1e-18)
+
+
+@pytest.mark.parametrize("norm", ["raw", "rank"])
+def test_the_console_bandit_logs_its_increments_and_task_means_as_quad_does(norm):
+    """multi-agent+quad: the bandit agent's entries hold Eq. 2's increments (summing to its sums and counts) and
+    per-task raw means of its sampled docs, as Quad's stages (no threshold: the console selects by score)."""
+    sel, _, log = _run("multi-agent+quad", source=TaskRewards, bandit_normalization=norm)
+    bandit = sel.console.agents[-1].bandit
+    sums, counts = np.zeros(len(bandit.sums)), np.zeros(len(bandit.counts), dtype=np.int64)
+    for e in log[1:]:
+        a = e["agents"][-1]
+        assert a["agent"] == "bandit" and "thresholds" not in a
+        np.add.at(sums, a["arms"]["played"], a["arms"]["reward_sum"])
+        np.add.at(counts, a["arms"]["played"], a["arms"]["n"])
+        assert a["arms"]["n"] == [a["n_samples"][j] for j in a["arms"]["played"]]
+        means = a["task_mean_rewards"]
+        assert list(means) == ["sampled"] and sorted(means["sampled"]) == ["cloze", "qa"]
+        assert means["sampled"]["qa"] == pytest.approx(1e-4 - means["sampled"]["cloze"], rel=1e-9)
+        if norm == "raw":  # the bandit saw the combined raw rewards: their mean is the task-weighted mean
+            combined = sum(TASK_WEIGHTS[t] * m for t, m in means["sampled"].items()) / sum(TASK_WEIGHTS.values())
+            assert sum(a["arms"]["reward_sum"]) / sum(a["arms"]["n"]) == pytest.approx(combined, rel=1e-9)
+    np.testing.assert_array_equal(counts, bandit.counts)
+    np.testing.assert_allclose(sums, bandit.sums, rtol=1e-12, atol=1e-18)

@@ -60,6 +60,43 @@ class ClusterBandit:
         self.counts = np.asarray(state["counts"], dtype=np.int64).copy()
 
 
+class RoundLog:
+    """What the selector log keeps of bandit rounds (a Quad stage, an update of the bandit agent): Eq. 2's
+    increments per arm played (rewards as the bandit saw them; summed over the entries they give its state),
+    each round's threshold (Quad), and each reference task's mean *raw* reward over the sampled docs (and, with
+    a threshold, over the docs above it)."""
+
+    def __init__(self, bandit: ClusterBandit, thresholds: bool) -> None:
+        self.bandit, self.counts0, self.sums0 = bandit, bandit.counts.copy(), bandit.sums.copy()
+        self.thresholds: list[float] | None = [] if thresholds else None
+        self.tasks: dict[str, np.ndarray] = {}  # task -> [[sum, count] of the sampled, [sum, count] above threshold]
+
+    def add(self, per_task: dict[str, np.ndarray], threshold: float | None = None,
+            above: np.ndarray | None = None) -> None:
+        """One round: its docs' per-task raw rewards, and (Quad) its threshold and which docs passed it."""
+        if self.thresholds is not None:
+            self.thresholds.append(float(threshold))
+        for t, tr in per_task.items():
+            acc = self.tasks.setdefault(t, np.zeros((2, 2)))
+            acc[0] += [tr.sum(), len(tr)]
+            if above is not None:
+                acc[1] += [tr[above].sum(), above.sum()]
+
+    def to_log(self) -> dict:
+        b = self.bandit
+        played = np.flatnonzero(b.counts != self.counts0)
+        out: dict = {"arms": {"played": played.tolist(), "n": (b.counts - self.counts0)[played].tolist(),
+                              "reward_sum": (b.sums - self.sums0)[played].tolist()}}
+        parts = ["sampled"]
+        if self.thresholds is not None:
+            out["thresholds"] = self.thresholds
+            parts.append("above_threshold")
+        if self.tasks:
+            out["task_mean_rewards"] = {part: {t: float(v[i, 0] / v[i, 1]) if v[i, 1] else None
+                                               for t, v in self.tasks.items()} for i, part in enumerate(parts)}
+        return out
+
+
 def arm_sizes(index: CellIndex, column: str, n_arms: int) -> np.ndarray:
     codes = index.codes[:, index.col(column)]
     ok = codes >= 0
@@ -90,12 +127,14 @@ class BanditAgent(Agent):
         if b.unvisited == "initial-visit" and b.counts.sum() == 0:
             plays.append({int(a): self.n_initial for a in np.flatnonzero(b.sizes > 0)})
         plays += [{int(a): b.round_size(int(a)) for a in b.choose(g)} for _ in range(self.rounds)]
-        docs, arms, rewards = [], [], []
+        arms, rewards, record = [], [], RoundLog(b, thresholds=False)
         for play in plays:  # one round: sample, score, update R_i and n_i
             d = [sample_category(index, self.column, a, m, g) for a, m in play.items()]
             a = np.concatenate([np.full(len(x), arm, dtype=np.int64) for x, arm in zip(d, play)])
-            r = normalise_rewards(source.rewards(np.concatenate(d)), self.normalization)
+            raw, per_task = source.task_rewards(np.concatenate(d))
+            r = normalise_rewards(raw, self.normalization)
             b.observe(a, r)
+            record.add(per_task)
             arms.append(a)
             rewards.append(r)
         means, counts = category_means(np.concatenate(arms), np.concatenate(rewards), len(self.categories))
@@ -103,7 +142,7 @@ class BanditAgent(Agent):
         cs = self.category_scores()
         reward = float((cs[ok] * means[ok]).mean()) if ok.any() else 0.0
         up = AgentUpdate(self.name, means, counts, reward, cs,
-                         {"arms_played": int(ok.sum()), "arms_visited": int((b.counts > 0).sum())})
+                         {"arms_played": int(ok.sum()), "arms_visited": int((b.counts > 0).sum()), **record.to_log()})
         self.history.append({k: v for k, v in up.to_log().items() if k not in ("mean_rewards", "n_samples", "weights")})
         return up
 

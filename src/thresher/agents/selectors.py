@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from thresher.agents.agent import Agent, CategoricalAgent, category_sizes, normalise_rewards
-from thresher.agents.bandit import BanditAgent, ClusterBandit, arm_sizes
+from thresher.agents.bandit import BanditAgent, ClusterBandit, RoundLog, arm_sizes
 from thresher.agents.base import SelectionContext, Selector, budget_count, resolve_budget, selection_digest
 from thresher.agents.cells import (CellIndex, StageDraws, build_cell_index, cached_cell_index, cell_index_key,
                                    mark_used)
@@ -255,8 +255,7 @@ class QuadSelector(_StagedSelector):
         if self.cfg.quad_stage_tokens and step > 0 and self.budget_tokens is not None:
             room = min(room, int(self.cfg.quad_stage_tokens))
         rounds = 0
-        counts0, sums0 = b.counts.copy(), b.sums.copy()
-        self._stage = {"thresholds": [], "tasks": {}}  # what the log keeps of this stage's rounds
+        self._record = RoundLog(b, thresholds=True)  # what the log keeps of this stage's rounds
         if self.cfg.unvisited == "initial-visit" and b.counts.sum() == 0:
             room = self._play(np.flatnonzero(left > 0), draws, left, chosen, room, initial=True)
         while room > 0 and left.sum() > 0:
@@ -264,26 +263,15 @@ class QuadSelector(_StagedSelector):
             room = self._play(arms, draws, left, chosen, room)
             rounds += 1
         ids = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-        played = np.flatnonzero(b.counts != counts0)
         sampled = draws.drawn()
         if len(ids) == 0 and sampled:  # every document scored, none above the threshold: never train on nothing
             raise ThresherError(
                 f"quad: none of the {sampled} documents scored at step {step} has a reward above selector.threshold = "
                 f"{self.cfg.threshold} ({self.cfg.threshold_mode}; rewards {self.norm}): the paper's threshold is on its "
                 "influence scale, not this model's; set selector.threshold_mode = 'quantile' or a threshold on your scale")
-        tasks = self._stage["tasks"]
         self.log.append({"step": step, "policy": self.name, "rounds": rounds, "sampled": sampled,
                          "selected": int(len(ids)), "arms_visited": int((b.counts > 0).sum()),
-                         # Eq. 2's increments of this stage per arm played (rewards as the bandit saw them:
-                         # `bandit_normalization`), and each round's threshold: the rest of Eq. 1-2 and the keep
-                         # rule follow from these over the entries
-                         "arms": {"played": played.tolist(), "n": (b.counts - counts0)[played].tolist(),
-                                  "reward_sum": (b.sums - sums0)[played].tolist()},
-                         "thresholds": self._stage["thresholds"],
-                         **({"task_mean_rewards": {part: {t: float(v[i, 0] / v[i, 1]) if v[i, 1] else None
-                                                          for t, v in tasks.items()}
-                                                   for i, part in enumerate(("sampled", "above_threshold"))}}
-                            if tasks else {}),
+                         **self._record.to_log(),  # arms, thresholds, task_mean_rewards
                          "composition": composition(self.index, ids, self.categories),
                          "selection_sha1": selection_digest(ids), "rewards": self._provenance()})
         return ids
@@ -302,11 +290,8 @@ class QuadSelector(_StagedSelector):
         r = normalise_rewards(raw, self.norm)
         b.observe(arm_of, r)
         thr = self.cfg.threshold if self.cfg.threshold_mode == "absolute" else np.quantile(r, self.cfg.threshold_quantile)
-        self._stage["thresholds"].append(float(thr))
         above = r > thr
-        for t, tr in per_task.items():  # [sum, count] of raw per-task rewards: sampled docs, docs above the threshold
-            acc = self._stage["tasks"].setdefault(t, np.zeros((2, 2)))
-            acc += [[tr.sum(), len(tr)], [tr[above].sum(), above.sum()]]
+        self._record.add(per_task, thr, above)
         keep = docs[above]
         if self.budget_tokens is not None:
             n = int(np.searchsorted(np.cumsum(self.ctx.doc_lengths[keep]), room, side="right"))
