@@ -151,15 +151,52 @@ class _Crash(Callback):
             raise KeyboardInterrupt
 
 
+def _selections(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "selections").glob("*"))}
+
+
 def test_a_killed_run_leaves_its_selector_log_and_a_resume_redoes_it(world, tmp_path):
     """selector_log.jsonl is written as the run goes, not only at its end: a run killed at step 30 shows the
     updates of steps 12 and 24 with the influence provenance and the selection's digest; its resume rewrites
-    the file from the step-24 checkpoint and ends with the log of an uninterrupted run."""
+    the file from the step-24 checkpoint and ends with the log of an uninterrupted run.
+
+    Each stage's D_k is saved (save_selections = auto: the pool is small), named by its entry, and its ids hash to
+    the entry's selection_sha1. The killed run has written the step-24 stage, which its step-24 checkpoint does
+    not hold (the update runs at the start of step 25): a resume removes that file (here one under
+    save_selections = never, which a resume may change, that stops at step 24); the next ends as the full run."""
+    import numpy as np
+
+    from thresher.agents.base import selection_digest
+
+    killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run(_config(world, "multi-agent", tmp_path / "killed"), callbacks=[_Crash(30)])
-    log = read_jsonl(tmp_path / "killed" / "selector_log.jsonl")
+        run(_config(world, "multi-agent", killed), callbacks=[_Crash(30)])
+    log = read_jsonl(killed / "selector_log.jsonl")
     assert [r["step"] for r in log] == [0, 12, 24]
     assert [r["rewards"]["step"] for r in log[1:]] == [12, 24] and all(r["selection_sha1"] for r in log)
-    run(_config(world, "multi-agent", tmp_path / "killed"), resume=True)
+    assert [e["selection_file"] for e in log] == [f"selections/step_{s:06d}.npy" for s in (0, 12, 24)]
+    for e in log:
+        ids = np.load(killed / e["selection_file"])
+        assert ids.dtype == np.int32 and selection_digest(ids) == e["selection_sha1"] and len(ids) == e["selected"]
+    assert sorted(_selections(killed)) == ["step_000000.npy", "step_000012.npy", "step_000024.npy"]
+
+    rc = _config(world, "multi-agent", killed)
+    rc.selector = dataclasses.replace(rc.selector, save_selections="never")
+    rc.train = dataclasses.replace(rc.train, steps=24)
+    run(rc, resume=True)
+    assert [e["step"] for e in _trace(killed)[1]] == [0, 12]
+    assert sorted(_selections(killed)) == ["step_000000.npy", "step_000012.npy"]
+
+    run(_config(world, "multi-agent", killed), resume=True)
     run(_config(world, "multi-agent", tmp_path / "full"))
-    assert _trace(tmp_path / "killed")[1] == _trace(tmp_path / "full")[1]
+    assert _trace(killed)[1] == _trace(tmp_path / "full")[1]
+    assert _selections(killed) == _selections(tmp_path / "full")
+
+
+def test_save_selections_auto_follows_the_pool_size():
+    from thresher.agents.config import AUTO_SAVE_MAX_DOCS, SelectorConfig
+
+    assert SelectorConfig().saves_selections(AUTO_SAVE_MAX_DOCS)
+    assert not SelectorConfig().saves_selections(AUTO_SAVE_MAX_DOCS + 1)
+    assert SelectorConfig(save_selections="always").saves_selections(10**9)
+    assert not SelectorConfig(save_selections="never").saves_selections(10)

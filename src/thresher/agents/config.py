@@ -8,6 +8,10 @@ from typing import Optional
 from thresher.utils.errors import ThresherError
 
 
+AUTO_SAVE_MAX_DOCS = 50_000_000  # save_selections = "auto" saves D_k for pools up to this size
+OUTPUT_ONLY = ("save_selections",)  # what a run writes, not what it selects: left out of the resume check
+
+
 @dataclass
 class SelectorConfig:
     policy: str = "multi-agent"  # see thresher.agents.policies.POLICIES
@@ -65,12 +69,18 @@ class SelectorConfig:
     mates_alpha: float = 1.0  # ridge penalty on the embedding weights (standardised targets)
     mates_holdout: float = 0.2  # fraction of the samples held out for the logged fit R^2
     mates_temperature: float = 0.5  # tau of Gumbel-top-k on predicted standardised rewards
+    # write each stage's D_k (its doc ids: int32, 4 bytes a selected doc) to <out>/selections/step_NNNNNN.npy,
+    # named in the selector log (`thresher trace` reads them): "always" | "never" | "auto": for pools of at most
+    # 50M documents (a stage's file is then at most 200 MB; a 600M-doc pool selecting 100M+ docs a stage would
+    # write 400+ MB per update). Output only: a resume may change it
+    save_selections: str = "auto"
 
     def validate(self) -> None:
         choices = {"normalization": ("raw", "zscore", "rank"), "missing": ("neutral", "exclude"),
                    "selection": ("top-k", "gumbel"), "threshold_mode": ("absolute", "quantile"),
                    "unvisited": ("inf", "initial-visit"), "initial": ("random", "scores"),
-                   "bandit_normalization": ("auto", "raw", "zscore", "rank")}
+                   "bandit_normalization": ("auto", "raw", "zscore", "rank"),
+                   "save_selections": ("auto", "always", "never")}
         for name, ok in choices.items():
             if getattr(self, name) not in ok:
                 raise ThresherError(f"selector.{name} = {getattr(self, name)!r}; choose one of {', '.join(ok)}")
@@ -80,6 +90,10 @@ class SelectorConfig:
             raise ThresherError("selector.temperature must be > 0")
         if not 0 < self.sample_proportion <= 1:
             raise ThresherError("selector.sample_proportion must be in (0, 1]")
+
+    def saves_selections(self, n_docs: int) -> bool:
+        """Whether a run over a pool of ``n_docs`` documents writes every stage's D_k to disk."""
+        return self.save_selections == "always" or self.save_selections == "auto" and n_docs <= AUTO_SAVE_MAX_DOCS
 
     def to_dict(self) -> dict:
         return asdict(self)

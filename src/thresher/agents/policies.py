@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Callable
 
 from thresher.agents.base import RandomSelector, SelectionContext, Selector, resolve_budget
-from thresher.agents.config import SelectorConfig
+from thresher.agents.config import OUTPUT_ONLY, SelectorConfig
 from thresher.agents.mates import MatesSelector
 from thresher.agents.score_top import DsirSelector, PerplexitySelector
 from thresher.agents.selectors import MultiAgentSelector, QuadSelector, StaticMixtureSelector
@@ -83,5 +83,5 @@ def build_selector(cfg: SelectorConfig, ctx: SelectionContext) -> Selector:
         budget_docs, budget_tokens = resolve_budget(cfg, ctx)  # as every policy: no budget is an error
         ctx = replace(ctx, seed=cfg.seed, budget_docs=budget_docs, budget_tokens=budget_tokens)
     sel.setup(ctx)
-    sel.settings = cfg.to_dict()
+    sel.settings = {k: v for k, v in cfg.to_dict().items() if k not in OUTPUT_ONLY}  # a resume may change these
     return sel

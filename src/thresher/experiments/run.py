@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from thresher.agents.base import Labels, SelectionContext
+from thresher.agents.config import AUTO_SAVE_MAX_DOCS
 from thresher.config import DataConfig, RunConfig, load_run_config, save_run_config
 from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_task
 from thresher.influence.config import SPEED_ONLY
@@ -22,7 +23,7 @@ from thresher.influence.rewards import RewardSource
 from thresher.train.callbacks import Callback
 from thresher.train.checkpoint import hf_tokenizer
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_write_jsonl, make_dir
+from thresher.utils.io import atomic_path, atomic_write_jsonl, make_dir, remove_stale_temps
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 
@@ -190,8 +191,12 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
     store, selector, eval_tasks = build_run(cfg)
     print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model_config().name} for "
            f"{cfg.train.steps} steps -> {out}")
+    save = cfg.selector.saves_selections(store.n_docs)
+    if not save and cfg.selector.save_selections == "auto":
+        print0(f"selections: not saved to {out / SELECTIONS} ({store.n_docs:,} docs in the pool, more than "
+               f"{AUTO_SAVE_MAX_DOCS:,}); --set selector.save_selections=always saves them")
     summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
-                    callbacks=[save_config, SelectorLog(out / "selector_log.jsonl"), *callbacks],
+                    callbacks=[save_config, SelectorLog(out, save), *callbacks],
                     tokenizer=hf_tokenizer(store))  # SelectorLog has written every update of the log
     return summary
 
@@ -231,20 +236,50 @@ class SaveRunConfig(Callback):
             save_run_config(self.cfg, run.out_dir)
 
 
+SELECTIONS = "selections"  # <out>/selections/step_NNNNNN.npy: D_k of the log entry of that step
+
+
 class SelectorLog(Callback):
     """Writes ``selector_log.jsonl`` (atomically, rank 0) when training starts and after every step whose
     selector log grew, so a running or killed run's folder holds every update so far, not only a finished
     run's. A resume rewrites it from the checkpoint's log (entries after the checkpoint are dropped and
-    redone, as metrics.jsonl's lines are)."""
+    redone, as metrics.jsonl's lines are).
 
-    def __init__(self, path: Path):
-        self.path, self.written = Path(path), -1
+    With ``save_selections``, the newest entry's D_k (the selector's current selection) is written to
+    ``selections/step_NNNNNN.npy`` before the log line that names it (``selection_file``). At the start, files no
+    entry of the (restored) log names are removed: those of the stages a killed run made after its checkpoint,
+    which the resumed run redoes."""
+
+    def __init__(self, out: Path, save_selections: bool = False):
+        self.out, self.save, self.written = Path(out), save_selections, -1
 
     def on_train_start(self, run) -> None:
-        self.on_step_end(run, {})
+        self._save_selection(run)  # also on a resume: the checkpoint's newest entry, if saving was turned on since
+        if run.dist.rank == 0:
+            named = {e.get("selection_file") for e in run.selector.log}
+            remove_stale_temps(self.out / SELECTIONS)
+            for p in sorted((self.out / SELECTIONS).glob("step_*.npy")):
+                if f"{SELECTIONS}/{p.name}" not in named:
+                    p.unlink()
+        self._write_log(run)
 
     def on_step_end(self, run, metrics) -> None:
-        if run.dist.rank == 0 and len(run.selector.log) != self.written:
-            atomic_write_jsonl(self.path, run.selector.log)
-            self.written = len(run.selector.log)
+        if len(run.selector.log) != self.written:
+            self._save_selection(run)
+            self._write_log(run)
+
+    def _save_selection(self, run) -> None:
+        """Names the newest entry's file in it (every rank: the logs stay alike) and writes D_k there (rank 0)."""
+        if not (self.save and run.selector.log):
+            return
+        entry = run.selector.log[-1]
+        entry["selection_file"] = f"{SELECTIONS}/step_{int(entry['step']):06d}.npy"
+        if run.dist.rank == 0:
+            with atomic_path(self.out / entry["selection_file"]) as tmp, open(tmp, "wb") as f:
+                np.save(f, run.selector.selection())
+
+    def _write_log(self, run) -> None:
+        if run.dist.rank == 0:
+            atomic_write_jsonl(self.out / "selector_log.jsonl", run.selector.log)
+        self.written = len(run.selector.log)
 
