@@ -336,6 +336,21 @@ def regmix(
     typer.echo(f"init file: {path} (use --set selector.init_file={path})")
 
 
+@app.command()
+def trace(
+    run_dir: Path = typer.Argument(..., help="A run folder (the `out` of thresher train)."),
+    docs: List[int] = typer.Argument(..., help="Doc ids: rows of the token store and the label table."),
+    labels: Optional[Path] = typer.Option(None, help="The run's label table (default: the one its config.toml names)."),
+    json_: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+):
+    """Per stage, whether each document was in D_k, with its labels and (console policies) the theta, agent weights
+    and reward provenance that scored it. Reads the run's selections/ (selector.save_selections)."""
+    from thresher.evaluate.trace import render, trace as trace_docs
+
+    traces = trace_docs(run_dir, docs, labels)
+    typer.echo(json.dumps(traces, indent=1) if json_ else render(traces))
+
+
 def _cache_dir(path: Path) -> Path:
     """``path`` itself, or its ``cache`` folder when given the label table's folder (the default cache)."""
     if not path.is_dir():

@@ -146,3 +146,4 @@ def test_the_console_bandit_logs_its_increments_and_task_means_as_quad_does(norm
             assert sum(a["arms"]["reward_sum"]) / sum(a["arms"]["n"]) == pytest.approx(combined, rel=1e-9)
     np.testing.assert_array_equal(counts, bandit.counts)
     np.testing.assert_allclose(sums, bandit.sums, rtol=1e-12, atol=1e-18)
+    assert log[0]["agents"][-1] == {"agent": "bandit", "column": "cluster"}

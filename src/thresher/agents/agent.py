@@ -108,7 +108,7 @@ class Agent(ABC):
 
     def initial_log(self) -> dict:
         """What the selector log's step-0 entry records of this agent before any update."""
-        return {"agent": self.name}
+        return {"agent": self.name, "column": self.column}
 
     @abstractmethod
     def state_dict(self) -> dict: ...
@@ -204,7 +204,8 @@ class CategoricalAgent(Agent):
 
     def initial_log(self) -> dict:
         """The weights before the first update (Eq. 5 adds to them), for the selector log's step-0 entry."""
-        return {"agent": self.name, "categories": list(self.categories), "weights": [float(x) for x in self.weights],
+        return {"agent": self.name, "column": self.column, "categories": list(self.categories),
+                "weights": [float(x) for x in self.weights],
                 "eta": self.eta, "normalization": self.normalization}
 
     def state_dict(self) -> dict:

@@ -162,9 +162,10 @@ class MultiAgentSelector(_StagedSelector):
                            c.bandit_rounds_per_update, norm)
 
     def initial_selection(self) -> np.ndarray:
-        ids = self._random_stage() if self.cfg.initial == "random" and self.learn else self._select()
+        initial = self.cfg.initial if self.learn else "scores"  # a policy that never learns selects by its weights
+        ids = self._random_stage() if initial == "random" else self._select()
         self._set_selection(ids)
-        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "initial": self.cfg.initial,
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "initial": initial,
                          "agents": [a.initial_log() for a in self.console.agents],
                          "theta": self.console.theta.tolist(), "composition": self._composition(ids),
                          "selection_sha1": selection_digest(ids),

@@ -1,0 +1,118 @@
+"""``thresher trace``: for given documents, every stage of a run: whether the document was in D_k (the run's
+saved ``selections/``), its labels, and for console policies the theta and agent weights that scored it (Eq. 7)
+with the provenance of the rewards behind them (docs/agents.md, "Tracing a selected document")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from thresher.evaluate.report import read_jsonl
+from thresher.utils.errors import ThresherError
+
+PROVENANCE = ("step", "factors_step", "lambda_step", "tasks")  # what a trace keeps of a log entry's `rewards`
+
+
+def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = None) -> list[dict]:
+    """One dict per document: ``doc``, ``labels`` {agent label: category (None: missing)}, ``stages`` (one per
+    selector log entry: ``step``, ``selected`` (None: not saved), and where the log has them ``theta``,
+    ``weights`` {agent: weight of the doc's category}, ``score`` (Eq. 7), ``rewards``, ``arm_played``)."""
+    from thresher.config import load_run_config
+    from thresher.labels.table import LabelTable
+
+    run_dir = Path(run_dir)
+    log = read_jsonl(run_dir / "selector_log.jsonl")
+    if not log or not (run_dir / "config.toml").is_file():
+        raise ThresherError(f"{run_dir} is not a run folder (no selector_log.jsonl or config.toml)")
+    if not any("selection_file" in e for e in log):
+        raise ThresherError(f"{run_dir} saved no selections (selector.save_selections = 'auto' saves them for pools of "
+                            "up to 50M docs); rerun with --set selector.save_selections=always")
+    cfg = load_run_config(run_dir / "config.toml")
+    labels = Path(labels or cfg.data.labels)
+    if not LabelTable.exists(labels):
+        raise ThresherError(f"no label table at {labels}: give --labels (config.toml's paths are relative to where "
+                            "the run was started)")
+    table = LabelTable.open(labels)
+    bad = [d for d in doc_ids if not 0 <= d < table.n_docs]
+    if bad:
+        raise ThresherError(f"doc ids {bad} are not in the pool (0 .. {table.n_docs - 1})")
+    ids = np.asarray(doc_ids, dtype=np.int64)
+    columns = table.category_columns(cfg.data.label_columns)  # {agent label: label table column}
+    codes = {name: np.asarray(table.codes(col))[ids] for name, col in columns.items()}
+    names = {name: table.categories(col) for name, col in columns.items()}
+    agent_column = {a["agent"]: a.get("column", a["agent"]) for a in log[0].get("agents", [])}
+    selected = {i: _selected(run_dir, e, ids) for i, e in enumerate(log) if "selection_file" in e}
+    out = []
+    for k, doc in enumerate(doc_ids):
+        code = {name: int(c[k]) for name, c in codes.items()}
+        weights: dict[str, list | None] = {}  # each agent's weights as of the entry (carried from step 0 until updated)
+        stages = []
+        for i, e in enumerate(log):
+            stage = {"step": e["step"], "selected": bool(selected[i][k]) if i in selected else None}
+            if "theta" in e:
+                weights.update({a["agent"]: a.get("weights") for a in e.get("agents", [])})
+                stage.update(_scored(e, weights, agent_column, code))
+            if "arms" in e and cfg.selector.bandit_column in code:  # Quad: was the doc's cluster played
+                stage["arm_played"] = code[cfg.selector.bandit_column] in e["arms"]["played"]
+            if e.get("rewards"):
+                stage["rewards"] = {key: e["rewards"][key] for key in PROVENANCE if key in e["rewards"]}
+            stages.append(stage)
+        out.append({"doc": doc, "labels": {n: names[n][c] if c >= 0 else None for n, c in code.items()},
+                    "stages": stages})
+    return out
+
+
+def _selected(run_dir: Path, entry: dict, ids: np.ndarray) -> np.ndarray:
+    path = run_dir / entry["selection_file"]
+    if not path.is_file():
+        raise ThresherError(f"{path} is missing (the selector log's step-{entry['step']} entry names it)")
+    chosen = np.load(path, mmap_mode="r")
+    if len(chosen) != entry["selected"]:
+        raise ThresherError(f"{path} holds {len(chosen)} doc ids where the log's step-{entry['step']} entry selected "
+                            f"{entry['selected']}: not this run's selection")
+    return np.isin(ids, chosen)
+
+
+def _scored(entry: dict, weights: dict, agent_column: dict, code: dict) -> dict:
+    """theta, each agent's weight of the doc's category and Eq. 7's S (None where a weight is unknown: a missing
+    label, the bandit before its first update)."""
+    theta = dict(zip([a["agent"] for a in entry.get("agents", [])] or list(weights), entry["theta"]))
+    w = {}
+    for agent in theta:
+        c = code.get(agent_column.get(agent, agent), -1)
+        w[agent] = weights[agent][c] if weights.get(agent) is not None and c >= 0 else None
+    score = None if None in w.values() else float(sum(theta[a] * w[a] for a in theta))
+    out = {"theta": theta, "weights": w, "score": score}
+    if entry["step"] == 0 and entry.get("initial") == "random":
+        out["initial"] = "random"  # D_0 is a uniform draw, not scored
+    return out
+
+
+def render(traces: list[dict]) -> str:
+    """The traces as text: a line per document (its labels), then a line per stage."""
+    lines = []
+    for t in traces:
+        lines.append(f"doc {t['doc']}: " + "  ".join(f"{n}={c if c is not None else '<missing>'}"
+                                                    for n, c in t["labels"].items()))
+        for s in t["stages"]:
+            mark = {True: "selected", False: "-", None: "not saved"}[s["selected"]]
+            parts = []
+            if s.get("initial"):
+                parts.append("initial stage: random")
+            elif "theta" in s:
+                terms = ", ".join(f"{a} {th:.3g} x {_num(s['weights'][a])}" for a, th in s["theta"].items())
+                parts.append(f"S {_num(s['score'])} (theta x weight: {terms})")
+            if "arm_played" in s:
+                parts.append("its cluster played" if s["arm_played"] else "its cluster not played")
+            if "rewards" in s:
+                r = s["rewards"]
+                parts.append(f"rewards: model step {r.get('step')}" + (f", factors step {r['factors_step']}"
+                                                                       if "factors_step" in r else "")
+                             + (f", tasks {', '.join(r['tasks'])}" if r.get("tasks") else ""))
+            lines.append(f"  step {s['step']:>6}  {mark:<9}  " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def _num(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4g}"

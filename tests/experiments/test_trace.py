@@ -1,0 +1,113 @@
+"""`thresher trace` on a tiny multi-agent+quad run: per stage, whether a document was in D_k (its saved
+selection), its labels, and the Eq. 7 score, theta and weights that chose D_k; bad input is one line."""
+
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thresher import cli
+from thresher.evaluate.report import read_jsonl
+from thresher.evaluate.trace import PROVENANCE, trace
+from thresher.experiments.demo import DemoConfig, _gather, run_config
+from thresher.experiments.run import run
+from thresher.labels.table import LabelTable
+from thresher.utils.io import atomic_write_jsonl
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trace")
+    cfg = DemoConfig(n_docs=1500, seed=0)
+    world, store, labels = _gather(out, cfg)
+    rc = run_config(cfg, "multi-agent+quad", world, store, labels, out)
+    rc.train = dataclasses.replace(rc.train, steps=13, ckpt_every=0, eval_every=0, warmup_steps=2, export=False)
+    rc.data = dataclasses.replace(rc.data, reference_max_examples=60)
+    rc.influence = dataclasses.replace(rc.influence, preconditioner="none")  # one update at step 12, cheap rewards
+    rc.selector = dataclasses.replace(rc.selector, update_every=12, samples_per_category=8)
+    run(rc)
+    return Path(rc.out), rc
+
+
+def _main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    got = capsys.readouterr()
+    return e.value.code, got.out, got.err.strip()
+
+
+def test_the_traced_scores_are_those_that_selected_each_stage(tiny_run):
+    """Every stage's traced selection is its saved D_k; at every update D_k is the top of the traced Eq. 7 scores
+    (top-k: no document left out scores above one selected); labels and reward provenance are the run's."""
+    out, rc = tiny_run
+    table = LabelTable.open(rc.data.labels)
+    traces = trace(out, list(range(table.n_docs)))
+    log = read_jsonl(out / "selector_log.jsonl")
+    assert [s["step"] for s in traces[0]["stages"]] == [e["step"] for e in log] == [0, 12]
+    for k, e in enumerate(log):
+        selected = np.array([t["stages"][k]["selected"] for t in traces])
+        np.testing.assert_array_equal(np.flatnonzero(selected), np.sort(np.load(out / e["selection_file"])))
+        if k == 0:
+            assert traces[0]["stages"][0]["initial"] == "random"
+            continue
+        score = np.array([t["stages"][k]["score"] for t in traces])
+        assert score[selected].min() >= score[~selected].max()
+        assert all(t["stages"][k]["rewards"] == {key: e["rewards"][key] for key in PROVENANCE if key in e["rewards"]}
+                   for t in traces)
+        assert e["rewards"]["step"] == e["step"] and e["rewards"]["tasks"] == sorted(rc.data.reference)
+        assert list(traces[0]["stages"][k]["theta"]) == ["quality", "domain", "topic", "bandit"]
+    for col in ("domain", "topic"):
+        names, codes = table.categories(col), table.codes(col)
+        assert [t["labels"][col] for t in traces[:50]] == [names[c] for c in codes[:50]]
+
+
+def test_the_command_prints_text_or_json(tiny_run, monkeypatch, capsys):
+    out, _ = tiny_run
+    code, text, _ = _main(monkeypatch, capsys, "trace", out, 3, 7)
+    lines = text.splitlines()
+    assert code == 0 and len(lines) == 2 * 3  # per doc: its labels, then a line per stage
+    assert lines[0].startswith("doc 3: quality=") and lines[3].startswith("doc 7: ")
+    assert "initial stage: random" in lines[1] and "rewards: model step 12" in lines[2]
+    code, text, _ = _main(monkeypatch, capsys, "trace", out, 3, 7, "--json")
+    assert code == 0 and json.loads(text) == trace(out, [3, 7])
+
+
+def test_quad_stages_say_whether_the_documents_cluster_was_played(tiny_run, tmp_path):
+    out, rc = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    cluster = LabelTable.open(rc.data.labels).codes("cluster")
+    played = int(cluster[5])
+    other = int(np.flatnonzero(cluster != played)[0])
+    np.save(copy / "selections" / "q.npy", np.array([5, 9], dtype=np.int32))
+    atomic_write_jsonl(copy / "selector_log.jsonl", [
+        {"step": 12, "policy": "quad", "selected": 2, "arms": {"played": [played], "n": [3], "reward_sum": [0.1]},
+         "rewards": {"step": 12, "tasks": ["a"], "settings": {}}, "selection_file": "selections/q.npy"}])
+    stages = [t["stages"][0] for t in trace(copy, [5, other])]
+    assert stages == [{"step": 12, "selected": True, "arm_played": True, "rewards": {"step": 12, "tasks": ["a"]}},
+                      {"step": 12, "selected": other == 9, "arm_played": False, "rewards": {"step": 12, "tasks": ["a"]}}]
+
+
+def test_bad_input_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    out, rc = tiny_run
+    unsaved = tmp_path / "unsaved"
+    shutil.copytree(out, unsaved)
+    log = read_jsonl(out / "selector_log.jsonl")
+    atomic_write_jsonl(unsaved / "selector_log.jsonl", [{k: v for k, v in e.items() if k != "selection_file"}
+                                                        for e in log])
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    np.save(cut / log[1]["selection_file"], np.load(out / log[1]["selection_file"])[:-1])
+    n = LabelTable.open(rc.data.labels).n_docs
+    for args, message in (([tmp_path, 3], f"{tmp_path} is not a run folder"),
+                          ([out, n], f"doc ids [{n}] are not in the pool (0 .. {n - 1})"),
+                          ([unsaved, 3], f"{unsaved} saved no selections"),
+                          ([cut, 3], f"{cut / log[1]['selection_file']} holds {log[1]['selected'] - 1} doc ids"),
+                          ([out, 3, "--labels", tmp_path / "nowhere"], f"no label table at {tmp_path / 'nowhere'}")):
+        code, _, err = _main(monkeypatch, capsys, "trace", *args)
+        assert code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
