@@ -54,6 +54,9 @@ class SelectionContext:
     embedding_provenance: dict | None = None  # how ``embeddings`` were computed (the label table's record)
     scores: Mapping[str, np.ndarray] | None = None  # float label columns by name (len n_docs; NaN = missing)
     cell_cache: str | None = None  # folder for the cell index, memory-mapped and shared by a node's ranks (None: in memory)
+    # sorted doc ids no policy may select (the held-out evaluation documents, evaluate/heldout.py); None: none.
+    # Every selector draws from the pool without them; _set_selection refuses a selection that holds one
+    heldout: np.ndarray | None = None
 
     @property
     def n_docs(self) -> int:
@@ -101,6 +104,10 @@ class Selector(ABC):
         return self._selection
 
     def _set_selection(self, ids: np.ndarray) -> None:
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None and is_heldout(ctx, ids).any():
+            raise ThresherError(f"policy {self.name} selected held-out documents (data.heldout_docs): they are "
+                                "excluded from the pool and must never be trained on")
         self._selection = narrow_ids(ids)
         self.version += 1
 
@@ -158,6 +165,21 @@ def selection_digest(ids: np.ndarray, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
+def is_heldout(ctx: SelectionContext, ids: np.ndarray) -> np.ndarray:
+    """(len(ids),) bool: which of ``ids`` are held-out documents of ``ctx`` (O(len(ids) log held-out))."""
+    ids, held = np.asarray(ids), ctx.heldout
+    if held is None or not len(held) or not len(ids):
+        return np.zeros(len(ids), dtype=bool)
+    return held[np.minimum(np.searchsorted(held, ids), len(held) - 1)] == ids
+
+
+def drop_heldout(values: np.ndarray, ctx: SelectionContext) -> np.ndarray:
+    """``values`` (one float per document) with NaN, i.e. never selected, at the held-out docs, in place."""
+    if ctx.heldout is not None and len(ctx.heldout):
+        values[ctx.heldout] = np.nan
+    return values
+
+
 def narrow_ids(ids: np.ndarray) -> np.ndarray:
     """A read-only copy of doc ids in int32 while they fit (int64 from 2^31 on)."""
     ids = np.asarray(ids)
@@ -209,6 +231,7 @@ class RandomSelector(Selector):
 
     def initial_selection(self) -> np.ndarray:
         order = rng(self.ctx.seed, "random-selection").permutation(self.ctx.n_docs)
+        order = order[~is_heldout(self.ctx, order)]
         self._set_selection(np.sort(order[: budget_count(self.ctx, order)]))
         self.log.append({"step": 0, "policy": self.name, "selected": int(len(self._selection)),
                          "selection_sha1": selection_digest(self._selection)})

@@ -77,8 +77,12 @@ class CellIndex:
         return cells[lo:hi]
 
 
-def build_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray) -> CellIndex:
-    """Group documents by their tuple of codes in ``columns``; O(n_docs) plus one integer argsort."""
+def build_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray,
+                     heldout: np.ndarray | None = None) -> CellIndex:
+    """Group documents by their tuple of codes in ``columns``; O(n_docs) plus one integer argsort.
+
+    ``heldout`` docs keep their ``cell_id`` but belong to no cell's docs, counts or tokens, so nothing that
+    samples or selects through the index can reach them."""
     n = len(doc_lengths)
     key, radices = _mixed_radix_key(labels, columns, n)
     space = int(np.prod(radices, dtype=np.float64))
@@ -99,13 +103,22 @@ def build_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray
     counts = np.bincount(cell_id, minlength=n_cells).astype(np.int64)
     tokens = np.bincount(cell_id, weights=doc_lengths, minlength=n_cells).astype(np.int64)
     order = _group_by_cell(cell_id, n_cells)
+    if heldout is not None and len(heldout):
+        h = np.asarray(heldout)
+        counts -= np.bincount(cell_id[h], minlength=n_cells)
+        tokens -= np.bincount(cell_id[h], weights=doc_lengths[h], minlength=n_cells).astype(np.int64)
+        keep = np.ones(n, dtype=bool)
+        keep[h] = False
+        order = order[keep[order]]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return CellIndex(list(columns), cell_id, order, offsets, _decode(present, radices), counts, tokens)
 
 
-def cell_index_key(labels: Labels, columns: list[str], doc_lengths: np.ndarray) -> str:
-    """A digest of everything the index is built from: the columns' codes, their category counts and the
-    document lengths (SHA-1 over the bytes; about 2 GB/s, a few seconds at 600M documents)."""
+def cell_index_key(labels: Labels, columns: list[str], doc_lengths: np.ndarray,
+                   heldout: np.ndarray | None = None) -> str:
+    """A digest of everything the index is built from: the columns' codes, their category counts, the
+    document lengths and the held-out ids, if any (SHA-1 over the bytes; about 2 GB/s, a few seconds at 600M
+    documents)."""
     h = hashlib.sha1(json.dumps({"version": CACHE_VERSION, "columns": list(columns), "n_docs": int(len(doc_lengths)),
                                  "categories": [len(labels.categories.get(c, [])) for c in columns]}).encode())
     # lengths hash by value, not by how they are stored: a store whose lengths.npy an older thresher wrote
@@ -114,6 +127,8 @@ def cell_index_key(labels: Labels, columns: list[str], doc_lengths: np.ndarray) 
     if lengths.dtype != np.int32 and (not lengths.size or (lengths.min() >= -2**31 and lengths.max() < 2**31)):
         lengths = lengths.astype(np.int32)
     arrays = [lengths] + [labels.codes[c] for c in columns if c in labels.codes]
+    if heldout is not None and len(heldout):  # (none: the key an index without held-out docs always had)
+        arrays.append(np.asarray(heldout, dtype=np.int64))
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
@@ -135,7 +150,8 @@ def save_cell_index(index: CellIndex, folder: str | os.PathLike) -> Path:
                 np.save(f, getattr(index, name))
                 f.flush()
                 os.fsync(f.fileno())  # on disk before the rename publishes the folder
-        meta = {"version": CACHE_VERSION, "columns": index.columns, "n_docs": index.n_docs, "n_cells": index.n_cells}
+        meta = {"version": CACHE_VERSION, "columns": index.columns, "n_docs": index.n_docs, "n_cells": index.n_cells,
+                "n_heldout": index.n_docs - len(index.order)}
         with open(tmp / "meta.json", "w") as f:  # last: a folder with meta.json is complete
             f.write(json.dumps(meta))
             f.flush()
@@ -177,8 +193,9 @@ def load_cell_index(folder: str | os.PathLike, n_docs: int | None = None, mmap: 
         raise ThresherError(f"cell index cache {folder} is unreadable ({e}); delete that folder to rebuild it") from None
     n = meta.get("n_docs")
     ok = (meta.get("version") == CACHE_VERSION and (n_docs is None or n == n_docs)
-          and len(arrays["cell_id"]) == n and len(arrays["order"]) == n
-          and len(arrays["offsets"]) == meta.get("n_cells", -1) + 1 and int(arrays["offsets"][-1]) == n)
+          and len(arrays["cell_id"]) == n and len(arrays["order"]) == n - meta.get("n_heldout", 0)
+          and len(arrays["offsets"]) == meta.get("n_cells", -1) + 1
+          and int(arrays["offsets"][-1]) == len(arrays["order"]))
     if not ok:
         raise ThresherError(f"cell index cache {folder} does not match its inputs (version {meta.get('version')}, "
                             f"{n} docs for a pool of {n_docs}); delete that folder to rebuild it")
@@ -186,7 +203,8 @@ def load_cell_index(folder: str | os.PathLike, n_docs: int | None = None, mmap: 
 
 
 def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarray, cache_dir: str | os.PathLike,
-                      local_rank: int | None = None, wait_s: float = 3600.0, _retried: bool = False) -> CellIndex:
+                      local_rank: int | None = None, wait_s: float = 3600.0, _retried: bool = False,
+                      heldout: np.ndarray | None = None) -> CellIndex:
     """``build_cell_index`` through a folder of ``cache_dir`` named by ``cell_index_key``, memory-mapped.
 
     Under torchrun (``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` > 1 set) the node's local rank 0 builds and
@@ -194,7 +212,7 @@ def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarra
     once and holds its per-document arrays once in the page cache. Runs before the process group exists: it
     needs no collective. Without torchrun's variables (srun, mpirun) every process builds and publishes; the
     first folder wins and all of them map it."""
-    key = cell_index_key(labels, columns, doc_lengths)
+    key = cell_index_key(labels, columns, doc_lengths, heldout)
     folder = Path(cache_dir) / f"cells-{key}"
     if not (folder / "meta.json").is_file():
         if local_rank is None:
@@ -203,7 +221,7 @@ def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarra
         if local_rank == 0:
             if len(doc_lengths) >= 1_000_000:
                 print0(f"building the cell index of {len(doc_lengths):,} documents over {', '.join(columns)} -> {folder}")
-            index = build_cell_index(labels, columns, doc_lengths)
+            index = build_cell_index(labels, columns, doc_lengths, heldout)
             save_cell_index(index, folder)
             del index
         else:
@@ -216,7 +234,7 @@ def cached_cell_index(labels: Labels, columns: list[str], doc_lengths: np.ndarra
         # pruned (``prune_cell_caches``) between the check above and the load: build it again, in this process
         # whatever its local rank (local rank 0 may have loaded the folder before it went, and would never
         # rebuild it for a rank that waits)
-        return cached_cell_index(labels, columns, doc_lengths, cache_dir, 0, wait_s, _retried=True)
+        return cached_cell_index(labels, columns, doc_lengths, cache_dir, 0, wait_s, _retried=True, heldout=heldout)
     mark_used(folder)
     index.key = key
     return index

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from thresher.agents.base import SelectionContext, Selector, resolve_budget, selection_digest
+from thresher.agents.base import SelectionContext, Selector, drop_heldout, resolve_budget, selection_digest
 from thresher.agents.config import SelectorConfig
 from thresher.agents.score_top import gumbel_keys, select_band
 from thresher.utils.errors import ThresherError
@@ -126,7 +126,7 @@ class MatesSelector(Selector):
         self.budget_docs, self.budget_tokens = resolve_budget(self.cfg, ctx)
 
     def initial_selection(self) -> np.ndarray:
-        keys = gumbel_keys(None, self.ctx.n_docs, 1.0, rng(self.cfg.seed, "initial-selection"))
+        keys = drop_heldout(gumbel_keys(None, self.ctx.n_docs, 1.0, rng(self.cfg.seed, "initial-selection")), self.ctx)
         ids = select_band(keys, self.ctx.doc_lengths, "high", self.budget_docs, self.budget_tokens)
         self._set_selection(ids)
         self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "initial": "random",
@@ -141,7 +141,7 @@ class MatesSelector(Selector):
         r2 = self._holdout_r2(x, y)
         self.model = fit_ridge(x, y, self.cfg.mates_alpha)
         pred = predict_pool(self.ctx.embeddings, self.model)
-        keys = gumbel_keys(pred, self.ctx.n_docs, self.cfg.mates_temperature, self.g)
+        keys = drop_heldout(gumbel_keys(pred, self.ctx.n_docs, self.cfg.mates_temperature, self.g), self.ctx)
         ids = select_band(keys, self.ctx.doc_lengths, "high", self.budget_docs, self.budget_tokens)
         self._set_selection(ids)
         pred_mean = float(np.mean(pred[ids], dtype=np.float64)) if len(ids) else None

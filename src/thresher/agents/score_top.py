@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from thresher.agents.base import SelectionContext, Selector, resolve_budget, selection_digest
+from thresher.agents.base import SelectionContext, Selector, drop_heldout, resolve_budget, selection_digest
 from thresher.agents.config import SelectorConfig
 from thresher.utils.errors import ThresherError
 from thresher.utils.seeding import rng
@@ -60,14 +60,15 @@ def embedding_column(cfg_data, selector: SelectorConfig | None = None) -> str:
 
 
 def require_scores(ctx: SelectionContext, column: str, policy: str, labeler: str) -> np.ndarray:
-    """The (n_docs,) float column ``column`` of the context, or a one-line error naming the labeler."""
+    """The (n_docs,) float column ``column`` of the context (NaN, never selected, at held-out docs), or a
+    one-line error naming the labeler."""
     if not ctx.scores or column not in ctx.scores:
         raise ThresherError(f"policy {policy} needs the float label column {column!r}, which is missing; "
                             f"run `thresher label <store> --out <labels> --labelers {labeler}`")
     v = np.asarray(ctx.scores[column])
     if v.shape != (ctx.n_docs,):
         raise ThresherError(f"label column {column!r} has shape {v.shape}, the pool has {ctx.n_docs} docs")
-    return v
+    return drop_heldout(v.copy(), ctx) if ctx.heldout is not None and len(ctx.heldout) else v
 
 
 # ------------------------------------------------------------------------------------- selection
@@ -180,6 +181,7 @@ class DsirSelector(Selector):
         self.budget_docs, self.budget_tokens = resolve_budget(self.cfg, ctx)
 
     def initial_selection(self) -> np.ndarray:
+        # logw is NaN at held-out docs (require_scores), and so are their keys: never selected
         keys = gumbel_keys(self.logw, self.ctx.n_docs, 1.0, rng(self.cfg.seed, "selector", self.name))
         ids = select_band(keys, self.ctx.doc_lengths, "high", self.budget_docs, self.budget_tokens)
         self._set_selection(ids)

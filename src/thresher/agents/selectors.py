@@ -69,10 +69,10 @@ class _StagedSelector(Selector):
         self.budget_docs, self.budget_tokens = resolve_budget(self.cfg, ctx)
         self.categories = {c: _categories(ctx, c) for c in columns}
         lengths = np.asarray(ctx.doc_lengths)
-        self.index = (cached_cell_index(ctx.labels, columns, lengths, ctx.cell_cache) if ctx.cell_cache
-                      else build_cell_index(ctx.labels, columns, lengths))
+        self.index = (cached_cell_index(ctx.labels, columns, lengths, ctx.cell_cache, heldout=ctx.heldout)
+                      if ctx.cell_cache else build_cell_index(ctx.labels, columns, lengths, ctx.heldout))
         if self.index.key is None:
-            self.index.key = cell_index_key(ctx.labels, columns, lengths)
+            self.index.key = cell_index_key(ctx.labels, columns, lengths, ctx.heldout)
 
     def _random_stage(self) -> np.ndarray:
         """Algorithm 1 line 2: D_k as a uniformly random subset at the budget."""
