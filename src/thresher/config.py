@@ -44,12 +44,26 @@ class DataConfig:
     # <labels>/cache (<out>/cache if the label table's folder is read-only), "memory" builds it in each
     # process's memory instead; `thresher cache prune` deletes folders unused for a while
     cell_index_cache: str = ""
+    # held-out pool documents (evaluate/heldout.py): per value of the category column heldout_column, up to
+    # heldout_docs documents drawn by heldout_seed (not the run's seed: every policy and seed of an experiment
+    # holds out the same ids), cut to heldout_tokens evaluated tokens (each document counted up to
+    # train.eval_max_len). No policy may select them; the trainer evaluates their loss per value next to the
+    # reference loss (heldout_loss/<value>). 0 = off, the default: on, it would change the pool of every
+    # existing config, and a run folder saved before this option (which then reads as on) would resume with
+    # a checkpointed selection that may hold the held-out documents (the experiment configs turn it on)
+    heldout_docs: int = 0
+    heldout_column: str = "domain"  # label-table category column to stratify by (a table column name)
+    heldout_tokens: int = 262144  # per value: at most this many evaluated tokens
+    heldout_seed: int = 0  # the draw's seed, independent of the run's seed
 
     def validate(self) -> None:
         if not 0 < self.reference_eval_fraction < 1:
             raise ThresherError(f"data.reference_eval_fraction = {self.reference_eval_fraction}: expected a "
                                 f"fraction strictly between 0 and 1 (each reference task is split into a reward "
                                 f"part and an eval part, neither may be empty)")
+        if self.heldout_docs < 0 or self.heldout_tokens <= 0:
+            raise ThresherError(f"data.heldout_docs = {self.heldout_docs} and data.heldout_tokens = "
+                                f"{self.heldout_tokens}: expected heldout_docs >= 0 (0 = off) and heldout_tokens > 0")
 
 
 @dataclass
@@ -105,6 +119,9 @@ def check_run_inputs(cfg: RunConfig) -> None:
     missing = [c for c in need if c not in have]
     if missing:
         raise missing_labels_error(cfg.selector.policy, need, missing, sorted(have))
+    from thresher.evaluate.heldout import check_heldout_column
+
+    check_heldout_column(cfg.data, table)
     if not cfg.data.reference:
         raise ThresherError("data.reference is empty: name at least one reference task JSONL")
     absent = [str(p) for p in cfg.data.reference.values() if not Path(p).exists()]

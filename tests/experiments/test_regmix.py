@@ -122,7 +122,7 @@ def test_regmix_end_to_end_resumes_and_feeds_init_file(base, tmp_path, monkeypat
 
     rc = copy.deepcopy(base)  # build_run fills in derived fields
     rc.selector.init_file = str(init)
-    _, selector, _ = build_run(rc)
+    _, selector, _, _ = build_run(rc)
     agent = next(a for a in selector.console.agents if a.name == "domain")
     assert agent.weights == pytest.approx([data["domain"][c] for c in cats])
     assert "cv_spearman" in read_json(tmp_path / "rm/regmix.json") and (tmp_path / "rm/results.md").exists()

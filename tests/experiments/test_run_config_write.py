@@ -30,7 +30,7 @@ class _Store:
 def _fake_build_run(cfg):
     store, sel = _Store(), RandomSelector()
     sel.setup(SelectionContext(store.lengths, Labels(), budget_docs=8, seed=cfg.seed))
-    return store, sel, {}
+    return store, sel, {}, {}
 
 
 def test_refused_resume_keeps_the_runs_config(tmp_path, monkeypatch):

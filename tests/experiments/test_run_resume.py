@@ -136,7 +136,7 @@ def test_mates_runs_see_how_their_embedding_column_was_computed(world, tmp_path)
     LabelTable.write(labels, n, {"my_emb": tmp_path / "emb.npy"}, {"my_emb": {"kind": "embedding", "provenance": prov}})
     rc.data = dataclasses.replace(rc.data, labels=str(labels), label_columns={**rc.data.label_columns, "embedding": "my_emb"})
     rc.selector = dataclasses.replace(rc.selector, policy="mates")
-    _, selector, _ = build_run(rc)
+    _, selector, _, _ = build_run(rc)
     assert selector.ctx.embedding_provenance == prov
 
 

@@ -138,10 +138,14 @@ def agent_labels(cfg: RunConfig, table) -> Labels:
 
 
 def build_run(cfg: RunConfig):
-    """Open the data and build (store, selector, eval tasks) for ``cfg``."""
+    """Open the data and build (store, selector, reference eval tasks, held-out tasks) for ``cfg``.
+
+    The held-out pool documents (``data.heldout_docs``) are taken out of the selectable pool here, once: the
+    selection context carries their ids, so no policy can select them."""
     from thresher.agents.policies import build_selector
     from thresher.agents.score_top import embedding_column, numeric_context_fields
     from thresher.corpus.store import TokenStore
+    from thresher.evaluate.heldout import heldout_groups, heldout_tasks
     from thresher.labels.table import LabelTable
 
     store = TokenStore.open(cfg.data.store)
@@ -153,14 +157,16 @@ def build_run(cfg: RunConfig):
                             f"(same size, other documents or order): relabel this store, or point data.store at the right one")
     reward_tasks, eval_tasks = load_reference(cfg, store.tokenizer())
     cfg.influence.pad_id = store.pad_id
+    heldout = heldout_groups(cfg.data, table, store.lengths, cfg.train.eval_max_len)
+    held_ids = np.sort(np.concatenate(list(heldout.values()))) if heldout else None
     fit_ids = np.sort(rng(cfg.seed, "influence-fit").choice(store.n_docs, min(cfg.data.influence_fit_docs, store.n_docs), replace=False))
     rewards = LazyInfluenceRewards(cfg.influence, reward_tasks, store, fit_ids)
     scores, embeddings = numeric_context_fields(cfg.data, table, cfg.selector)
     emb_prov = table.provenance(embedding_column(cfg.data, cfg.selector)) if embeddings is not None else None
     ctx = SelectionContext(doc_lengths=np.asarray(store.lengths), labels=agent_labels(cfg, table), rewards=rewards,
                            seed=cfg.seed, scores=scores, embeddings=embeddings, embedding_provenance=emb_prov,
-                           cell_cache=cell_index_cache(cfg))
-    return store, build_selector(cfg.selector, ctx), eval_tasks
+                           cell_cache=cell_index_cache(cfg), heldout=held_ids)
+    return store, build_selector(cfg.selector, ctx), eval_tasks, heldout_tasks(store, heldout, cfg.train.eval_max_len)
 
 
 def cell_index_cache(cfg: RunConfig) -> str | None:
@@ -188,14 +194,15 @@ def run(cfg: RunConfig, resume: bool = False, callbacks=()) -> dict:
         check_resume_config(cfg, out)
     make_dir(out)
     save_config = SaveRunConfig(cfg)  # as given: build_run fills in derived fields
-    store, selector, eval_tasks = build_run(cfg)
-    print0(f"[{selector.name}] {store.n_docs} docs in the pool; training {cfg.train.model_config().name} for "
+    store, selector, eval_tasks, heldout = build_run(cfg)
+    held = f" ({sum(len(t) for t in heldout.values())} held out for evaluation)" if heldout else ""
+    print0(f"[{selector.name}] {store.n_docs} docs in the pool{held}; training {cfg.train.model_config().name} for "
            f"{cfg.train.steps} steps -> {out}")
     save = cfg.selector.saves_selections(store.n_docs)
     if not save and cfg.selector.save_selections == "auto":
         print0(f"selections: not saved to {out / SELECTIONS} ({store.n_docs:,} docs in the pool, more than "
                f"{AUTO_SAVE_MAX_DOCS:,}); --set selector.save_selections=always saves them")
-    summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, resume=resume,
+    summary = train(cfg.train, store, selector, out, eval_tasks=eval_tasks, heldout_tasks=heldout, resume=resume,
                     callbacks=[save_config, SelectorLog(out, save), *callbacks],
                     tokenizer=hf_tokenizer(store))  # SelectorLog has written every update of the log
     return summary

@@ -27,22 +27,28 @@ class Callback:
 
 
 class Evaluate(Callback):
-    """Reference loss per task every ``every`` steps and at the last step (keys ``ref_loss/<task>``)."""
+    """Every ``every`` steps and at the last step: the reference loss per task (keys ``ref_loss/<task>``) and the
+    held-out pool loss per label value (``heldout_loss/<value>``, evaluate/heldout.py), both by ``reference_loss``.
+    Evaluation draws no random numbers (eval mode, no grad), so it leaves every RNG stream of training as it was."""
 
-    def __init__(self, tasks: dict, every: int, batch_size: int, max_len: int, pad_id: int):
+    def __init__(self, tasks: dict, every: int, batch_size: int, max_len: int, pad_id: int,
+                 heldout: dict | None = None):
         self.tasks, self.every, self.batch_size, self.max_len, self.pad_id = tasks, every, batch_size, max_len, pad_id
+        self.heldout = heldout or {}
 
     def on_step_end(self, run, metrics):
         last = run.step == run.cfg.steps
-        if not self.tasks or not (last or (self.every > 0 and run.step % self.every == 0)):
+        if not (self.tasks or self.heldout) or not (last or (self.every > 0 and run.step % self.every == 0)):
             return
         from thresher.evaluate.refloss import reference_loss
 
-        for name, task in self.tasks.items():
-            loss = reference_loss(run.model, task, self.batch_size, self.max_len, run.dist.device, self.pad_id,
-                                  run.autocast_dtype, run.dist.rank, run.dist.world)  # each rank its share
-            metrics[f"ref_loss/{name}"] = loss
-            run.ref_losses[name] = loss
+        for kind, tasks, into in (("ref_loss", self.tasks, run.ref_losses),
+                                  ("heldout_loss", self.heldout, run.heldout_losses)):
+            for name, task in tasks.items():
+                loss = reference_loss(run.model, task, self.batch_size, self.max_len, run.dist.device, self.pad_id,
+                                      run.autocast_dtype, run.dist.rank, run.dist.world)  # each rank its share
+                metrics[f"{kind}/{name}"] = loss
+                into[name] = loss
 
 
 class MetricsJsonl(Callback):

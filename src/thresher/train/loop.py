@@ -68,6 +68,7 @@ class Run:
     counters: dict = field(default_factory=lambda: {"tokens": 0, "selection_s": 0.0, "selection_flops": 0.0,
                                                     "train_flops": 0.0, "train_s": 0.0})
     ref_losses: dict = field(default_factory=dict)
+    heldout_losses: dict = field(default_factory=dict)  # held-out pool loss per label value (evaluate/heldout.py)
     losses: list = field(default_factory=list)
     compiled_layers: list = field(default_factory=list)  # compile_scope="layers": (layer, compiled forward)
 
@@ -88,7 +89,7 @@ class Run:
                 "loader": self.loader.state_dict(), "selector": self.selector.state_dict(),
                 "schedule": {"name": self.cfg.schedule, "step": self.step}, "world_size": self.dist.world,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "ref_losses": dict(self.ref_losses)}
+                "ref_losses": dict(self.ref_losses), "heldout_losses": dict(self.heldout_losses)}
 
     def save_checkpoint(self, keep_last: int = 2, keep_every: int = 0) -> Path | None:
         path = save_checkpoint(self.out_dir / "checkpoints", self.step, self.engine, self.optimizer,
@@ -228,6 +229,7 @@ def _resume(run: Run) -> bool:
     _warn_schedule_change(run.cfg, state)
     run.step, run.counters = int(state["step"]), dict(state["counters"])
     run.ref_losses = dict(state.get("ref_losses", {}))  # the last evaluation's, so a finished run still reports them
+    run.heldout_losses = dict(state.get("heldout_losses", {}))
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.selector.load_state_dict(state["selector"])
@@ -333,17 +335,22 @@ def _step_metrics(run: Run, step, loss, lr, gnorm, train_s, sel_s, sel_flops, ch
 
 
 # --- the entry point ---------------------------------------------------------------------------------------------
-def default_callbacks(cfg: TrainConfig, out_dir: Path, eval_tasks, pad_id: int) -> list[cb.Callback]:
+def default_callbacks(cfg: TrainConfig, out_dir: Path, eval_tasks, pad_id: int,
+                      heldout_tasks=None) -> list[cb.Callback]:
     cbs: list[cb.Callback] = [cb.Evaluate(eval_tasks or {}, cfg.eval_every, cfg.eval_batch_size, cfg.eval_max_len,
-                                          pad_id), cb.MetricsJsonl(out_dir / "metrics.jsonl", cfg.log_every)]
+                                          pad_id, heldout_tasks or {}),
+                              cb.MetricsJsonl(out_dir / "metrics.jsonl", cfg.log_every)]
     if cfg.tensorboard:
         cbs.append(cb.TensorBoard(out_dir / "tensorboard"))
     return cbs + [cb.Progress(), cb.Checkpoint(cfg.ckpt_every, cfg.keep_last, cfg.keep_every)]
 
 
 def train(cfg: TrainConfig, store, selector, out_dir, eval_tasks: dict | None = None, resume: bool = False,
-          callbacks: Sequence[cb.Callback] = (), tokenizer=None) -> dict:
+          callbacks: Sequence[cb.Callback] = (), tokenizer=None, heldout_tasks: dict | None = None) -> dict:
     """Train ``cfg.model`` on the documents ``selector`` picks from ``store``; return a summary dict.
+
+    ``eval_tasks`` (reference loss, ``ref_loss/<name>``) and ``heldout_tasks`` (held-out pool loss per label
+    value, ``heldout_loss/<name>``) are ReferenceTasks evaluated every ``cfg.eval_every`` steps and at the end.
 
     The caller has run ``selector.setup(ctx)``; ``initial_selection()`` is called here unless the
     selector already has a selection (``version > 0``) or one is restored from a checkpoint.
@@ -365,7 +372,7 @@ def train(cfg: TrainConfig, store, selector, out_dir, eval_tasks: dict | None = 
             selector.initial_selection()
         if d.rank == 0:
             atomic_write_json(out_dir / "train_config.json", cfg.to_dict())
-        cbs = default_callbacks(cfg, out_dir, eval_tasks, store.pad_id) + list(callbacks)
+        cbs = default_callbacks(cfg, out_dir, eval_tasks, store.pad_id, heldout_tasks) + list(callbacks)
         for c in cbs:
             c.on_train_start(run)
         while run.step < cfg.steps and not run.should_stop:
@@ -393,6 +400,6 @@ def _finish(run: Run, tokenizer) -> dict:
         barrier(run.dist)
     c = run.counters
     return {"step": run.step, "finished": finished, "losses": list(run.losses), "ref_losses": dict(run.ref_losses),
-            "tokens": c["tokens"], "train_seconds": c["train_s"], "selection_seconds": c["selection_s"],
-            "selection_flops": c["selection_flops"], "train_flops": c["train_flops"], "model_dir": model_dir,
-            "out_dir": str(run.out_dir)}
+            "heldout_losses": dict(run.heldout_losses), "tokens": c["tokens"], "train_seconds": c["train_s"],
+            "selection_seconds": c["selection_s"], "selection_flops": c["selection_flops"],
+            "train_flops": c["train_flops"], "model_dir": model_dir, "out_dir": str(run.out_dir)}
