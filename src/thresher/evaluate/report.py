@@ -10,6 +10,7 @@ from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_path, atomic_write_text
 
 REF_PREFIX = "ref_loss/"
+HELDOUT_PREFIX = "heldout_loss/"  # held-out pool loss per label value (evaluate/heldout.py)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -25,20 +26,33 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def ref_curves(metrics: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-    """task -> (steps, losses) from the trainer's metrics rows carrying ``ref_loss/<task>`` keys."""
+def ref_curves(metrics: list[dict], prefix: str = REF_PREFIX) -> dict[str, tuple[list[int], list[float]]]:
+    """task -> (steps, losses) from the trainer's metrics rows carrying ``ref_loss/<task>`` keys (``prefix``
+    HELDOUT_PREFIX: label value -> the held-out pool loss)."""
     curves: dict[str, tuple[list[int], list[float]]] = {}
     for row in metrics:
         for k, v in row.items():
-            if k.startswith(REF_PREFIX) and v is not None:
-                steps, vals = curves.setdefault(k[len(REF_PREFIX):], ([], []))
+            if k.startswith(prefix) and v is not None:
+                steps, vals = curves.setdefault(k[len(prefix):], ([], []))
                 steps.append(int(row["step"]))
                 vals.append(float(v))
     return curves
 
 
-def final_ref_losses(metrics: list[dict]) -> dict[str, float]:
-    return {task: vals[-1] for task, (_, vals) in ref_curves(metrics).items() if vals}
+def final_ref_losses(metrics: list[dict], prefix: str = REF_PREFIX) -> dict[str, float]:
+    return {task: vals[-1] for task, (_, vals) in ref_curves(metrics, prefix).items() if vals}
+
+
+def final_table(finals: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown rows: policy, one column per key, and the mean over keys (only for a policy that has every key:
+    a mean over fewer would not compare)."""
+    keys = sorted({t for f in finals.values() for t in f})
+    lines = ["| policy | " + " | ".join(keys) + " | mean |", "|---|" + "---:|" * (len(keys) + 1)]
+    for p, f in finals.items():
+        vals = [f.get(t) for t in keys]
+        mean = "-" if None in vals else f"{sum(vals) / len(vals):.4f}"
+        lines.append(f"| {p} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + f" | {mean} |")
+    return lines
 
 
 def _savefig(fig: Any, path: Path) -> None:
@@ -158,15 +172,13 @@ def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thres
     metrics = {p: read_jsonl(Path(d) / "metrics.jsonl") for p, d in runs.items()}
     plot_ref_losses(metrics, out_dir / "ref_loss.png")
     lines = [f"# {title}", "", "## Final reference loss (mean NLL per continuation token; lower is better)", ""]
-    finals = {p: final_ref_losses(m) for p, m in metrics.items()}
-    tasks = sorted({t for f in finals.values() for t in f})
-    lines.append("| policy | " + " | ".join(tasks) + " | mean |")
-    lines.append("|---|" + "---:|" * (len(tasks) + 1))
-    for p, f in finals.items():
-        vals = [f.get(t) for t in tasks]
-        mean = "-" if None in vals else f"{sum(vals) / len(vals):.4f}"  # a mean over fewer tasks would not compare
-        lines.append(f"| {p} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + f" | {mean} |")
+    lines += final_table({p: final_ref_losses(m) for p, m in metrics.items()})
     lines += ["", "![reference loss](ref_loss.png)", ""]
+    heldout = {p: final_ref_losses(m, HELDOUT_PREFIX) for p, m in metrics.items()}
+    if any(heldout.values()):
+        lines += ["## Final held-out pool loss per domain (per value of data.heldout_column: mean NLL per token of "
+                  "held-out pool documents that no policy could select; lower is better)", "",
+                  *final_table(heldout), ""]
     lines += compute_table(runs)
     for p, d in runs.items():
         log = read_jsonl(Path(d) / "selector_log.jsonl")

@@ -211,11 +211,12 @@ def _downstream(exp: ExperimentConfig, run_dir: Path) -> None:
 
 # --- the report ---------------------------------------------------------------------------------------------
 def collect(exp: ExperimentConfig) -> dict:
-    """name -> seed -> {ref: {task: loss}, tokens (trained), summary, curve: (steps, mean ref loss), curve_tokens
+    """name -> seed -> {ref: {task: loss}, heldout: {label value: held-out pool loss}, tokens (trained), summary,
+    curve: (steps, mean ref loss), curve_tokens
     (tokens trained at those steps), ref_at_tokens: {tokens: {task: loss}} at every evaluation, downstream?}
     of finished runs."""
     from thresher.evaluate.downstream import RESULTS_FILE
-    from thresher.evaluate.report import final_ref_losses, read_jsonl, ref_curves
+    from thresher.evaluate.report import HELDOUT_PREFIX, final_ref_losses, read_jsonl, ref_curves
 
     runs: dict = {}
     for name in exp.policies:
@@ -231,7 +232,8 @@ def collect(exp: ExperimentConfig) -> dict:
             mean_curve = [sum(by_step[t][st] for t in by_step) / len(by_step) for st in steps]
             tokens_at = {int(m["step"]): int(m["tokens"]) for m in metrics if "step" in m and "tokens" in m}
             summary = read_json(d / SUMMARY)
-            row = {"dir": str(d), "ref": ref, "tokens": summary.get("tokens"), "summary": summary,
+            row = {"dir": str(d), "ref": ref, "heldout": final_ref_losses(metrics, HELDOUT_PREFIX),
+                   "tokens": summary.get("tokens"), "summary": summary,
                    "curve": [steps, mean_curve], "curve_tokens": [tokens_at.get(st) for st in steps],
                    "ref_at_tokens": {}}
             for t, st_loss in by_step.items():
@@ -261,19 +263,20 @@ def _fmt(mean: float, half: float | None, scale: float = 1.0, digits: int = 3) -
     return f"{mean * scale:.{digits}f}" + ("" if half is None else f" ± {half * scale:.{digits}f}")
 
 
-def ref_table(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
-    """Markdown rows of the reference-loss table + its numbers (per task and mean over tasks).
+def ref_table(exp: ExperimentConfig, runs: dict, key: str = "ref") -> tuple[list[str], dict]:
+    """Markdown rows of the reference-loss table + its numbers (per task and mean over tasks); ``key`` "heldout":
+    the same table of the held-out pool loss per label value.
 
     A seed's "mean" is over every task (a seed that lacks one is left out of the mean column, not averaged
     over fewer tasks); the difference to the baseline is the mean of per-seed differences over the seeds
     both have (paired: equal to the difference of means when the seed sets agree), with their count."""
-    tasks = sorted({t for seeds in runs.values() for r in seeds.values() for t in r["ref"]})
+    tasks = sorted({t for seeds in runs.values() for r in seeds.values() for t in r.get(key, {})})
     numbers: dict = {}
     per_seed_mean: dict = {}
     for name, seeds in runs.items():
-        per = {t: [r["ref"][t] for r in seeds.values() if t in r["ref"]] for t in tasks}
-        per_seed_mean[name] = {s: sum(r["ref"][t] for t in tasks) / len(tasks) for s, r in sorted(seeds.items())
-                               if tasks and all(t in r["ref"] for t in tasks)}
+        per = {t: [r[key][t] for r in seeds.values() if t in r.get(key, {})] for t in tasks}
+        per_seed_mean[name] = {s: sum(r[key][t] for t in tasks) / len(tasks) for s, r in sorted(seeds.items())
+                               if tasks and all(t in r.get(key, {}) for t in tasks)}
         per["mean"] = list(per_seed_mean[name].values())
         numbers[name] = {k: {"values": v, "mean_ci": mean_ci(v, exp.confidence) if v else None}
                          for k, v in per.items()} | {"seeds": sorted(seeds), "mean_seeds": sorted(per_seed_mean[name])}
@@ -287,21 +290,57 @@ def ref_table(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
         cells += [_fmt(*num[t]["mean_ci"]) if num[t]["mean_ci"] else "-" for t in tasks + ["mean"]]
         vals = num["mean"]["values"]
         delta = "-"
-        shared = sorted(set(per_seed_mean[name]) & set(base))
-        if shared and name != exp.baseline:
-            mine, theirs = [per_seed_mean[name][s] for s in shared], [base[s] for s in shared]
-            d, half = mean_ci([a - b for a, b in zip(mine, theirs)], exp.confidence)  # paired: per-seed differences
-            noise = max(_range(mine), _range(theirs))
-            big = bool(len(shared) > 1 and abs(d) > noise)
-            partial = len(shared) < max(len(per_seed_mean[name]), len(base))  # the seed sets differ
-            delta = (f"{d:+.3f}" + ("" if half is None else f" ± {half:.3f}") + (" *" if big else "")
-                     + (f" ({len(shared)} shared seeds)" if partial else ""))
-            num["delta_vs_baseline"], num["exceeds_seed_range"], num["delta_seeds"] = d, big, shared
-            num["delta_ci"] = half  # half-width of the paired Student-t interval (None for one shared seed)
-        elif name != exp.baseline and vals:
-            delta = "n/a (no seed shared with the baseline)"
+        if name != exp.baseline:
+            delta, info = paired_delta(per_seed_mean[name], base, exp.confidence)
+            num.update(info)
         cells += [delta, f"{_range(vals):.3f}" if len(vals) > 1 else "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines, numbers
+
+
+def paired_delta(mine: dict, base: dict, confidence: float) -> tuple[str, dict]:
+    """The cell and numbers of a difference to the baseline, from per-seed values (seed -> value) of a policy and
+    the baseline: the mean of the per-seed differences over the seeds both have ± their paired Student-t interval,
+    starred when larger than both seed ranges, with the count of shared seeds when the seed sets differ."""
+    shared = sorted(set(mine) & set(base))
+    if not shared:
+        return ("n/a (no seed shared with the baseline)" if mine else "-"), {}
+    a, b = [mine[s] for s in shared], [base[s] for s in shared]
+    d, half = mean_ci([x - y for x, y in zip(a, b)], confidence)
+    big = bool(len(shared) > 1 and abs(d) > max(_range(a), _range(b)))
+    partial = len(shared) < max(len(mine), len(base))  # the seed sets differ
+    cell = (f"{d:+.3f}" + ("" if half is None else f" ± {half:.3f}") + (" *" if big else "")
+            + (f" ({len(shared)} shared seeds)" if partial else ""))
+    # delta_ci: half-width of the paired Student-t interval (None for one shared seed)
+    return cell, {"delta_vs_baseline": d, "exceeds_seed_range": big, "delta_seeds": shared, "delta_ci": half}
+
+
+def heldout_rows(exp: ExperimentConfig, runs: dict) -> tuple[list[str], dict]:
+    """The held-out pool loss per label value: the reference table's layout, then each value's paired difference to
+    the baseline (does a policy win on the reference tasks by giving up other domains?)."""
+    if not any(r.get("heldout") for seeds in runs.values() for r in seeds.values()):
+        return [], {}
+    table, numbers = ref_table(exp, runs, "heldout")
+    values = sorted({v for seeds in runs.values() for r in seeds.values() for v in r.get("heldout", {})})
+    base = runs.get(exp.baseline, {})
+    deltas = ["| policy | " + " | ".join(values) + " |", "|---|" + "---:|" * len(values)]
+    for name, seeds in runs.items():
+        if name == exp.baseline:
+            continue
+        cells = []
+        for v in values:
+            cell, info = paired_delta({s: r["heldout"][v] for s, r in seeds.items() if v in r.get("heldout", {})},
+                                      {s: r["heldout"][v] for s, r in base.items() if v in r.get("heldout", {})},
+                                      exp.confidence)
+            cells.append(cell)
+            numbers[name].setdefault(v, {})["delta"] = info
+        deltas.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines = ["## Held-out pool loss per domain", "",
+             "Mean NLL per token of held-out pool documents (the same ids for every policy and seed; no policy could "
+             "select them), per value of `data.heldout_column`, at the end of training; mean ± interval over seeds "
+             "as above, `mean` is the unweighted mean over the values.", "", *table, "",
+             f"Per value, Δ vs {exp.baseline} (paired over seeds as above; positive: the policy is worse there "
+             f"than {exp.baseline}):", "", *deltas, ""]
     return lines, numbers
 
 
@@ -475,6 +514,8 @@ def write_results(exp: ExperimentConfig) -> Path:
     lines += table + [""]
     equal, equal_numbers = equal_tokens_rows(exp, runs) if runs else ([], {})
     lines += equal
+    held, held_numbers = heldout_rows(exp, runs) if runs else ([], {})
+    lines += held
     if runs:
         plot_curves(runs, out / "curves.png")
         lines += ["![reference loss over training](curves.png)", ""]
@@ -491,10 +532,10 @@ def write_results(exp: ExperimentConfig) -> Path:
     missing = [f"{n}/seed{s}" for n in exp.policies for s in exp.seeds if s not in runs.get(n, {})]
     if missing:
         lines += ["Not finished yet: " + ", ".join(missing), ""]
-    atomic_write_json(out / "results.json", {"reference_loss": numbers, "equal_tokens": equal_numbers, "runs": {
-        n: {str(s): {k: r[k] for k in ("dir", "ref", "tokens", "summary", "curve", "curve_tokens", "downstream")
-                     if k in r}
-            for s, r in seeds.items()} for n, seeds in runs.items()}})
+    kept = ("dir", "ref", "heldout", "tokens", "summary", "curve", "curve_tokens", "downstream")
+    atomic_write_json(out / "results.json", {"reference_loss": numbers, "equal_tokens": equal_numbers,
+                                             "heldout_loss": held_numbers, "runs": {
+        n: {str(s): {k: r[k] for k in kept if k in r} for s, r in seeds.items()} for n, seeds in runs.items()}})
     path = out / "results.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
