@@ -17,6 +17,7 @@ from thresher.train.checkpoint import apply_retention, list_checkpoints, step_di
 from thresher.train.config import TrainConfig
 from thresher.train.loop import train
 from thresher.utils.errors import SettingsMismatchError, ThresherError
+from thresher.utils.io import writer_tag
 
 
 def _steps(out):
@@ -136,7 +137,7 @@ def test_checkpoint_files_and_folders_are_fsynced(tmp_path, monkeypatch):
     monkeypatch.setattr(ck.os, "fsync", spy)
     train(tiny_config(steps=2, ckpt_every=2), pattern_store(), _sel(), tmp_path)
     root = str(tmp_path / "checkpoints")
-    tmp = f"{root}/.tmp-step_000002-{os.getpid()}"
+    tmp = f"{root}/.tmp-step_000002-{writer_tag()}"
     mine = [p for p in synced if p.startswith(root)]  # each file, then its folder (before the rename), then root
     assert set(mine[:3]) == {f"{tmp}/{f}" for f in ("model.safetensors", "optim.pt", "trainer.pt")}
     assert mine[3:] == [tmp, root]
@@ -156,18 +157,31 @@ def test_failed_save_leaves_no_temp_folder(tmp_path, monkeypatch):
     assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
+def _leftover_tags(dead: int, alive: int) -> dict[str, list[str]]:
+    """Host-PID tags of the writers of leftover folders, by whose they are: this machine's dead or ``alive``
+    process's (each also under the untagged name of before host tags: this machine's), and another machine's (a run
+    folder on a shared file system, where a PID dead there may be a live one here and the reverse)."""
+    from thresher.utils.io import _HOST
+
+    other = "000000" if _HOST != "000000" else "111111"
+    return {"dead": [f"{_HOST}-{dead}", str(dead)], "alive": [f"{_HOST}-{alive}", str(alive)],
+            "elsewhere": [f"{other}-{dead}", f"{other}-{alive}"]}
+
+
 def test_stale_temp_folders_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     alive = subprocess.Popen(["sleep", "60"])
     try:
         root = tmp_path / "checkpoints"
-        for pid in (dead.pid, alive.pid):
+        tags = _leftover_tags(dead.pid, alive.pid)
+        for tag in sum(tags.values(), []):
             for kind in ("tmp", "old"):  # a save in progress; the step it was replacing (killed before rmtree)
-                (root / f".{kind}-step_000002-{pid}").mkdir(parents=True)
-                (root / f".{kind}-step_000002-{pid}" / "optim.pt").write_bytes(b"partial")
+                (root / f".{kind}-step_000002-{tag}").mkdir(parents=True)
+                (root / f".{kind}-step_000002-{tag}" / "optim.pt").write_bytes(b"partial")
         train(tiny_config(steps=2), pattern_store(), _sel(), tmp_path, resume=True)
-        assert sorted(p.name for p in root.iterdir()) == [f".old-step_000002-{alive.pid}", f".tmp-step_000002-{alive.pid}"]
+        kept = [f".{kind}-step_000002-{tag}" for tag in tags["alive"] + tags["elsewhere"] for kind in ("tmp", "old")]
+        assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == sorted(kept)
     finally:
         alive.kill()
         alive.wait()
@@ -176,12 +190,15 @@ def test_stale_temp_folders_of_dead_processes_are_removed(tmp_path):
 def test_an_export_killed_mid_way_is_cleaned_up_by_the_next_one(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    for kind in ("tmp", "old"):  # save_pretrained cut short; the final/ being replaced, moved aside
-        (tmp_path / f".{kind}-final-{dead.pid}").mkdir()
-        (tmp_path / f".{kind}-final-{dead.pid}" / "model.safetensors").write_bytes(b"partial")
+    tags = _leftover_tags(dead.pid, os.getpid())  # "alive": this process's own, of an earlier export that failed
+    for tag in sum(tags.values(), []):
+        for kind in ("tmp", "old"):  # save_pretrained cut short; the final/ being replaced, moved aside
+            (tmp_path / f".{kind}-final-{tag}").mkdir()
+            (tmp_path / f".{kind}-final-{tag}" / "model.safetensors").write_bytes(b"partial")
     train(tiny_config(steps=2, export=True), pattern_store(), _sel(), tmp_path)
     first = (tmp_path / "final" / "model.safetensors").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    kept = [f".{kind}-final-{tag}" for tag in tags["elsewhere"] for kind in ("tmp", "old")]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(kept)
     assert first and (tmp_path / "final" / "config.json").is_file()
 
 

@@ -28,10 +28,12 @@ from safetensors.torch import load_model, save_model
 from thresher.influence.distributed import is_fsdp
 from thresher.train.loss import CausalLMWithLoss
 from thresher.utils.errors import ThresherError
-from thresher.utils.io import pid_alive
+from thresher.utils.io import dead_writer, writer_tag
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-_TMP_DIR = re.compile(r"^\.(?:tmp|old)-step_\d+-(\d+)$")  # a save in progress, or the step it replaces
+# a save in progress, or the step it replaces: ".tmp-step_000100-<host>-<pid>" (before host tags: "-<pid>" alone)
+_WRITER = r"-(?:([0-9a-f]{6})-)?(\d+)$"
+_TMP_DIR = re.compile(r"^\.(?:tmp|old)-step_\d+" + _WRITER)
 
 
 # --- selector / numpy state <-> weights_only-safe containers --------------------------------------
@@ -100,7 +102,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, traine
     if not is_rank0:
         return None
     root = Path(root)
-    final, tmp = root / f"step_{step:06d}", root / f".tmp-step_{step:06d}-{os.getpid()}"
+    final, tmp = root / f"step_{step:06d}", root / f".tmp-step_{step:06d}-{writer_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -120,7 +122,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, traine
         if isinstance(e, OSError):
             raise ThresherError(f"could not write checkpoint {final}: {e}") from e
         raise
-    trash = root / f".old-{final.name}-{os.getpid()}"
+    trash = root / f".old-{final.name}-{writer_tag()}"
     if final.exists():  # re-reaching a step after resuming from an earlier checkpoint
         os.replace(final, trash)
     os.replace(tmp, final)
@@ -140,20 +142,22 @@ def _fsync(path: Path) -> None:
 
 
 def remove_stale_temp(root: str | os.PathLike) -> list[Path]:
-    """Remove ``.tmp-step_*-PID`` folders of saves that died (PID gone, or this process: none is running), and
-    ``.old-step_*-PID`` ones: the earlier copy of a step a save was replacing when it died (a whole checkpoint)."""
+    """Remove ``.tmp-step_*-HOST-PID`` folders of saves that died (on this machine: PID gone, or this process: none
+    is running), and ``.old-step_*-HOST-PID`` ones: the earlier copy of a step a save was replacing when it died (a
+    whole checkpoint). Another machine's (a run folder on a shared file system) are kept: its PIDs are not checkable."""
     return _remove_dead_writers(Path(root), _TMP_DIR)
 
 
 def _remove_dead_writers(folder: Path, pattern: re.Pattern) -> list[Path]:
-    """Remove the folders in ``folder`` whose name ``pattern`` matches with a writer's PID as group 1, where that
-    writer is gone or is this process (which is not writing them now)."""
+    """Remove the folders in ``folder`` whose name ``pattern`` matches with a writer's host tag as group 1 (None:
+    an untagged older name, this machine's) and PID as group 2, where that writer ran on this machine and is gone
+    or is this process (which is not writing them now)."""
     removed = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
         m = pattern.match(p.name)
-        if m and (int(m.group(1)) == os.getpid() or not pid_alive(int(m.group(1)))):
+        if m and dead_writer(m.group(1), int(m.group(2)), this_process=True):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
@@ -236,7 +240,7 @@ def export_hf(model, out_dir: str | os.PathLike, tokenizer=None, state_dict: dic
     """A folder transformers' ``AutoModelForCausalLM.from_pretrained`` and lm-eval's ``hf`` model load."""
     out = Path(out_dir)
     _remove_dead_exports(out)  # this process's own tmp and trash included
-    tmp, trash = (out.parent / f".{kind}-{out.name}-{os.getpid()}" for kind in ("tmp", "old"))
+    tmp, trash = (out.parent / f".{kind}-{out.name}-{writer_tag()}" for kind in ("tmp", "old"))
     unwrap(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if tokenizer is not None:
         _save_tokenizer(tokenizer, tmp)
@@ -248,9 +252,10 @@ def export_hf(model, out_dir: str | os.PathLike, tokenizer=None, state_dict: dic
 
 
 def _remove_dead_exports(out: Path) -> None:
-    """Remove ``.tmp-<name>-PID`` / ``.old-<name>-PID`` folders beside ``out`` of exports killed mid-way (a whole
-    model each), and this process's own (an earlier export of it that failed would block the swap)."""
-    _remove_dead_writers(out.parent, re.compile(rf"^\.(?:tmp|old)-{re.escape(out.name)}-(\d+)$"))
+    """Remove ``.tmp-<name>-HOST-PID`` / ``.old-<name>-HOST-PID`` folders beside ``out`` of exports killed mid-way
+    on this machine (a whole model each), and this process's own (an earlier export of it that failed would block
+    the swap); another machine's are kept."""
+    _remove_dead_writers(out.parent, re.compile(rf"^\.(?:tmp|old)-{re.escape(out.name)}" + _WRITER))
 
 
 def _save_tokenizer(tokenizer, folder: Path) -> None:

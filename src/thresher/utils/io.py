@@ -45,7 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     # a folder it may not write raises PermissionError here, which callers with a fallback catch (a
     # read-only token store keeps its lengths in memory); the CLI prints any OSError as one line
     # host and PID in the name let remove_stale_temps tell a killed writer's leftover from a live one's
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give it
     tmp_path = Path(tmp)
@@ -61,6 +61,22 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]  # a share
 _TMP_FILE = re.compile(r"^\..+\.([0-9a-f]{6})-(\d+)\.[^.]+\.tmp$")  # atomic_path's ".<name>.<host>-<pid>.<random>.tmp"
 
 
+def writer_tag() -> str:
+    """``<host>-<pid>`` of this process, for the names of what it writes beside a shared folder's other machines
+    (see ``dead_writer``)."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+def dead_writer(host: str | None, pid: int, this_process: bool = False) -> bool:
+    """Whether a leftover tagged ``<host>-<pid>`` belongs to a writer that is gone: one on this machine (``host``
+    None: an untagged older name, taken as this machine's) whose PID does not run, or, with ``this_process`` (a
+    caller that knows it is not writing it now), is this process. Another machine's PID cannot be checked from
+    here (and may equal a live one here), so its leftovers are never taken as dead."""
+    if (host or _HOST) != _HOST:
+        return False
+    return (this_process and pid == os.getpid()) or not pid_alive(pid)
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     """Remove the atomic_path temporaries in ``folder`` whose writer died (kill -9 mid-write leaves them: a
     whole tokens.bin or labels.parquet each, never read again); a live process's, or another machine's, are kept."""
@@ -69,7 +85,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
         return removed
     for p in folder.iterdir():
         m = _TMP_FILE.match(p.name)
-        if m and m.group(1) == _HOST and int(m.group(2)) != os.getpid() and not pid_alive(int(m.group(2))):
+        if m and dead_writer(m.group(1), int(m.group(2))):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
