@@ -10,6 +10,7 @@ from thresher.evaluate.report import read_jsonl
 from thresher.experiments.demo import DemoConfig, _gather, run_config
 from thresher.experiments.run import run
 from thresher.train.callbacks import Callback, StopAt
+from thresher.train.checkpoint import list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +38,76 @@ def _trace(out: Path):
     return metrics, log
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(world, tmp_path_factory):
+    """policy -> the trace of an uninterrupted run under ``_config`` (each policy trained once per module)."""
+    traces = {}
+
+    def trace(policy):
+        if policy not in traces:
+            out = tmp_path_factory.mktemp("full") / policy
+            run(_config(world, policy, out))
+            traces[policy] = _trace(out)
+        return traces[policy]
+    return trace
+
+
 @pytest.mark.parametrize("policy", ["multi-agent", "multi-agent+quad", "quad"])
-def test_killed_and_resumed_run_equals_uninterrupted(world, tmp_path, policy):
-    run(_config(world, policy, tmp_path / "full"))
+def test_killed_and_resumed_run_equals_uninterrupted(world, uninterrupted, tmp_path, policy):
     run(_config(world, policy, tmp_path / "killed"), callbacks=[StopAt(30)])  # dies after the step-24 checkpoint
     run(_config(world, policy, tmp_path / "killed"), resume=True)
-    full, resumed = _trace(tmp_path / "full"), _trace(tmp_path / "killed")
+    full, resumed = uninterrupted(policy), _trace(tmp_path / "killed")
     assert [s for s, _ in full[0]] == list(range(1, 37))
     assert resumed[0] == full[0]  # bit-exact losses, step by step
     assert resumed[1] == full[1]  # the same agent updates, weights, theta and selections
     assert sum(1 for r in full[1] if r["step"] > 0) == 2  # updates at steps 12 and 24
+
+
+KILL_IN_SAVE = """
+import os, signal, sys
+import thresher.train.checkpoint as ck
+real, step = ck._fsync, sys.argv[1]
+def fsync(path):  # the step's files are written into its temporary folder, which is not yet renamed
+    if path.name.startswith(".tmp-step_" + step):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path)
+ck._fsync = fsync
+sys.argv = ["thresher", *sys.argv[2:]]
+from thresher.cli import main
+main()
+"""
+
+
+def test_thresher_train_killed_with_sigkill_resumes_to_the_uninterrupted_run(world, uninterrupted, tmp_path):
+    """`thresher train` under multi-agent+quad (console + Quad's bandit agent), kill -9 while it writes its step-36
+    checkpoint (the step-24 one holds the state after the step-12 update), then `thresher train --resume`: the
+    losses and every selection update equal an uninterrupted run's, and the half-written checkpoint is gone."""
+    import os
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from thresher.cli import app
+    from thresher.config import save_run_config
+
+    out = tmp_path / "killed"
+    config = save_run_config(_config(world, "multi-agent+quad", out), tmp_path)
+    (tmp_path / "kill.py").write_text(KILL_IN_SAVE)
+    env = {**os.environ, "THRESHER_NO_PROGRESS": "1"}
+    r = subprocess.run([sys.executable, str(tmp_path / "kill.py"), "000036", "train", "--config", str(config)], env=env)
+    assert r.returncode == -9
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [12, 24]  # and step 36's temporary folder
+    assert [p.name.split("-")[1] for p in (out / "checkpoints").glob(".tmp-*")] == ["step_000036"]
+    log = read_jsonl(out / "selector_log.jsonl")
+    assert [e["step"] for e in log] == [0, 12, 24]  # the update redone after the resume was made before the kill
+    r = CliRunner().invoke(app, ["train", "--config", str(config), "--resume"], env=env)
+    assert r.exit_code == 0, r.output
+    full, resumed = uninterrupted("multi-agent+quad"), _trace(out)
+    assert resumed[0] == full[0]  # bit-exact losses, step by step
+    assert [e["selection_sha1"] for e in resumed[1]] == [e["selection_sha1"] for e in full[1]]
+    assert resumed[1] == full[1]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000024", "step_000036"]
 
 
 @pytest.mark.parametrize("reuse", ["all", "eigenbasis"])
