@@ -385,3 +385,59 @@ def test_a_kill_of_the_main_process_ends_the_label_workers(tmp_path):
     script = tmp_path / "stuck.py"
     script.write_text(STUCK_LABEL)
     kill_main_only(*start_stuck(script, [str(tmp_path / "labels")], tmp_path / "marks"))
+
+
+RAY_STUCK = """
+import json, os, sys, time
+import ray
+from thresher.labels import InMemorySource, run_labelers
+from thresher.labels.quality import RuleQualityLabeler
+class StuckRules(RuleQualityLabeler):  # pickled by value into the Ray actors
+    def provenance(self):  # RuleQualityLabeler's: a rerun with that labeler resumes these shards
+        return {**super().provenance(), "labeler": "RuleQualityLabeler"}
+    def label(self, batch):  # shards from doc STUCK_FROM on take forever; marks that an actor is in one
+        if batch["doc_id"][0] >= int(os.environ["STUCK_FROM"]):
+            open(os.path.join(os.environ["MARKS"], str(os.getpid())), "w").close()
+            time.sleep(3600)
+        return super().label(batch)
+os.environ["STUCK_FROM"] = sys.argv[3]
+keep = ("MARKS", "STUCK_FROM", "THRESHER_NO_PROGRESS")
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+         runtime_env={"env_vars": {k: os.environ[k] for k in keep}})
+run_labelers(InMemorySource(json.load(open(sys.argv[1]))), [StuckRules()], sys.argv[2], executor="ray",
+             shard_size=10, batch_size=10, workers=1)
+"""
+
+
+@pytest.mark.slow
+def test_a_ray_label_job_killed_mid_way_resumes_to_the_uninterrupted_table(tmp_path, docs):
+    """kill -9 of the driver of a Ray label job while its actor is inside its third shard (one actor: the shards in
+    order, 2 done): the actor ends with it, and a rerun on Ray skips the finished shards and writes the table an
+    uninterrupted local run writes (the local executor's table equals Ray's: test above)."""
+    pytest.importorskip("ray")
+    import json
+    import subprocess
+
+    import ray
+
+    from process_helpers import kill_main_only, start_stuck
+
+    out = tmp_path / "labels"  # 24 docs: shards 0-9, 10-19 and 20-23
+    (tmp_path / "docs.json").write_text(json.dumps(docs))
+    (tmp_path / "stuck.py").write_text(RAY_STUCK)
+    p, actors = start_stuck(tmp_path / "stuck.py", [str(tmp_path / "docs.json"), str(out), "20"], tmp_path / "marks",
+                            n_workers=1, timeout=300, stderr=subprocess.DEVNULL)
+    kill_main_only(p, actors, timeout=60)
+    [work] = (out / "_work").iterdir()
+    done = {m.name: m.stat().st_mtime_ns for m in work.glob("*.done.json")}
+    assert sorted(done) == ["000000.done.json", "000001.done.json"] and not (out / "table.json").exists()
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"THRESHER_NO_PROGRESS": "1"}})
+        resumed = run_labelers(InMemorySource(docs), [RuleQualityLabeler()], out, executor="ray", shard_size=10,
+                               batch_size=10, keep_shards=True)
+    finally:
+        ray.shutdown()
+    assert {m: (work / m).stat().st_mtime_ns for m in done} == done  # the finished shards were not redone
+    assert len(list(work.glob("*.done.json"))) == 3
+    tables_equal(resumed, run_labelers(InMemorySource(docs), [RuleQualityLabeler()], tmp_path / "clean", shard_size=10))
