@@ -88,15 +88,26 @@ class _Eigen(Preconditioner):
                                     "gradient (each needs >= 2 tokens)")
             e_a, q_a = torch.linalg.eigh(A)
             e_g, q_g = torch.linalg.eigh(G)
-            s_inv = self._inverse_scale(e_a.clamp(min=0), e_g.clamp(min=0))
+            e_a, e_g = self._zero_noise(e_a.clamp(min=0)), self._zero_noise(e_g.clamp(min=0))
+            s_inv = self._inverse_scale(e_a, e_g)
             if s_inv is not None:
                 _check_finite(name, "inverse eigenvalues", s_inv)
-            qa.append(q_a), qg.append(q_g), inv.append(s_inv), ea.append(e_a.clamp(min=0)), eg.append(e_g.clamp(min=0))
+            qa.append(q_a), qg.append(q_g), inv.append(s_inv), ea.append(e_a), eg.append(e_g)
         self.state = {"Q_A": qa, "Q_G": qg, "inv": inv, "e_A": ea, "e_G": eg}
 
     @abstractmethod
     def _inverse_scale(self, e_a, e_g) -> torch.Tensor | None:
         """(r, c) elementwise 1/S in the eigenbasis (None: set later from Lambda)."""
+
+    def _zero_noise(self, s: torch.Tensor) -> torch.Tensor:
+        """Under zero damping, entries of ``s`` (eigenvalues, or EK-FAC's Lambda) at or below the rounding noise of
+        its largest (max x size x eps, numpy's matrix_rank tolerance) are set to exactly 0, so a singular factor gives
+        the not-finite error whatever the rounding: the inverse of noise would be a finite but meaningless 1e30.
+        With damping > 0 nothing changes (the damped inverse of noise is bounded and the exactness tests hold)."""
+        if self.cfg.damping != 0 or not s.numel():
+            return s
+        tol = float(s.max()) * max(s.shape) * torch.finfo(s.dtype).eps
+        return s.masked_fill(s <= tol, 0.0)
 
     def _damp(self, s: torch.Tensor) -> float:
         return self.cfg.damping * float(s.mean()) if self.cfg.damping_mode == "relative" else self.cfg.damping
@@ -175,6 +186,7 @@ class EKFAC(_Eigen):
         for name, lam in zip(names, lam_sums):
             lam = reduce(lam.clone()) / n
             _check_finite(name, "Lambda", lam)
+            lam = self._zero_noise(lam)
             inv.append(1.0 / (lam + self._damp(lam)))
             _check_finite(name, "inverse eigenvalues", inv[-1])  # a zero Lambda entry under zero damping
         self.state["inv"] = inv
