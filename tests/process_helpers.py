@@ -13,11 +13,20 @@ from pathlib import Path
 import pytest
 
 
+def child_env(**extra: str) -> dict:
+    """The environment of a child thresher process in a test: no progress bars, and this process's torch thread count
+    (OMP_NUM_THREADS), so a child's float results equal what this process computes (a matmul's rounding depends on
+    the number of threads, and an earlier test may have changed this process's)."""
+    import torch
+
+    return {**os.environ, "THRESHER_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
+
+
 def start_stuck(script: Path, args: list[str], marks: Path, n_workers: int = 2, timeout: float = 120, **popen):
     """Run ``script`` (its workers write a file named by their PID into ``marks`` and never finish) in its own
     process group; -> (process, worker PIDs) once every worker is inside its work."""
     marks.mkdir()
-    env = {**os.environ, "THRESHER_NO_PROGRESS": "1", "MARKS": str(marks)}
+    env = child_env(MARKS=str(marks))
     p = subprocess.Popen([sys.executable, str(script), *args], env=env, start_new_session=True, **popen)
     deadline = time.monotonic() + timeout
     while len(list(marks.iterdir())) < n_workers and p.poll() is None and time.monotonic() < deadline:

@@ -3,11 +3,13 @@ timeout must still have printed what it measured. CPU-only and fast (tiny models
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -23,6 +25,20 @@ def suite_commands() -> list[list[str]]:
             assert words[2] == "$PY", line
             cmds.append(words[3:])
     return cmds
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """A benchmark's main() sets torch's thread count (--threads) and its import an Inductor env var: neither may
+    outlive the test (later tests compare a child process's floats, on the default threads, with this process's)."""
+    threads, key = torch.get_num_threads(), "TORCHINDUCTOR_FORCE_DISABLE_CACHES"
+    env = os.environ.get(key)
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = env
 
 
 class _Parsed(Exception):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from process_helpers import child_env
 from thresher.evaluate.report import final_ref_losses, read_jsonl
 from thresher.experiments.demo import DemoConfig, run_demo
 
@@ -83,10 +84,9 @@ def test_a_demo_killed_mid_training_reruns_to_the_uninterrupted_demo(tmp_path):
     its step-12 checkpoint and update); the same demo rerun keeps random, resumes multi-agent and reports what an
     uninterrupted demo reports, wall times aside: every loss, selection, model weight and summary number."""
     import dataclasses
-    import os
 
     cfg = DemoConfig(n_docs=2500, seed=3, steps=24, update_every=12, samples_per_category=8)
-    env = {**os.environ, "THRESHER_NO_PROGRESS": "1"}
+    env = child_env()  # this process's thread count: bit-equal floats
     args = json.dumps(dataclasses.asdict(cfg))
     r = subprocess.run([sys.executable, "-c", KILLED_DEMO, args, str(tmp_path / "killed")], env=env)
     assert r.returncode == -9

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from process_helpers import child_env
 from thresher.evaluate.report import read_jsonl
 from thresher.experiments.demo import DemoConfig, _gather, run_config
 from thresher.experiments.run import run
@@ -82,7 +83,6 @@ def test_thresher_train_killed_with_sigkill_resumes_to_the_uninterrupted_run(wor
     """`thresher train` under multi-agent+quad (console + Quad's bandit agent), kill -9 while it writes its step-36
     checkpoint (the step-24 one holds the state after the step-12 update), then `thresher train --resume`: the
     losses and every selection update equal an uninterrupted run's, and the half-written checkpoint is gone."""
-    import os
     import subprocess
     import sys
 
@@ -94,7 +94,7 @@ def test_thresher_train_killed_with_sigkill_resumes_to_the_uninterrupted_run(wor
     out = tmp_path / "killed"
     config = save_run_config(_config(world, "multi-agent+quad", out), tmp_path)
     (tmp_path / "kill.py").write_text(KILL_IN_SAVE)
-    env = {**os.environ, "THRESHER_NO_PROGRESS": "1"}
+    env = child_env()  # this process's thread count: bit-equal floats
     r = subprocess.run([sys.executable, str(tmp_path / "kill.py"), "000036", "train", "--config", str(config)], env=env)
     assert r.returncode == -9
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [12, 24]  # and step 36's temporary folder
