@@ -1,5 +1,6 @@
 """Selectors end to end with a fake reward source of known per-category utilities."""
 
+import dataclasses
 import json
 import pickle
 
@@ -281,6 +282,14 @@ def test_budget_must_be_positive_and_a_whole_pool_budget_is_named(capsys):
     assert "budget_docs = 500 holds the whole pool (200 docs" in capsys.readouterr().out
     resolve_budget(SelectorConfig(budget_tokens=int(ctx.doc_lengths.sum())), ctx)
     assert "every document is selected" in capsys.readouterr().out
+    # held-out documents are not in the selectable pool: 190 docs hold all 200 - 10 of them
+    held = dataclasses.replace(ctx, heldout=np.arange(10, dtype=np.int64))
+    resolve_budget(SelectorConfig(budget_docs=190), held)
+    assert "budget_docs = 190 holds the whole pool (190 docs" in capsys.readouterr().out
+    resolve_budget(SelectorConfig(budget_tokens=int(ctx.doc_lengths[10:].sum())), held)
+    assert "held-out documents excluded): every document is selected" in capsys.readouterr().out
+    resolve_budget(SelectorConfig(budget_tokens=int(ctx.doc_lengths[10:].sum()) - 1), held)
+    assert "holds the whole pool" not in capsys.readouterr().out
 
 
 class _Recording(FakeRewards):

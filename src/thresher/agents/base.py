@@ -203,11 +203,14 @@ def resolve_budget(cfg: Any, ctx: SelectionContext) -> tuple[int | None, int | N
     if (tokens if tokens is not None else docs) <= 0:
         raise ThresherError(f"selector budget must be positive, got budget_{'tokens' if tokens is not None else 'docs'}"
                             f" = {tokens if tokens is not None else docs}")
-    pool_tokens = int(np.sum(ctx.doc_lengths))
-    if tokens is not None and tokens >= pool_tokens or tokens is None and docs >= ctx.n_docs:
+    held = ctx.heldout if ctx.heldout is not None else np.zeros(0, dtype=np.int64)  # never selectable
+    pool_docs = ctx.n_docs - len(held)
+    pool_tokens = int(np.sum(ctx.doc_lengths)) - int(np.sum(np.asarray(ctx.doc_lengths)[held]))
+    if tokens is not None and tokens >= pool_tokens or tokens is None and docs >= pool_docs:
         what = f"budget_tokens = {tokens}" if tokens is not None else f"budget_docs = {docs}"
-        print0(f"warning: selector {what} holds the whole pool ({ctx.n_docs} docs, {pool_tokens} tokens): every "
-               "document is selected, so the policy has no effect")
+        print0(f"warning: selector {what} holds the whole pool ({pool_docs} docs, {pool_tokens} tokens"
+               f"{', held-out documents excluded' if len(held) else ''}): every document is selected, so the policy "
+               "has no effect")
     return (None, int(tokens)) if tokens is not None else (int(docs), None)
 
 
