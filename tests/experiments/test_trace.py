@@ -57,6 +57,7 @@ def test_the_traced_scores_are_those_that_selected_each_stage(tiny_run):
             continue
         score = np.array([t["stages"][k]["score"] for t in traces])
         assert score[selected].min() >= score[~selected].max()
+        assert all(t["stages"][k]["cut"] == pytest.approx(score[selected].min(), rel=1e-12) for t in traces)
         assert all(t["stages"][k]["rewards"] == {key: e["rewards"][key] for key in PROVENANCE if key in e["rewards"]}
                    for t in traces)
         assert e["rewards"]["step"] == e["step"] and e["rewards"]["tasks"] == sorted(rc.data.reference)
@@ -73,6 +74,7 @@ def test_the_command_prints_text_or_json(tiny_run, monkeypatch, capsys):
     assert code == 0 and len(lines) == 2 * 3  # per doc: its labels, then a line per stage
     assert lines[0].startswith("doc 3: quality=") and lines[3].startswith("doc 7: ")
     assert "initial stage: random" in lines[1] and "rewards: model step 12" in lines[2]
+    assert f"D_k's lowest {trace(out, [3])[0]['stages'][1]['cut']:.4g})" in lines[2]
     code, text, _ = _main(monkeypatch, capsys, "trace", out, 3, 7, "--json")
     assert code == 0 and json.loads(text) == trace(out, [3, 7])
 

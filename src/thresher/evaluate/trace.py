@@ -17,7 +17,8 @@ PROVENANCE = ("step", "factors_step", "lambda_step", "tasks")  # what a trace ke
 def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = None) -> list[dict]:
     """One dict per document: ``doc``, ``labels`` {agent label: category (None: missing)}, ``stages`` (one per
     selector log entry: ``step``, ``selected`` (None: not saved), and where the log has them ``theta``,
-    ``weights`` {agent: weight of the doc's category}, ``score`` (Eq. 7), ``rewards``, ``arm_played``)."""
+    ``weights`` {agent: weight of the doc's category}, ``score`` (Eq. 7), ``cut`` (the lowest score in D_k),
+    ``rewards``, ``arm_played``)."""
     from thresher.config import load_run_config
     from thresher.labels.table import LabelTable
 
@@ -43,6 +44,7 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     names = {name: table.categories(col) for name, col in columns.items()}
     agent_column = {a["agent"]: a.get("column", a["agent"]) for a in log[0].get("agents", [])}
     selected = {i: _selected(run_dir, e, ids) for i, e in enumerate(log) if "selection_file" in e}
+    cuts = _cuts(run_dir, log, table, columns, agent_column)
     out = []
     for k, doc in enumerate(doc_ids):
         code = {name: int(c[k]) for name, c in codes.items()}
@@ -53,6 +55,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
             if "theta" in e:
                 weights.update({a["agent"]: a.get("weights") for a in e.get("agents", [])})
                 stage.update(_scored(e, weights, agent_column, code))
+                if i in cuts:
+                    stage["cut"] = cuts[i]
             if "arms" in e and cfg.selector.bandit_column in code:  # Quad: was the doc's cluster played
                 stage["arm_played"] = code[cfg.selector.bandit_column] in e["arms"]["played"]
             if e.get("rewards"):
@@ -72,6 +76,32 @@ def _selected(run_dir: Path, entry: dict, ids: np.ndarray) -> np.ndarray:
         raise ThresherError(f"{path} holds {len(chosen)} doc ids where the log's step-{entry['step']} entry selected "
                             f"{entry['selected']}: not this run's selection")
     return np.isin(ids, chosen)
+
+
+def _cuts(run_dir: Path, log: list[dict], table, columns: dict, agent_column: dict) -> dict[int, float | None]:
+    """Log entry index -> the lowest Eq. 7 score among its D_k's documents (the cut: top-k keeps every document
+    scoring above it), for the console entries with a saved selection that were scored (not a random D_0); None
+    where a weight is unknown. One vectorised pass over each D_k's labels."""
+    cuts, weights = {}, {}
+    for i, e in enumerate(log):
+        if "theta" not in e:
+            continue
+        weights.update({a["agent"]: a.get("weights") for a in e.get("agents", [])})
+        if "selection_file" not in e or e["step"] == 0 and e.get("initial") == "random":
+            continue
+        chosen = np.asarray(np.load(run_dir / e["selection_file"], mmap_mode="r"), dtype=np.int64)
+        theta = dict(zip([a["agent"] for a in e.get("agents", [])] or list(weights), e["theta"]))
+        total = np.zeros(len(chosen))
+        for agent, th in theta.items():
+            name = agent_column.get(agent, agent)
+            if weights.get(agent) is None or name not in columns:
+                total = None
+                break
+            w = np.append(np.asarray(weights[agent], dtype=np.float64), np.nan)  # code -1 (missing label) -> NaN
+            total += th * w[np.asarray(table.codes(columns[name]))[chosen]]
+        ok = total is not None and np.isfinite(total).any()
+        cuts[i] = float(np.nanmin(total)) if ok else None
+    return cuts
 
 
 def _scored(entry: dict, weights: dict, agent_column: dict, code: dict) -> dict:
@@ -102,7 +132,8 @@ def render(traces: list[dict]) -> str:
                 parts.append("initial stage: random")
             elif "theta" in s:
                 terms = ", ".join(f"{a} {th:.3g} x {_num(s['weights'][a])}" for a, th in s["theta"].items())
-                parts.append(f"S {_num(s['score'])} (theta x weight: {terms})")
+                cut = f"; D_k's lowest {_num(s['cut'])}" if "cut" in s else ""
+                parts.append(f"S {_num(s['score'])} (theta x weight: {terms}{cut})")
             if "arm_played" in s:
                 parts.append("its cluster played" if s["arm_played"] else "its cluster not played")
             if "rewards" in s:
