@@ -43,18 +43,18 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     codes = {name: np.asarray(table.codes(col))[ids] for name, col in columns.items()}
     names = {name: table.categories(col) for name, col in columns.items()}
     agent_column = {a["agent"]: a.get("column", a["agent"]) for a in log[0].get("agents", [])}
-    selected = {i: _selected(run_dir, e, ids) for i, e in enumerate(log) if "selection_file" in e}
-    cuts = _cuts(run_dir, log, table, columns, agent_column)
+    chosen = {i: _load_selection(run_dir, e) for i, e in enumerate(log) if "selection_file" in e}  # each file once
+    selected = {i: np.isin(ids, c) for i, c in chosen.items()}
+    states = _console_states(log)
+    cuts = _cuts(log, chosen, states, table, columns, agent_column)
     out = []
     for k, doc in enumerate(doc_ids):
         code = {name: int(c[k]) for name, c in codes.items()}
-        weights: dict[str, list | None] = {}  # each agent's weights as of the entry (carried from step 0 until updated)
         stages = []
         for i, e in enumerate(log):
             stage = {"step": e["step"], "selected": bool(selected[i][k]) if i in selected else None}
-            if "theta" in e:
-                weights.update({a["agent"]: a.get("weights") for a in e.get("agents", [])})
-                stage.update(_scored(e, weights, agent_column, code))
+            if i in states:
+                stage.update(_scored(e, *states[i], agent_column, code))
                 if i in cuts:
                     stage["cut"] = cuts[i]
             if "arms" in e and cfg.selector.bandit_column in code:  # Quad: was the doc's cluster played
@@ -67,7 +67,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     return out
 
 
-def _selected(run_dir: Path, entry: dict, ids: np.ndarray) -> np.ndarray:
+def _load_selection(run_dir: Path, entry: dict) -> np.ndarray:
+    """The entry's saved D_k (memory-mapped), checked against the entry's size."""
     path = run_dir / entry["selection_file"]
     if not path.is_file():
         raise ThresherError(f"{path} is missing (the selector log's step-{entry['step']} entry names it)")
@@ -75,39 +76,48 @@ def _selected(run_dir: Path, entry: dict, ids: np.ndarray) -> np.ndarray:
     if len(chosen) != entry["selected"]:
         raise ThresherError(f"{path} holds {len(chosen)} doc ids where the log's step-{entry['step']} entry selected "
                             f"{entry['selected']}: not this run's selection")
-    return np.isin(ids, chosen)
+    return chosen
 
 
-def _cuts(run_dir: Path, log: list[dict], table, columns: dict, agent_column: dict) -> dict[int, float | None]:
+def _console_states(log: list[dict]) -> dict[int, tuple[dict, dict]]:
+    """Console entry index -> (theta {agent: theta_A}, weights {agent: its weights as of the entry}); an agent's
+    weights are carried from the step-0 entry until an update logs new ones."""
+    states, weights = {}, {}
+    for i, e in enumerate(log):
+        if "theta" in e:
+            weights.update({a["agent"]: a.get("weights") for a in e.get("agents", [])})
+            theta = dict(zip([a["agent"] for a in e.get("agents", [])] or list(weights), e["theta"]))
+            states[i] = (theta, dict(weights))
+    return states
+
+
+def _cuts(log: list[dict], chosen: dict, states: dict, table, columns: dict,
+          agent_column: dict) -> dict[int, float | None]:
     """Log entry index -> the lowest Eq. 7 score among its D_k's documents (the cut: top-k keeps every document
     scoring above it), for the console entries with a saved selection that were scored (not a random D_0); None
     where a weight is unknown. One vectorised pass over each D_k's labels."""
-    cuts, weights = {}, {}
-    for i, e in enumerate(log):
-        if "theta" not in e:
+    cuts = {}
+    for i, (theta, weights) in states.items():
+        e = log[i]
+        if i not in chosen or e["step"] == 0 and e.get("initial") == "random":
             continue
-        weights.update({a["agent"]: a.get("weights") for a in e.get("agents", [])})
-        if "selection_file" not in e or e["step"] == 0 and e.get("initial") == "random":
-            continue
-        chosen = np.asarray(np.load(run_dir / e["selection_file"], mmap_mode="r"), dtype=np.int64)
-        theta = dict(zip([a["agent"] for a in e.get("agents", [])] or list(weights), e["theta"]))
-        total = np.zeros(len(chosen))
+        ids = np.asarray(chosen[i], dtype=np.int64)
+        total = np.zeros(len(ids))
         for agent, th in theta.items():
             name = agent_column.get(agent, agent)
             if weights.get(agent) is None or name not in columns:
                 total = None
                 break
             w = np.append(np.asarray(weights[agent], dtype=np.float64), np.nan)  # code -1 (missing label) -> NaN
-            total += th * w[np.asarray(table.codes(columns[name]))[chosen]]
+            total += th * w[np.asarray(table.codes(columns[name]))[ids]]
         ok = total is not None and np.isfinite(total).any()
         cuts[i] = float(np.nanmin(total)) if ok else None
     return cuts
 
 
-def _scored(entry: dict, weights: dict, agent_column: dict, code: dict) -> dict:
+def _scored(entry: dict, theta: dict, weights: dict, agent_column: dict, code: dict) -> dict:
     """theta, each agent's weight of the doc's category and Eq. 7's S (None where a weight is unknown: a missing
     label, the bandit before its first update)."""
-    theta = dict(zip([a["agent"] for a in entry.get("agents", [])] or list(weights), entry["theta"]))
     w = {}
     for agent in theta:
         c = code.get(agent_column.get(agent, agent), -1)
