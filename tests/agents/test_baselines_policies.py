@@ -286,3 +286,50 @@ def test_numeric_context_fields_from_a_label_table(tmp_path):
     with pytest.raises(ThresherError, match="float"):
         numeric_context_fields(DataConfig(label_columns={"perplexity": "domain"}), table,
                                SelectorConfig(policy="perplexity"))
+
+
+def test_selectable_at_matches_the_materialised_pool():
+    """selectable_at maps positions in the pool-without-held-out to doc ids like indexing the explicit list."""
+    from thresher.agents.base import selectable_at, selectable_count
+
+    g = np.random.default_rng(3)
+    for n, held in [(50, []), (50, [0]), (50, [49]), (50, [0, 1, 2, 10, 11, 48, 49]),
+                    (1000, np.sort(g.choice(1000, 300, replace=False)))]:
+        ctx = make_ctx(n=n)
+        ctx.heldout = np.asarray(held, dtype=np.int64) if len(held) else None
+        pool = np.setdiff1d(np.arange(n), held)
+        assert selectable_count(ctx) == len(pool)
+        np.testing.assert_array_equal(selectable_at(ctx, np.arange(len(pool))), pool)
+
+
+def test_mates_fits_on_selectable_docs_only():
+    """Held-out documents never enter MATES's ridge fit (nor its selection): the reward source is never asked
+    for one. Without held-out docs the draw is the old one (same ids, same selection)."""
+    seen = []
+
+    class Recording(LinearRewards):
+        def rewards(self, doc_ids):
+            seen.append(np.asarray(doc_ids).copy())
+            return super().rewards(doc_ids)
+
+    def run(held):
+        ctx = make_ctx(n=2000, budget_docs=200)
+        ctx.rewards = Recording(ctx.rewards.emb, ctx.rewards.w_true)
+        ctx.heldout = held
+        sel = build_selector(SelectorConfig(policy="mates", update_every=5, mates_samples=1000), ctx)
+        sel.initial_selection()
+        sel.on_step(5, None)
+        return sel
+
+    held = np.arange(0, 2000, 3, dtype=np.int64)  # a third of the pool
+    sel = run(held)
+    asked = np.concatenate(seen)
+    assert len(asked) == 1000 and not np.isin(asked, held).any()
+    assert not np.isin(sel.selection(), held).any()
+    seen.clear()
+    base = run(None)
+    first = np.concatenate(seen)
+    assert len(first) == 1000 and np.isin(first, held).any()
+    g = rng(0, "selector", "mates")  # the draw before this change: g.choice(n) on the whole pool
+    np.testing.assert_array_equal(first, np.sort(g.choice(2000, size=1000, replace=False)))
+    assert base.log[-1]["n_samples"] == 1000

@@ -180,6 +180,23 @@ def drop_heldout(values: np.ndarray, ctx: SelectionContext) -> np.ndarray:
     return values
 
 
+def selectable_at(ctx: SelectionContext, j: np.ndarray) -> np.ndarray:
+    """The doc ids at positions ``j`` of the selectable pool (0..n-1 without the held-out docs, in order):
+    ``j`` drawn from ``range(n_docs - len(heldout))`` is then a uniform draw of selectable docs, without
+    materialising the (n,) list of them. With sorted held-out ids h_i, id = j + #{i: h_i - i <= j}."""
+    j = np.asarray(j, dtype=np.int64)
+    held = ctx.heldout
+    if held is None or not len(held):
+        return j
+    shifted = np.asarray(held, dtype=np.int64) - np.arange(len(held), dtype=np.int64)
+    return j + np.searchsorted(shifted, j, side="right")
+
+
+def selectable_count(ctx: SelectionContext) -> int:
+    """How many docs a policy may select: the pool without the held-out docs."""
+    return ctx.n_docs - (len(ctx.heldout) if ctx.heldout is not None else 0)
+
+
 def narrow_ids(ids: np.ndarray) -> np.ndarray:
     """A read-only copy of doc ids in int32 while they fit (int64 from 2^31 on)."""
     ids = np.asarray(ids)

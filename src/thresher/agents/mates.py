@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from thresher.agents.base import SelectionContext, Selector, drop_heldout, resolve_budget, selection_digest
+from thresher.agents.base import (SelectionContext, Selector, drop_heldout, resolve_budget, selectable_at,
+                                  selectable_count, selection_digest)
 from thresher.agents.config import SelectorConfig
 from thresher.agents.score_top import gumbel_keys, select_band
 from thresher.utils.errors import ThresherError
@@ -152,9 +153,10 @@ class MatesSelector(Selector):
         return True
 
     def _sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """(n, d) float64 embeddings and (n,) rewards of uniformly drawn docs (missing rows dropped)."""
-        n = self.ctx.n_docs
-        ids = np.sort(self.g.choice(n, size=min(self.cfg.mates_samples, n), replace=False))
+        """(n, d) float64 embeddings and (n,) rewards of docs drawn uniformly from the selectable pool (held-out
+        docs never enter the fit; missing rows dropped)."""
+        n = selectable_count(self.ctx)
+        ids = selectable_at(self.ctx, np.sort(self.g.choice(n, size=min(self.cfg.mates_samples, n), replace=False)))
         x = np.asarray(self.ctx.embeddings[ids], dtype=np.float64)  # sorted ids: sequential memmap reads
         y = np.asarray(self.ctx.rewards.rewards(ids), dtype=np.float64)
         ok = np.isfinite(x).all(axis=1) & np.isfinite(y)
