@@ -197,6 +197,8 @@ def test_bad_settings_are_one_line_errors():
                        make_ctx(200, rewards=FakeRewards(ctx.labels)))
     with pytest.raises(ThresherError, match="selection"):
         SelectorConfig(selection="argmax").validate()
+    with pytest.raises(ThresherError, match="theta_eta"):
+        SelectorConfig(theta_eta="per-agent").validate()
     with pytest.raises(ThresherError, match="unknown selector setting"):
         SelectorConfig.from_dict({"polcy": "random"})
     assert SelectorConfig.from_dict(SelectorConfig().to_dict()) == SelectorConfig()
@@ -217,6 +219,20 @@ def test_resume_under_other_selector_settings_is_refused():
             resumed.load_state_dict(state)
     old = {k: v for k, v in state.items() if k != "settings"}  # a state from before settings were kept
     _run(SelectorConfig(policy="multi-agent", **base), 9, state=old, start=6)
+
+
+def test_a_checkpoint_from_before_theta_eta_resumes_as_console_and_is_refused_under_agent():
+    """selector.theta_eta came after checkpoints were written without it; those ran Eq. 9 with eta_console,
+    so their states resume under "console" (the default) and are refused under "agent"."""
+    base = dict(policy="multi-agent", update_every=3, budget_docs=400, samples_per_category=8)
+    _, _, picks = _run(SelectorConfig(**base), 9)
+    half, _, _ = _run(SelectorConfig(**base), 6)
+    state = pickle.loads(pickle.dumps(half.state_dict()))
+    del state["settings"]["theta_eta"]
+    _, _, rest = _run(SelectorConfig(**base), 9, state=state, start=6)
+    np.testing.assert_array_equal(picks[-1], rest[-1])
+    with pytest.raises(SettingsMismatchError, match="theta_eta"):
+        _run(SelectorConfig(**base, theta_eta="agent"), 9, state=state, start=6)
 
 
 def test_misspelt_agent_columns_and_a_missing_budget_are_errors():

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from thresher.agents.config import ADDED_SETTINGS
 from thresher.influence.results import check_same_settings
 from thresher.influence.rewards import RewardSource
 from thresher.utils.digest import CHUNK, update_int64
@@ -135,7 +136,8 @@ class Selector(ABC):
         """Raise SettingsMismatchError when ``state`` was written under other settings than this selector's,
         or over other labels."""
         if self.settings is not None and "settings" in state:  # states written before settings were kept: unchecked
-            check_same_settings(state["settings"], self.settings, "the checkpoint's selector state")
+            saved = {**{k: v for k, v in ADDED_SETTINGS.items() if k in self.settings}, **state["settings"]}
+            check_same_settings(saved, self.settings, "the checkpoint's selector state")
         saved, key = state.get("labels_key"), self.labels_key()  # None saved: a checkpoint from before the key
         if saved is not None and key is not None and saved != key[0]:
             raise SettingsMismatchError(

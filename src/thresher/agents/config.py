@@ -10,6 +10,9 @@ from thresher.utils.errors import ThresherError
 
 AUTO_SAVE_MAX_DOCS = 50_000_000  # save_selections = "auto" saves D_k for pools up to this size
 OUTPUT_ONLY = ("save_selections",)  # what a run writes, not what it selects: left out of the resume check
+# settings added after checkpoints were written without them, with the value that selects as those runs did:
+# a saved state that lacks one is checked as if it held that value
+ADDED_SETTINGS = {"theta_eta": "console"}
 
 
 @dataclass
@@ -21,7 +24,10 @@ class SelectorConfig:
     update_every: int = 1000  # U: steps between agent updates and re-selection
     eta_agent: float = 0.1  # eta_A of Eq. 5 (all agents) ...
     eta_agents: dict = field(default_factory=dict)  # ... or per agent {column: eta}
-    eta_console: float = 0.1  # eta of Eq. 9 (Algorithm 1 line 11 writes eta_A; one value here)
+    eta_console: float = 0.1  # eta of Eq. 9 when theta_eta = "console" (one value for every agent)
+    # Eq. 9's learning rate: "console" (eta_console for every agent) | "agent" (each agent's eta_A of Eq. 5,
+    # eta_agents / eta_agent, as Eq. 9 and Algorithm 1 line 11 write it: theta_A += eta_A (R_A - Rbar))
+    theta_eta: str = "console"
     theta_init: float = 1.0  # initial collaborative weight of every agent
     samples_per_category: int = 64  # n docs sampled per category per update (Algorithm 1 line 6)
     normalization: str = "rank"  # raw (the paper) | zscore | rank: rewards within one agent's sample
@@ -77,7 +83,8 @@ class SelectorConfig:
 
     def validate(self) -> None:
         choices = {"normalization": ("raw", "zscore", "rank"), "missing": ("neutral", "exclude"),
-                   "selection": ("top-k", "gumbel"), "threshold_mode": ("absolute", "quantile"),
+                   "selection": ("top-k", "gumbel"),
+                   "theta_eta": ("console", "agent"), "threshold_mode": ("absolute", "quantile"),
                    "unvisited": ("inf", "initial-visit"), "initial": ("random", "scores"),
                    "bandit_normalization": ("auto", "raw", "zscore", "rank"),
                    "save_selections": ("auto", "always", "never")}

@@ -3,7 +3,8 @@
     S(x)  = sum_A theta_A * S_A(x)                         (Eq. 7)
     R_A   = (1/n_A) sum_j w_A^j * Rbar_A^j                 (Eq. 8, reported by each agent)
     Rbar  = mean_A R_A                                     (Eq. 8; the paper's 1/k counts agents)
-    theta_A <- theta_A + eta * (R_A - Rbar)                (Eq. 9)
+    theta_A <- theta_A + eta_A * (R_A - Rbar)              (Eq. 9; eta_A: one eta_console for every agent,
+                                                            or each agent's own eta_A with theta_eta = "agent")
 
 ``share_samples`` (beyond the paper, off by default): the categorical agents still draw their own
 uniform samples (Algorithm 1 line 6), but every drawn doc is scored once and each agent learns from
@@ -22,11 +23,15 @@ from thresher.influence.rewards import RewardSource
 
 
 class AgentConsole:
-    def __init__(self, agents: list[Agent], theta_init: float = 1.0, eta: float = 0.1,
+    def __init__(self, agents: list[Agent], theta_init: float = 1.0, eta: float | list[float] = 0.1,
                  update_theta: bool = True, share_samples: bool = False) -> None:
+        """``eta``: Eq. 9's learning rate, one for every agent or one per agent (in the order of ``agents``)."""
         self.agents = agents
         self.theta = np.full(len(agents), float(theta_init))
-        self.eta, self.update_theta, self.share_samples = eta, update_theta, share_samples
+        self.eta = float(eta) if np.ndim(eta) == 0 else np.asarray(eta, dtype=np.float64)
+        if np.ndim(self.eta) and self.eta.shape != (len(agents),):
+            raise ValueError(f"{len(self.eta)} Eq. 9 learning rates for {len(agents)} agents")
+        self.update_theta, self.share_samples = update_theta, share_samples
 
     def cell_scores(self, index: CellIndex, missing: str = "neutral") -> np.ndarray:
         """Eq. 7 for every cell, (n_cells,) float64."""
@@ -40,8 +45,11 @@ class AgentConsole:
         mean = float(np.mean(rewards)) if len(rewards) else 0.0
         if self.update_theta:
             self.theta += self.eta * (np.asarray(rewards) - mean)
-        return {"agent_rewards": [float(r) for r in rewards], "mean_reward": mean,
-                "theta": [float(t) for t in self.theta]}
+        out = {"agent_rewards": [float(r) for r in rewards], "mean_reward": mean,
+               "theta": [float(t) for t in self.theta]}
+        if np.ndim(self.eta):  # one eta per agent (theta_eta = "agent"): the log says which
+            out["theta_eta"] = [float(e) for e in self.eta]
+        return out
 
     def update(self, index: CellIndex, source: RewardSource, g: np.random.Generator) -> tuple[list[AgentUpdate], dict]:
         """Algorithm 1 lines 5-11: every agent updates, then the collaborative weights."""

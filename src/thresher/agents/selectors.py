@@ -141,16 +141,22 @@ class MultiAgentSelector(_StagedSelector):
         agents = [self._agent(c) for c in self.columns]
         if self.with_bandit:
             agents.append(self._bandit_agent())
-        self.console = AgentConsole(agents, self.cfg.theta_init, self.cfg.eta_console, self.update_theta,
+        # Eq. 9's eta: eta_console for all, or each agent's eta_A (the bandit agent's: eta_agents of its column)
+        eta = (self.cfg.eta_console if self.cfg.theta_eta == "console"
+               else [self._eta(a.column) for a in agents])
+        self.console = AgentConsole(agents, self.cfg.theta_init, eta, self.update_theta,
                                     share_samples=self.cfg.share_samples)
         self.trained = np.zeros(ctx.n_docs, dtype=bool) if self.cfg.reuse_penalty > 0 else None
 
     def _agent(self, column: str) -> Agent:
         specs = {**init_specs(self.cfg.init, self.cfg.init_file), **self.fixed_init}
         w = initial_weights(specs.get(column), self.categories[column], f"initial weights of {column}")
-        eta = float(self.cfg.eta_agents.get(column, self.cfg.eta_agent))
-        return CategoricalAgent(column, column, self.categories[column], w, eta,
+        return CategoricalAgent(column, column, self.categories[column], w, self._eta(column),
                                 self.cfg.samples_per_category, self.cfg.normalization)
+
+    def _eta(self, column: str) -> float:
+        """eta_A of the agent on ``column`` (Eq. 5; Eq. 9 too under theta_eta = "agent")."""
+        return float(self.cfg.eta_agents.get(column, self.cfg.eta_agent))
 
     def _bandit_agent(self) -> BanditAgent:
         c, col = self.cfg, self.cfg.bandit_column
