@@ -68,6 +68,30 @@ def test_ucb_cluster_score_eq1_eq2():
     assert b.choose(np.random.default_rng(0)).tolist() == [2, 1]
 
 
+def test_ucb_counting_rounds_eq1_eq2():
+    """ucb_count = "rounds": an arm played in a round counts once, with the mean of its rewards in that round."""
+    b = ClusterBandit(np.array([10, 10, 10, 0]), alpha=0.5, arms_per_round=2, count="rounds")
+    b.observe(np.array([0, 0, 1]), np.array([1.0, 3.0, 2.0]))  # round 1: arm 0 mean 2, arm 1 mean 2
+    b.observe(np.array([0, 0, 0]), np.array([4.0, 4.0, 7.0]))  # round 2: arm 0 mean 5
+    np.testing.assert_allclose(b.sums, [7.0, 2.0, 0.0, 0.0])
+    assert b.counts.tolist() == [2, 1, 0, 0]
+    cs = b.scores()  # N = 3 plays
+    assert cs[0] == pytest.approx(3.5 + 0.5 * math.sqrt(2 * math.log(3) / 2))
+    assert cs[1] == pytest.approx(2.0 + 0.5 * math.sqrt(2 * math.log(3) / 1))
+    docs = ClusterBandit(np.array([10, 10, 10, 0]), alpha=0.5)  # the default counts documents: N = 6
+    docs.observe(np.array([0, 0, 1]), np.array([1.0, 3.0, 2.0]))
+    docs.observe(np.array([0, 0, 0]), np.array([4.0, 4.0, 7.0]))
+    assert docs.scores()[0] == pytest.approx(19.0 / 5 + 0.5 * math.sqrt(2 * math.log(6) / 5))
+    with pytest.raises(ValueError, match="count"):
+        ClusterBandit(np.array([1]), count="times")
+
+
+def test_round_size_is_the_ceiled_proportion_capped():
+    """Quad's "small proportion of data instances from selected clusters": ceil(0.05 x size), at most the cap."""
+    b = ClusterBandit(np.array([100, 7, 40000, 0, 21]), sample_proportion=0.05, max_samples_per_arm=1024)
+    assert [b.round_size(a) for a in range(5)] == [5, 1, 1024, 0, 2]
+
+
 def test_reward_normalisations():
     r = np.array([3.0, 1.0, 2.0, 2.0])
     np.testing.assert_allclose(normalise_rewards(r, "rank"), (np.array([4, 1, 2.5, 2.5]) - 1) / 3 - 0.5)

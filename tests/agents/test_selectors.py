@@ -367,6 +367,53 @@ def test_quad_quantile_threshold_keeps_the_docs_above_that_quantile_of_their_rou
             assert chosen & set(docs.tolist()) <= above
 
 
+@pytest.mark.parametrize("count", ["docs", "rounds"])
+def test_quad_bandit_state_sums_each_rounds_rewards_by_its_count(count):
+    """Eq. 2 through the selector: from the rounds the reward source saw, R_i and n_i recomputed by hand."""
+    ctx = make_ctx(4000)
+    ctx.rewards = rec = _Recording(ctx.labels)
+    cfg = SelectorConfig(policy="quad", update_every=5, budget_docs=300, clusters_per_round=3,
+                         threshold_mode="quantile", ucb_count=count)
+    sel = build_selector(cfg, ctx)
+    sel.initial_selection()
+    assert sel.on_step(5, None)
+    sums, counts = np.zeros(20), np.zeros(20, dtype=np.int64)
+    rounds = [payload for kind, _, payload in rec.events if kind == "rewards"]
+    assert len(rounds) > 2
+    for docs, r in rounds:
+        arm = ctx.labels.codes["cluster"][docs]
+        for a in np.unique(arm):
+            sums[a] += r[arm == a].mean() if count == "rounds" else r[arm == a].sum()
+            counts[a] += 1 if count == "rounds" else (arm == a).sum()
+    np.testing.assert_allclose(sel.bandit.sums, sums, rtol=1e-12, atol=1e-18)
+    assert sel.bandit.counts.tolist() == counts.tolist()
+
+
+def test_quad_absolute_threshold_is_strict():
+    """Quad keeps a sampled doc only if its influence is *higher* than the threshold: equal is left out."""
+
+    class Fixed(FakeRewards):
+        def rewards(self, doc_ids):
+            return np.where(np.asarray(doc_ids) % 2 == 0, 0.5, 0.75)
+
+    ctx = make_ctx(2000)
+    ctx.rewards = Fixed(ctx.labels)
+    sel = build_selector(SelectorConfig(policy="quad", budget_docs=100, threshold=0.5, initial="scores"), ctx)
+    ids = sel.initial_selection()
+    assert len(ids) == 100 and (ids % 2 == 1).all()
+
+
+def test_a_checkpoint_from_before_ucb_count_resumes_only_under_its_default():
+    ctx = make_ctx(2000)
+    ctx.rewards = FakeRewards(ctx.labels)
+    cfg = SelectorConfig(policy="quad", budget_docs=100, threshold_mode="quantile")
+    state = build_selector(cfg, ctx).state_dict()
+    del state["settings"]["ucb_count"]  # what a run written before the setting existed saved
+    build_selector(cfg, ctx).check_state(state)
+    with pytest.raises(SettingsMismatchError, match="ucb_count"):
+        build_selector(dataclasses.replace(cfg, ucb_count="rounds"), ctx).check_state(state)
+
+
 def test_multi_agent_without_a_label_column_names_the_labeler_to_run():
     from thresher.agents.base import Labels
 

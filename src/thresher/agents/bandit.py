@@ -5,6 +5,10 @@ N = sum_i n_i and R_i the sum of their rewards (Eq. 2), the cluster score is the
 
     CS_i = R_i / n_i + alpha * sqrt(2 ln N / n_i)
 
+With ``count = "rounds"`` n_i and N count plays instead (an arm played in a round counts once, its
+reward the mean of that round's rewards from it): the same mean, a larger exploration bonus (the reading of
+Quad's "T(C_i) ... total times of samples taken"; see docs/agents.md).
+
 A never-sampled cluster has CS = +inf (the UCB1 reading: every arm is played once before any is
 replayed; ties in random seeded order) or, with ``unvisited = "initial-visit"``, every cluster is
 sampled once up front. Each round takes the ``arms_per_round`` clusters of highest CS, samples
@@ -22,10 +26,14 @@ from thresher.influence.rewards import RewardSource
 
 class ClusterBandit:
     def __init__(self, arm_sizes: np.ndarray, alpha: float = 0.002, sample_proportion: float = 0.05,
-                 max_samples_per_arm: int = 1024, arms_per_round: int = 16, unvisited: str = "inf") -> None:
+                 max_samples_per_arm: int = 1024, arms_per_round: int = 16, unvisited: str = "inf",
+                 count: str = "docs") -> None:
         self.sizes = np.asarray(arm_sizes, dtype=np.int64)
         self.alpha, self.proportion = alpha, sample_proportion
         self.cap, self.per_round, self.unvisited = max_samples_per_arm, arms_per_round, unvisited
+        if count not in ("docs", "rounds"):
+            raise ValueError(f"ClusterBandit count = {count!r}; expected 'docs' or 'rounds'")
+        self.count = count
         self.sums = np.zeros(len(self.sizes))  # R_i, Eq. 2
         self.counts = np.zeros(len(self.sizes), dtype=np.int64)  # n_i
 
@@ -48,9 +56,16 @@ class ClusterBandit:
         return int(min(np.ceil(self.proportion * self.sizes[arm]), self.cap, self.sizes[arm]))
 
     def observe(self, arm_of_doc: np.ndarray, rewards: np.ndarray) -> None:
-        """Eq. 2: R_i += sum of the rewards of cluster i's new samples; n_i += their number."""
-        self.sums += np.bincount(arm_of_doc, weights=rewards, minlength=len(self.sizes))
-        self.counts += np.bincount(arm_of_doc, minlength=len(self.sizes))
+        """Eq. 2 for one round: R_i += sum of the rewards of cluster i's new samples, n_i += their number
+        (``count = "docs"``); or, ``count = "rounds"``, for each arm played R_i += the mean of its new samples'
+        rewards and n_i += 1."""
+        sums = np.bincount(arm_of_doc, weights=rewards, minlength=len(self.sizes))
+        counts = np.bincount(arm_of_doc, minlength=len(self.sizes))
+        if self.count == "rounds":
+            played = counts > 0
+            sums, counts = np.where(played, sums / np.maximum(counts, 1), 0.0), played.astype(np.int64)
+        self.sums += sums
+        self.counts += counts
 
     def state_dict(self) -> dict:
         return {"sums": self.sums.copy(), "counts": self.counts.copy()}

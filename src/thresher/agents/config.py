@@ -12,7 +12,7 @@ AUTO_SAVE_MAX_DOCS = 50_000_000  # save_selections = "auto" saves D_k for pools 
 OUTPUT_ONLY = ("save_selections",)  # what a run writes, not what it selects: left out of the resume check
 # settings added after checkpoints were written without them, with the value that selects as those runs did:
 # a saved state that lacks one is checked as if it held that value
-ADDED_SETTINGS = {"theta_eta": "console"}
+ADDED_SETTINGS = {"theta_eta": "console", "ucb_count": "docs"}
 
 
 @dataclass
@@ -60,6 +60,10 @@ class SelectorConfig:
     threshold_mode: str = "absolute"  # absolute | quantile (threshold_quantile of the round's rewards)
     threshold_quantile: float = 0.5  # threshold_mode = "quantile": keep docs above this quantile of a round
     unvisited: str = "inf"  # CS of a never-sampled cluster: inf (UCB1 reading) | initial-visit
+    # what n_i and N of Eq. 1 count: "docs" (n_i = docs sampled from cluster i, R_i their summed rewards) |
+    # "rounds" (n_i = rounds cluster i was played, R_i the sum of each round's mean reward: same mean, an
+    # exploration bonus about sqrt(docs per round) larger; Quad's "total times of samples taken")
+    ucb_count: str = "docs"
     bandit_normalization: str = "auto"  # auto: raw for quad, `normalization` for the bandit agent
     bandit_rounds_per_update: int = 1  # rounds the bandit agent plays per console update
     # quad: each stage refills D_k to the whole budget (the paper's single pass; scores about
@@ -85,7 +89,8 @@ class SelectorConfig:
         choices = {"normalization": ("raw", "zscore", "rank"), "missing": ("neutral", "exclude"),
                    "selection": ("top-k", "gumbel"),
                    "theta_eta": ("console", "agent"), "threshold_mode": ("absolute", "quantile"),
-                   "unvisited": ("inf", "initial-visit"), "initial": ("random", "scores"),
+                   "unvisited": ("inf", "initial-visit"), "ucb_count": ("docs", "rounds"),
+                   "initial": ("random", "scores"),
                    "bandit_normalization": ("auto", "raw", "zscore", "rank"),
                    "save_selections": ("auto", "always", "never")}
         for name, ok in choices.items():

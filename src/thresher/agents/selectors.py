@@ -162,7 +162,7 @@ class MultiAgentSelector(_StagedSelector):
         c, col = self.cfg, self.cfg.bandit_column
         sizes = arm_sizes(self.index, col, len(self.categories[col]))
         b = ClusterBandit(sizes, c.alpha, c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round,
-                          c.unvisited)
+                          c.unvisited, c.ucb_count)
         norm = c.normalization if c.bandit_normalization == "auto" else c.bandit_normalization
         return BanditAgent("bandit", col, self.categories[col], b, c.samples_per_category,
                            c.bandit_rounds_per_update, norm)
@@ -235,7 +235,8 @@ class QuadSelector(_StagedSelector):
             raise ThresherError("policy quad needs a reward source (influence) in the context")
         c = self.cfg
         self.bandit = ClusterBandit(arm_sizes(self.index, col, len(self.categories[col])), c.alpha,
-                                    c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round, c.unvisited)
+                                    c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round, c.unvisited,
+                                    c.ucb_count)
         self.norm = "raw" if c.bandit_normalization == "auto" else c.bandit_normalization
         if c.quad_stage_tokens and self.budget_tokens is None:
             raise ThresherError("selector.quad_stage_tokens sizes stages in tokens: it needs a token budget "
