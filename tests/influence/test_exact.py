@@ -154,3 +154,20 @@ def test_qkv_grouping_is_one_kronecker_block_over_the_concatenated_outputs(model
     # then check the rewards on these blocks)
     qg, eg = s_qkv.pre.state["Q_G"][0], s_qkv.pre.state["e_G"][0]
     assert _rel(qg @ torch.diag(eg) @ qg.T, G) < 1e-6
+
+
+def test_quads_own_blocks_are_one_setting_away(model):
+    """Quad's layer set as docs/influence.md names it: Eq. 9's QKV block with Eq. 4's MLP Linears each alone
+    (groups = [q, k, v]), o_proj left out by `modules`; its MLP ablation with Eq. 4's independent Linears
+    (grouping = "mlp_only", groups = [])."""
+    from thresher.influence.modules import build_blocks
+
+    layers = model.config.num_hidden_layers
+    quad = InfluenceConfig(groups=[["q_proj", "k_proj", "v_proj"]],
+                           modules=[r"layers\.\d+\.self_attn\.(q|k|v)_proj$",
+                                    r"layers\.\d+\.mlp\.(gate|up|down)_proj$"])
+    names = [b.name.split(".layers.")[1] for b in build_blocks(model, quad)]
+    assert names[:4] == ["0.self_attn.q_k_v", "0.mlp.gate_proj", "0.mlp.up_proj", "0.mlp.down_proj"]
+    assert len(names) == 4 * layers
+    mlp = build_blocks(model, InfluenceConfig(grouping="mlp_only", groups=[]))
+    assert len(mlp) == 3 * layers and all(len(b.modules) == 1 and ".mlp." in b.name for b in mlp)
