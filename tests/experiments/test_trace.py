@@ -33,6 +33,16 @@ def tiny_run(tmp_path_factory):
     return Path(rc.out), rc
 
 
+@pytest.fixture(scope="module")
+def reuse_run(tiny_run):
+    """The same tiny run under selector.reuse_penalty: at step 12 the docs of D_0 rank reuse_penalty lower."""
+    out, rc = tiny_run
+    rc = dataclasses.replace(rc, out=str(out.parent / "reuse"),
+                             selector=dataclasses.replace(rc.selector, reuse_penalty=0.05))
+    run(rc)
+    return Path(rc.out), rc
+
+
 def _main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
     with pytest.raises(SystemExit) as e:
@@ -113,3 +123,26 @@ def test_bad_input_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
                           ([out, 3, "--labels", tmp_path / "nowhere"], f"no label table at {tmp_path / 'nowhere'}")):
         code, _, err = _main(monkeypatch, capsys, "trace", *args)
         assert code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+
+
+def test_the_reuse_penalty_is_traced_as_the_ranking_used_it(reuse_run, monkeypatch, capsys):
+    """With selector.reuse_penalty, a stage's D_k is the top of S - p for the docs of an earlier D_k (here D_0), not
+    of S: the trace says which docs were reused, their penalised score, and the cut on penalised scores."""
+    out, rc = reuse_run
+    traces = trace(out, list(range(LabelTable.open(rc.data.labels).n_docs)))
+    log = read_jsonl(out / "selector_log.jsonl")
+    d0 = np.load(out / log[0]["selection_file"])
+    stage = [t["stages"][1] for t in traces]
+    reused = np.array([s["reused"] for s in stage])
+    np.testing.assert_array_equal(np.flatnonzero(reused), np.sort(d0))
+    assert "reused" not in traces[0]["stages"][0]  # D_0: nothing trained before
+    score = np.array([s["score"] for s in stage])
+    penalised = np.array([s["penalised"] for s in stage])
+    np.testing.assert_allclose(penalised, score - 0.05 * reused, rtol=0, atol=1e-12)
+    selected = np.array([s["selected"] for s in stage])
+    assert penalised[selected].min() >= penalised[~selected].max()
+    assert score[selected].min() < score[~selected].max()  # the penalty changed the ranking: S alone does not explain it
+    assert stage[0]["cut"] == pytest.approx(penalised[selected].min(), rel=1e-12)
+    doc = int(d0[0])
+    code, text, _ = _main(monkeypatch, capsys, "trace", out, doc)
+    assert code == 0 and f"trained before: S - p {stage[doc]['penalised']:.4g}" in text.splitlines()[2]

@@ -18,7 +18,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     """One dict per document: ``doc``, ``labels`` {agent label: category (None: missing)}, ``stages`` (one per
     selector log entry: ``step``, ``selected`` (None: not saved), and where the log has them ``theta``,
     ``weights`` {agent: weight of the doc's category}, ``score`` (Eq. 7), ``cut`` (the lowest score in D_k),
-    ``rewards``, ``arm_played``)."""
+    ``rewards``, ``arm_played``; with ``selector.reuse_penalty`` > 0 also ``reused`` (the doc was in an earlier
+    D_k) and ``penalised`` (the score the ranking used: S - reuse_penalty if reused), the cut then on those))."""
     from thresher.config import load_run_config
     from thresher.labels.table import LabelTable
 
@@ -46,7 +47,9 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     chosen = {i: _load_selection(run_dir, e) for i, e in enumerate(log) if "selection_file" in e}  # each file once
     selected = {i: np.isin(ids, c) for i, c in chosen.items()}
     states = _console_states(log)
-    cuts = _cuts(log, chosen, states, table, columns, agent_column)
+    penalty = float(cfg.selector.reuse_penalty) if "theta" in log[0] else 0.0
+    trained = _trained_before(log, chosen) if penalty > 0 else {}
+    cuts = _cuts(log, chosen, states, table, columns, agent_column, penalty, trained)
     out = []
     for k, doc in enumerate(doc_ids):
         code = {name: int(c[k]) for name, c in codes.items()}
@@ -55,6 +58,11 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
             stage = {"step": e["step"], "selected": bool(selected[i][k]) if i in selected else None}
             if i in states:
                 stage.update(_scored(e, *states[i], agent_column, code))
+                if penalty > 0 and e["step"] > 0:  # the reuse penalty: S - p for a doc of an earlier D_k
+                    reused = None if trained.get(i) is None else bool(np.isin(doc, trained[i]))
+                    stage["reused"] = reused
+                    stage["penalised"] = (None if reused is None or stage["score"] is None
+                                          else stage["score"] - penalty * reused)
                 if i in cuts:
                     stage["cut"] = cuts[i]
             if "arms" in e and cfg.selector.bandit_column in code:  # Quad: was the doc's cluster played
@@ -91,11 +99,26 @@ def _console_states(log: list[dict]) -> dict[int, tuple[dict, dict]]:
     return states
 
 
-def _cuts(log: list[dict], chosen: dict, states: dict, table, columns: dict,
-          agent_column: dict) -> dict[int, float | None]:
-    """Log entry index -> the lowest Eq. 7 score among its D_k's documents (the cut: top-k keeps every document
-    scoring above it), for the console entries with a saved selection that were scored (not a random D_0); None
-    where a weight is unknown. One vectorised pass over each D_k's labels."""
+def _trained_before(log: list[dict], chosen: dict) -> dict[int, np.ndarray | None]:
+    """Log entry index -> the sorted ids of every earlier entry's D_k: the docs the reuse penalty lowered at that
+    update (the multi-agent selectors mark the stage that just ended as trained on before re-selecting, so at
+    entry i the trained docs are D_0 .. D_{i-1}); None when an earlier D_k was not saved."""
+    out, seen, complete = {}, np.zeros(0, dtype=np.int64), True
+    for i in range(len(log)):
+        out[i] = seen if complete else None
+        if i in chosen:
+            seen = np.union1d(seen, np.asarray(chosen[i], dtype=np.int64))
+        else:
+            complete = False
+    return out
+
+
+def _cuts(log: list[dict], chosen: dict, states: dict, table, columns: dict, agent_column: dict,
+          penalty: float = 0.0, trained: dict | None = None) -> dict[int, float | None]:
+    """Log entry index -> the lowest score among its D_k's documents (the cut: top-k keeps every document scoring
+    above it), for the console entries with a saved selection that were scored (not a random D_0); None where a
+    weight is unknown. The score is Eq. 7's S, less ``penalty`` for the docs of ``trained[i]`` (the reuse
+    penalty; None there: unknown). One vectorised pass over each D_k's labels."""
     cuts = {}
     for i, (theta, weights) in states.items():
         e = log[i]
@@ -110,6 +133,8 @@ def _cuts(log: list[dict], chosen: dict, states: dict, table, columns: dict,
                 break
             w = np.append(np.asarray(weights[agent], dtype=np.float64), np.nan)  # code -1 (missing label) -> NaN
             total += th * w[np.asarray(table.codes(columns[name]))[ids]]
+        if total is not None and penalty > 0:
+            total = None if trained[i] is None else total - penalty * np.isin(ids, trained[i])
         ok = total is not None and np.isfinite(total).any()
         cuts[i] = float(np.nanmin(total)) if ok else None
     return cuts
@@ -143,7 +168,11 @@ def render(traces: list[dict]) -> str:
             elif "theta" in s:
                 terms = ", ".join(f"{a} {th:.3g} x {_num(s['weights'][a])}" for a, th in s["theta"].items())
                 cut = f"; D_k's lowest {_num(s['cut'])}" if "cut" in s else ""
-                parts.append(f"S {_num(s['score'])} (theta x weight: {terms}{cut})")
+                reuse = ""
+                if "reused" in s:  # reuse_penalty > 0: the ranking used S - p for docs of an earlier D_k
+                    reuse = {None: ", trained before: unknown (an earlier D_k not saved)",
+                             False: ", not trained before"}.get(s["reused"], f", trained before: S - p {_num(s['penalised'])}")
+                parts.append(f"S {_num(s['score'])} (theta x weight: {terms}{reuse}{cut})")
             if "arm_played" in s:
                 parts.append("its cluster played" if s["arm_played"] else "its cluster not played")
             if "rewards" in s:
