@@ -342,12 +342,14 @@ def trace(
     docs: List[int] = typer.Argument(..., help="Doc ids: rows of the token store and the label table."),
     labels: Optional[Path] = typer.Option(None, help="The run's label table (default: the one its config.toml names)."),
     json_: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    verify: bool = typer.Option(False, help="Check each saved D_k against its log entry's SHA-1 (reads every id; "
+                                             "without it, only the number of ids is checked)."),
 ):
     """Per stage, whether each document was in D_k, with its labels and (console policies) the theta, agent weights
     and reward provenance that scored it. Reads the run's selections/ (selector.save_selections)."""
     from thresher.evaluate.trace import render, trace as trace_docs
 
-    traces = trace_docs(run_dir, docs, labels)
+    traces = trace_docs(run_dir, docs, labels, verify=verify)
     typer.echo(json.dumps(traces, indent=1) if json_ else render(traces))
 
 

@@ -115,8 +115,12 @@ def test_bad_input_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
     np.save(cut / log[1]["selection_file"], np.load(out / log[1]["selection_file"])[:-1])
+    swapped = tmp_path / "swapped"  # same length, other ids: only --verify notices
+    shutil.copytree(out, swapped)
+    np.save(swapped / log[1]["selection_file"], np.load(out / log[1]["selection_file"])[::-1].copy())
+    assert trace(swapped, [3]) == trace(out, [3])
     n = LabelTable.open(rc.data.labels).n_docs
-    for args, message in (([tmp_path, 3], f"{tmp_path} is not a run folder"),
+    for args, message in (([swapped, 3, "--verify"], f"{swapped / log[1]['selection_file']} does not hash to"),([tmp_path, 3], f"{tmp_path} is not a run folder"),
                           ([out, n], f"doc ids [{n}] are not in the pool (0 .. {n - 1})"),
                           ([unsaved, 3], f"{unsaved} saved no selections"),
                           ([cut, 3], f"{cut / log[1]['selection_file']} holds {log[1]['selected'] - 1} doc ids"),

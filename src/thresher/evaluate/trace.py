@@ -8,17 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.agents.base import selection_digest
 from thresher.evaluate.report import read_jsonl
 from thresher.utils.errors import ThresherError
 
 PROVENANCE = ("step", "factors_step", "lambda_step", "tasks")  # what a trace keeps of a log entry's `rewards`
 
 
-def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = None) -> list[dict]:
+def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = None,
+          verify: bool = False) -> list[dict]:
     """One dict per document: ``doc``, ``labels`` {agent label: category (None: missing)}, ``stages`` (one per
     selector log entry: ``step``, ``selected`` (None: not saved), and where the log has them ``theta``,
     ``weights`` {agent: weight of the doc's category}, ``score`` (Eq. 7), ``cut`` (the lowest score in D_k),
-    ``rewards``, ``arm_played``; with ``selector.reuse_penalty`` > 0 also ``reused`` (the doc was in an earlier
+    ``rewards``, ``arm_played``; ``verify``: each saved D_k must hash to its entry's ``selection_sha1``; with ``selector.reuse_penalty`` > 0 also ``reused`` (the doc was in an earlier
     D_k) and ``penalised`` (the score the ranking used: S - reuse_penalty if reused), the cut then on those))."""
     from thresher.config import load_run_config
     from thresher.labels.table import LabelTable
@@ -44,7 +46,7 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     codes = {name: np.asarray(table.codes(col))[ids] for name, col in columns.items()}
     names = {name: table.categories(col) for name, col in columns.items()}
     agent_column = {a["agent"]: a.get("column", a["agent"]) for a in log[0].get("agents", [])}
-    chosen = {i: _load_selection(run_dir, e) for i, e in enumerate(log) if "selection_file" in e}  # each file once
+    chosen = {i: _load_selection(run_dir, e, verify) for i, e in enumerate(log) if "selection_file" in e}  # once each
     selected = {i: np.isin(ids, c) for i, c in chosen.items()}
     states = _console_states(log)
     penalty = float(cfg.selector.reuse_penalty) if "theta" in log[0] else 0.0
@@ -75,8 +77,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     return out
 
 
-def _load_selection(run_dir: Path, entry: dict) -> np.ndarray:
-    """The entry's saved D_k (memory-mapped), checked against the entry's size."""
+def _load_selection(run_dir: Path, entry: dict, verify: bool = False) -> np.ndarray:
+    """The entry's saved D_k (memory-mapped), checked against the entry's size (and with ``verify`` its SHA-1)."""
     path = run_dir / entry["selection_file"]
     if not path.is_file():
         raise ThresherError(f"{path} is missing (the selector log's step-{entry['step']} entry names it)")
@@ -84,6 +86,9 @@ def _load_selection(run_dir: Path, entry: dict) -> np.ndarray:
     if len(chosen) != entry["selected"]:
         raise ThresherError(f"{path} holds {len(chosen)} doc ids where the log's step-{entry['step']} entry selected "
                             f"{entry['selected']}: not this run's selection")
+    if verify and entry.get("selection_sha1") and selection_digest(chosen) != entry["selection_sha1"]:
+        raise ThresherError(f"{path} does not hash to the log's step-{entry['step']} selection_sha1: not this run's "
+                            "selection")
     return chosen
 
 
