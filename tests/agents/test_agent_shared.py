@@ -54,6 +54,11 @@ def test_pooled_weights_hand_computed():
     pi = [1 - (1 - 1 / 4) * (1 - 2 / 3), 1 - (1 - 1 / 4) * (1 - 2 / 2), 1 - (1 - 1 / 2) * (1 - 2 / 3), 1 / 2]
     np.testing.assert_allclose(w, 1 / np.array(pi))
     assert doc_codes(index, "b", np.array([5, 1])).tolist() == [-1, 1]
+    # an agent asking for more docs than a category holds takes all of it: pi = min(1, n / size), never above 1.
+    # b draws 3: b0 (3 docs) 3/3 = 1, b1 (2 docs) min(1, 3/2) = 1; doc 5 (no b) stays at a's 1/2
+    agents = [_agent("a", 2, 1), _agent("b", 2, 3)]
+    w = pooled_weights(agents, index, np.array([0, 1, 4, 5]))
+    np.testing.assert_allclose(w, [1.0, 1.0, 1.0, 2.0])
 
 
 def test_learn_ignores_docs_without_the_agents_label():

@@ -172,6 +172,18 @@ def test_algorithm1_one_update_by_hand():
     assert sel.selection().tolist() == [0, 1]
 
 
+def test_algorithm1_reuse_penalty_by_hand():
+    """reuse_penalty p: the docs of the stage that just ended (D_0 = {0, 4}, set here) score p lower at line 13.
+    Same world and update as above, Eq. 7 per doc [10.5, 10.5, -3.5, -3.5, 5.5, 5.5, -8.5, -8.5]; with p = 6:
+    doc 0 -> 4.5, doc 4 -> -0.5, so the top-2 is doc 1 (10.5) and doc 5 (5.5), not the q0d0 pair [0, 1]."""
+    sel, _ = _two_agent_world(eta_agent=0.5, eta_console=8.0, reuse_penalty=6.0)
+    sel._set_selection(np.array([0, 4]))
+    assert sel.on_step(5, None)
+    np.testing.assert_allclose(sel.console.theta, [-5.0, 7.0])  # the penalty leaves Eq. 4-9 alone
+    assert np.flatnonzero(sel.trained).tolist() == [0, 4]
+    assert sel.selection().tolist() == [1, 5]
+
+
 def test_algorithm1_eq9_with_each_agents_eta():
     """theta_eta = "agent": Eq. 9 with each agent's eta_A of Eq. 5, as the paper writes it."""
     sel, _ = _two_agent_world(eta_agents={"q": 0.5, "d": 0.25}, eta_console=0.1, theta_eta="agent")

@@ -129,7 +129,7 @@ def test_quad_log_holds_the_bandit_increments_thresholds_and_task_means(unvisite
 def test_the_console_bandit_logs_its_increments_and_task_means_as_quad_does(norm):
     """multi-agent+quad: the bandit agent's entries hold Eq. 2's increments (summing to its sums and counts) and
     per-task raw means of its sampled docs, as Quad's stages (no threshold: the console selects by score)."""
-    sel, _, log = _run("multi-agent+quad", source=TaskRewards, bandit_normalization=norm)
+    sel, cfg, log = _run("multi-agent+quad", source=TaskRewards, bandit_normalization=norm)
     bandit = sel.console.agents[-1].bandit
     sums, counts = np.zeros(len(bandit.sums)), np.zeros(len(bandit.counts), dtype=np.int64)
     for e in log[1:]:
@@ -137,6 +137,17 @@ def test_the_console_bandit_logs_its_increments_and_task_means_as_quad_does(norm
         assert a["agent"] == "bandit" and "thresholds" not in a
         np.add.at(sums, a["arms"]["played"], a["arms"]["reward_sum"])
         np.add.at(counts, a["arms"]["played"], a["arms"]["n"])
+        # its Eq. 7 weights are Eq. 1's CS from the sums and counts so far, an unvisited (or empty) cluster at the
+        # highest finite CS; its Eq. 8 reward is mean_j CS_j x Rbar_j over the clusters it sampled this update
+        visited = counts > 0
+        assert visited.any() and (e is not log[1] or not visited.all())  # the first update leaves some unvisited
+        cs = np.full(len(counts), np.nan)
+        cs[visited] = sums[visited] / counts[visited] + cfg.alpha * np.sqrt(2 * np.log(counts.sum()) / counts[visited])
+        cs[~visited] = cs[visited].max()
+        np.testing.assert_allclose(a["weights"], cs, rtol=1e-12, atol=0)
+        sampled = [j for j, m in enumerate(a["mean_rewards"]) if m is not None]
+        assert len(sampled) > 1
+        assert a["agent_reward"] == pytest.approx(np.mean([cs[j] * a["mean_rewards"][j] for j in sampled]), rel=1e-12)
         assert a["arms"]["n"] == [a["n_samples"][j] for j in a["arms"]["played"]]
         means = a["task_mean_rewards"]
         assert list(means) == ["sampled"] and sorted(means["sampled"]) == ["cloze", "qa"]
