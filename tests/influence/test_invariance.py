@@ -72,6 +72,11 @@ def test_rademacher_projection_is_seeded(scorer):
     cfg = InfluenceConfig(projection="rademacher", preconditioner="none", seed=11)
     a = InfluenceScorer(model, R.reference_tasks(), cfg)
     b = InfluenceScorer(model, R.reference_tasks(), cfg)
-    for (pa, _), (pb, _) in zip(a.feats._proj_cpu, b.feats._proj_cpu):
+    c = InfluenceScorer(model, R.reference_tasks(), InfluenceConfig(projection="rademacher", preconditioner="none", seed=12))
+    projected = 0
+    for (pa, _), (pb, _), (pc, _) in zip(a.feats._proj_cpu, b.feats._proj_cpu, c.feats._proj_cpu):
         if pa is not None:
+            projected += 1
             assert torch.equal(pa, pb) and set(torch.unique(pa * pa.shape[0] ** 0.5).tolist()) == {-1.0, 1.0}
+            assert not torch.equal(pa, pc)  # another seed, another matrix
+    assert projected > 0
