@@ -167,9 +167,12 @@ def test_reports_show_the_heldout_loss_per_domain(tmp_path):
         _fake_run(tmp_path / f"exp/runs/greedy/seed{s}", 3.5, {"web": 3.5 + s, "code": 4.8 + 0.1 * s})
     md = write_results(exp).read_text()
     held = md.split("## Held-out pool loss per domain")[1]
+    # 95% Student-t intervals over 2 seeds: t(0.975, 1 dof) x sd / sqrt(2) = 12.7062 x sd / 1.4142; web [3, 4]:
+    # sd 0.70711 -> 6.353; the mean over domains per seed [4.0, 4.5]: sd 0.35355 -> 3.177; code [5, 5]: 0
     assert "| random | 2 | 100 | 5.000 ± 0.000 | 3.500 ± 6.353 | 4.250 ± 3.177 | - | 0.500 |" in held
     deltas = held.split("Δ vs random")[1]
-    # code: -0.2, -0.1 paired (starred: beyond both seed ranges); web: +0.5 at both seeds, inside the ranges
+    # code: -0.2, -0.1 paired (starred: beyond both seed ranges), sd 0.070711 -> 12.7062 x 0.05 = 0.635;
+    # web: +0.5 at both seeds, inside the ranges
     assert "| greedy | -0.150 ± 0.635 * | +0.500 ± 0.000 |" in deltas
     numbers = json.loads((tmp_path / "exp" / "results.json").read_text())["heldout_loss"]
     assert numbers["greedy"]["web"]["delta"]["delta_vs_baseline"] == pytest.approx(0.5)
