@@ -161,3 +161,28 @@ def test_settings_saved_before_the_data_digests_still_load(model):
     b = _scorer(model, preconditioner="kfac")
     b.load_state_dict({**a.state_dict(), "settings": old})  # unchecked on the data, as before
     np.testing.assert_array_equal(b.score_docs(DOCS), a.score_docs(DOCS))
+
+
+def test_fit_docs_max_fits_a_seeded_sample_of_the_fit_docs(model):
+    """fit_docs_max < len(fit_docs): the factors are those of a scorer given exactly the seeded uniform draw of that
+    many docs (not the first ones), and fit_size counts the sample."""
+    many = R.random_docs(12, seed=5)
+
+    def scores(fit, seed=0, cap=256):
+        s = InfluenceScorer(model, R.reference_tasks(), InfluenceConfig(batch_size=4, preconditioner="kfac", seed=seed,
+                                                                        fit_docs_max=cap), fit)
+        s.refresh(model)
+        return s.score_docs(DOCS), s.fit_size
+
+    got, size = scores(many, cap=5)
+    assert size == (5, int(sum(min(len(d), 128) for d in _sampled(many, 5, 0))))
+    np.testing.assert_allclose(got, scores(_sampled(many, 5, 0))[0], rtol=1e-6, atol=0)
+    assert not np.allclose(got, scores(many[:5])[0], rtol=1e-4)  # not simply the first five
+    assert scores(many, cap=12)[1][0] == 12  # a cap at the list's size keeps every doc
+
+
+def _sampled(docs, k, seed):
+    """The documented draw: k of the docs, uniformly without replacement from the seeded stream, in list order."""
+    from thresher.utils.seeding import rng
+
+    return [docs[i] for i in np.sort(rng(seed, "influence-fit-docs").choice(len(docs), k, replace=False))]
