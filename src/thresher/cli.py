@@ -341,6 +341,8 @@ def trace(
     run_dir: Path = typer.Argument(..., help="A run folder (the `out` of thresher train)."),
     docs: List[int] = typer.Argument(..., help="Doc ids: rows of the token store and the label table."),
     labels: Optional[Path] = typer.Option(None, help="The run's label table (default: the one its config.toml names)."),
+    store: Optional[Path] = typer.Option(None, help="The run's token store, read only for a run with held-out "
+                                         "documents (data.heldout_docs; default: the one its config.toml names)."),
     json_: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     verify: bool = typer.Option(False, help="Check each saved D_k against its log entry's SHA-1 (reads every id; "
                                              "without it, only the number of ids is checked)."),
@@ -349,7 +351,7 @@ def trace(
     and reward provenance that scored it. Reads the run's selections/ (selector.save_selections)."""
     from thresher.evaluate.trace import render, trace as trace_docs
 
-    traces = trace_docs(run_dir, docs, labels, verify=verify)
+    traces = trace_docs(run_dir, docs, labels, store, verify=verify)
     typer.echo(json.dumps(traces, indent=1) if json_ else render(traces))
 
 

@@ -150,3 +150,56 @@ def test_the_reuse_penalty_is_traced_as_the_ranking_used_it(reuse_run, monkeypat
     doc = int(d0[0])
     code, text, _ = _main(monkeypatch, capsys, "trace", out, doc)
     assert code == 0 and f"trained before: S - p {stage[doc]['penalised']:.4g}" in text.splitlines()[2]
+
+
+@pytest.fixture(scope="module")
+def heldout_run(tmp_path_factory):
+    """A tiny multi-agent run that holds 30 documents per domain out of its pool (data.heldout_docs)."""
+    out = tmp_path_factory.mktemp("trace-heldout")
+    cfg = DemoConfig(n_docs=1500, seed=0)
+    world, store, labels = _gather(out, cfg)
+    rc = run_config(cfg, "multi-agent", world, store, labels, out)
+    rc.train = dataclasses.replace(rc.train, steps=13, ckpt_every=0, eval_every=0, warmup_steps=2, export=False)
+    rc.data = dataclasses.replace(rc.data, reference_max_examples=60, heldout_docs=30)
+    rc.influence = dataclasses.replace(rc.influence, preconditioner="none")
+    rc.selector = dataclasses.replace(rc.selector, update_every=12, samples_per_category=8)
+    run(rc)
+    return Path(rc.out), rc
+
+
+def test_held_out_documents_are_named_as_such(heldout_run, tmp_path, monkeypatch, capsys):
+    """A document the run held out for evaluation scores like any other but no stage could select it: the trace
+    says so (a '-' beside a score above D_k's cut read as a selection bug); D_k is still the top of the scores of
+    the documents that were selectable."""
+    from thresher.corpus.store import TokenStore
+    from thresher.evaluate.heldout import heldout_groups
+
+    out, rc = heldout_run
+    table = LabelTable.open(rc.data.labels)
+    groups = heldout_groups(rc.data, table, TokenStore.open(rc.data.store).lengths, rc.train.eval_max_len)
+    held = np.concatenate(list(groups.values()))
+    traces = trace(out, list(range(table.n_docs)))
+    flags = np.array([t["heldout"] for t in traces])
+    np.testing.assert_array_equal(np.flatnonzero(flags), np.sort(held))
+    selected = np.array([t["stages"][1]["selected"] for t in traces])
+    score = np.array([t["stages"][1]["score"] for t in traces])
+    assert not selected[flags].any()
+    assert score[selected].min() >= score[~selected & ~flags].max()
+
+    doc = int(held[0])
+    code, text, _ = _main(monkeypatch, capsys, "trace", out, doc)
+    lines = text.splitlines()
+    assert code == 0 and lines[0].endswith("(held out for evaluation: no stage could select it)")
+    assert all(line.split()[2:4] == ["held", "out"] for line in lines[1:])
+    moved = tmp_path / "run"
+    shutil.copytree(out, moved)
+    (moved / "config.toml").write_text((out / "config.toml").read_text().replace(str(rc.data.store), "nowhere"))
+    code, _, err = _main(monkeypatch, capsys, "trace", moved, doc)
+    assert code == 2 and err.startswith("error: no token store at nowhere") and len(err.splitlines()) == 1
+    code, text, _ = _main(monkeypatch, capsys, "trace", moved, doc, "--store", rc.data.store)
+    assert code == 0 and text.splitlines() == lines
+
+
+def test_a_run_without_held_out_documents_traces_no_heldout_flag(tiny_run):
+    out, _ = tiny_run
+    assert "heldout" not in trace(out, [3])[0]

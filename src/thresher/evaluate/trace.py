@@ -16,12 +16,15 @@ PROVENANCE = ("step", "factors_step", "lambda_step", "tasks")  # what a trace ke
 
 
 def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = None,
-          verify: bool = False) -> list[dict]:
+          store: str | Path | None = None, verify: bool = False) -> list[dict]:
     """One dict per document: ``doc``, ``labels`` {agent label: category (None: missing)}, ``stages`` (one per
     selector log entry: ``step``, ``selected`` (None: not saved), and where the log has them ``theta``,
     ``weights`` {agent: weight of the doc's category}, ``score`` (Eq. 7), ``cut`` (the lowest score in D_k),
-    ``rewards``, ``arm_played``; ``verify``: each saved D_k must hash to its entry's ``selection_sha1``; with ``selector.reuse_penalty`` > 0 also ``reused`` (the doc was in an earlier
-    D_k) and ``penalised`` (the score the ranking used: S - reuse_penalty if reused), the cut then on those))."""
+    ``rewards``, ``arm_played``; with ``selector.reuse_penalty`` > 0 also ``reused`` (the doc was in an earlier
+    D_k) and ``penalised`` (the score the ranking used: S - reuse_penalty if reused), the cut then on those), and,
+    for a run with held-out pool documents (``data.heldout_docs``), ``heldout``: whether the document was held out
+    for evaluation, so that no stage could select it (the draw needs the run's token store: ``store``, else the one
+    its config.toml names). ``verify``: each saved D_k must hash to its entry's ``selection_sha1``."""
     from thresher.config import load_run_config
     from thresher.labels.table import LabelTable
 
@@ -52,6 +55,7 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     penalty = float(cfg.selector.reuse_penalty) if "theta" in log[0] else 0.0
     trained = _trained_before(log, chosen) if penalty > 0 else {}
     cuts = _cuts(log, chosen, states, table, columns, agent_column, penalty, trained)
+    held = _heldout(cfg, table, store, ids)
     out = []
     for k, doc in enumerate(doc_ids):
         code = {name: int(c[k]) for name, c in codes.items()}
@@ -74,7 +78,26 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
             stages.append(stage)
         out.append({"doc": doc, "labels": {n: names[n][c] if c >= 0 else None for n, c in code.items()},
                     "stages": stages})
+        if held is not None:
+            out[-1]["heldout"] = bool(held[k])
     return out
+
+
+def _heldout(cfg, table, store: str | Path | None, ids: np.ndarray) -> np.ndarray | None:
+    """Which of ``ids`` the run held out of its pool (data.heldout_docs), drawn as the run drew them; None when
+    the run held out nothing."""
+    if cfg.data.heldout_docs <= 0:
+        return None
+    from thresher.corpus.store import TokenStore
+    from thresher.evaluate.heldout import heldout_groups
+
+    path = Path(store or cfg.data.store)
+    if not (path / "store.json").is_file():
+        raise ThresherError(f"no token store at {path}: the run held out data.heldout_docs = {cfg.data.heldout_docs} "
+                            "documents per value, drawn from the store's lengths; give --store (config.toml's "
+                            "paths are relative to where the run was started)")
+    groups = heldout_groups(cfg.data, table, TokenStore.open(path).lengths, cfg.train.eval_max_len)
+    return np.isin(ids, np.concatenate(list(groups.values())))
 
 
 def _load_selection(run_dir: Path, entry: dict, verify: bool = False) -> np.ndarray:
@@ -164,9 +187,10 @@ def render(traces: list[dict]) -> str:
     lines = []
     for t in traces:
         lines.append(f"doc {t['doc']}: " + "  ".join(f"{n}={c if c is not None else '<missing>'}"
-                                                    for n, c in t["labels"].items()))
+                                                    for n, c in t["labels"].items())
+                     + ("  (held out for evaluation: no stage could select it)" if t.get("heldout") else ""))
         for s in t["stages"]:
-            mark = {True: "selected", False: "-", None: "not saved"}[s["selected"]]
+            mark = "held out" if t.get("heldout") else {True: "selected", False: "-", None: "not saved"}[s["selected"]]
             parts = []
             if s.get("initial"):
                 parts.append("initial stage: random")
