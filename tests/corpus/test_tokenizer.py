@@ -62,3 +62,21 @@ def test_cli_tokenizer_help_names_only_what_exists():
 
     r = CliRunner().invoke(app, ["tokenizer", "--help"])
     assert r.exit_code == 0 and "Train a byte-level BPE tokenizer" in r.output and "inspect" not in r.output
+
+
+def test_skipped_records_are_counted_per_reason(tmp_path, capsys):
+    """A malformed line or a record without text is left out of the sample and counted in one line, as ingest
+    counts them, not dropped silently."""
+    import json
+
+    good = [json.dumps({"text": f"document number {i} with some words"}) for i in range(6)]
+    shard = tmp_path / "a.jsonl"
+    shard.write_text("\n".join(good[:3] + ['{"text": "unterminated', json.dumps({"body": "no text"})] + good[3:]) + "\n")
+    train_tokenizer([str(shard)], tmp_path / "t.json", vocab_size=280)
+    out = capsys.readouterr().out
+    assert "tokenizer sample: 6 documents from 1 shard(s); skipped 2 record(s): malformed_json 1, missing_text 1" in out
+    train_tokenizer([str(shard)], tmp_path / "u.json", vocab_size=280, sample_docs=2)  # stops before the bad lines
+    assert capsys.readouterr().out.strip() == "tokenizer sample: 2 documents from 1 shard(s)"
+    (tmp_path / "bad.jsonl").write_text("{oops\n")
+    with pytest.raises(ThresherError, match=r"no usable documents .* \(skipped malformed_json 1\)$"):
+        train_tokenizer([str(tmp_path / "bad.jsonl")], tmp_path / "v.json", vocab_size=280)

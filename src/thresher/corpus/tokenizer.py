@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -102,16 +103,23 @@ def train_tokenizer(
     """Train byte-level BPE on a sample of the corpus; write tokenizer.json atomically; return its path.
 
     The sample is the first ceil(sample_docs / n_shards) good documents of every shard, so each
-    shard (often one domain) is represented without reading any shard to its end.
+    shard (often one domain) is represented without reading any shard to its end. Records skipped on the
+    way (malformed JSON, no text...) are counted per reason in one line, as ``ingest`` counts them.
     """
     from thresher.corpus.ingest import expand_inputs
 
     if vocab_size < 258 + 2:
         raise ThresherError(f"vocab_size {vocab_size} is too small for byte-level BPE (need >= 260)")
     shards = expand_inputs(inputs)
-    texts = list(sample_texts(shards, text_field, sample_docs, field_map))
+    skipped: Counter = Counter()
+    texts = list(sample_texts(shards, text_field, sample_docs, field_map, skipped))
     if not texts:
-        raise ThresherError(f"no usable documents to train a tokenizer on in {', '.join(map(str, shards))}")
+        raise ThresherError(f"no usable documents to train a tokenizer on in {', '.join(map(str, shards))}"
+                            + (f" (skipped {_reasons(skipped)})" if skipped else ""))
+    from thresher.utils.log import print0
+
+    print0(f"tokenizer sample: {len(texts)} documents from {len(shards)} shard(s)"
+           + (f"; skipped {sum(skipped.values())} record(s): {_reasons(skipped)}" if skipped else ""))
     tok, trainer = new_bpe(vocab_size)
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     out_path = Path(out_path)
@@ -121,11 +129,23 @@ def train_tokenizer(
     return out_path
 
 
-def sample_texts(shards: Sequence[Path], text_field: str, sample_docs: int, field_map: dict | None = None) -> Iterator[str]:
+def sample_texts(shards: Sequence[Path], text_field: str, sample_docs: int, field_map: dict | None = None,
+                 skipped: Counter | None = None) -> Iterator[str]:
+    """The sample's texts; ``skipped`` (when given) counts the records passed over, per reason."""
     from thresher.corpus.readers import Doc, iter_records
 
     quota = math.ceil(sample_docs / max(1, len(shards)))
+    def docs(shard: Path) -> Iterator[str]:
+        for r in iter_records(shard, text_field, field_map):
+            if isinstance(r, Doc):
+                yield r.text
+            elif skipped is not None:
+                skipped[r.reason] += 1
+
     for shard in shards:
-        docs = (r.text for r in iter_records(shard, text_field, field_map) if isinstance(r, Doc))
-        yield from itertools.islice(docs, quota)
+        yield from itertools.islice(docs(shard), quota)
+
+
+def _reasons(counts: Counter) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
 
