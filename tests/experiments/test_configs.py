@@ -125,3 +125,29 @@ def test_synthetic_config_runs_what_the_demo_runs(monkeypatch):
     ours = load_run_config(next(p for p in CONFIGS if p.stem == "synthetic"))
     for section in ("selector", "influence", "train"):
         assert differences(to_dict(ours)[section], to_dict(demo)[section], f"{section}.") == []
+
+
+def _header_overrides(path: Path) -> list[str]:
+    """The ``--set key=value`` overrides of a shipped config's header comment (its CPU recipe)."""
+    import re
+
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    return re.findall(r"--set (\S+=\S+)", header)
+
+
+@pytest.mark.parametrize("path", [p for p in ALL if p.stem in ("pool", "experiment_pool")], ids=lambda p: p.stem)
+def test_the_cpu_recipe_in_the_header_splits_its_batch(path):
+    """The header's CPU smoke run, pasted as written, must get past the trainer's batch check (pool.toml's
+    asked for 2048-token steps of 32 x 128-token micro-batches: 'not a multiple of micro_batch*seq_len')."""
+    from thresher.train.loop import _accum_steps
+
+    overrides = [o for o in _header_overrides(path) if not o.startswith("out=")]
+    assert any(o.startswith("train.device=cpu") for o in overrides)
+    if path.stem.startswith("experiment"):
+        from thresher.experiments.experiment import load_experiment, run_config_for
+
+        exp, base = load_experiment(path, overrides)
+        cfg = run_config_for(exp, base, exp.policies[0], exp.seeds[0])
+    else:
+        cfg = load_run_config(path, overrides)
+    assert _accum_steps(cfg.train, 1) >= 1
