@@ -204,6 +204,9 @@ def _run_store(checkpoint: Path, store: Optional[Path]):
             raise ThresherError(f"no config.toml in {checkpoint.parent.parent} names the run's token store: "
                                 "give --store")
         store = Path(load_run_config(config).data.store)
+        if not (store / "store.json").is_file():
+            raise ThresherError(f"no token store at {store}, the data.store that {config} names (its paths are "
+                                "relative to the directory the run was started in): run from there or give --store")
     return TokenStore.open(store)
 
 

@@ -253,3 +253,21 @@ label_columns = {{topic = "no_such_column"}}
     assert e.value.code == 0, capsys.readouterr().err  # the base's topic agent is no obstacle to regmix over domain
     code, err = _main(monkeypatch, capsys, "regmix", "--config", run_toml, "--column", "topic", "--out", out)
     assert code == 2 and "policy static-mixture runs agents ['topic']" in err and not out.exists()
+
+
+def test_export_from_another_directory_names_the_config_and_store(tmp_path, monkeypatch, capsys):
+    """config.toml's data.store is relative to where the run was started: from elsewhere `export` said only
+    'not a token store: work/store has no store.json'; it names the config the path came from and --store."""
+    step = tmp_path / "run" / "checkpoints" / "step_000002"
+    step.mkdir(parents=True)
+    (step / "trainer.pt").write_bytes(b"")
+    (step / "model.safetensors").write_bytes(b"")
+    config = tmp_path / "run" / "config.toml"
+    config.write_text('[data]\nstore = "work/store"\nlabels = "work/labels"\n')
+    monkeypatch.chdir(tmp_path)
+    code, err = _main(monkeypatch, capsys, "export", step, "--out", tmp_path / "hf")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err == (f"error: no token store at work/store, the data.store that {config} names (its paths are "
+                   "relative to the directory the run was started in): run from there or give --store")
+    code, err = _main(monkeypatch, capsys, "export", step, "--out", tmp_path / "hf", "--store", tmp_path / "nowhere")
+    assert code == 2 and err == f"error: not a token store: {tmp_path / 'nowhere'} has no store.json"
