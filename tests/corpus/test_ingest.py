@@ -314,3 +314,15 @@ def test_a_shard_whose_column_is_all_null_takes_the_other_shards_type(tok_path, 
     assert TokenStore.open(tmp_path / "s").column("q").tolist() == [None] * 4 + [0, 1, 2, 0, 1, 2]
     ingest([str(tmp_path / "b.jsonl")], tmp_path / "only_null", str(tok_path), field_map={"q": "meta.q"}, workers=1)
     assert str(pq.read_schema(tmp_path / "only_null" / "docs.parquet").field("q").type) == "string"  # as before
+
+
+def test_the_progress_bar_counts_the_shards_its_documents_come_from(monkeypatch, capsys):
+    """The bar's docs/tokens are those of the shards it counts: a log showed 'ingest: 0/7 shards, docs=5600'
+    once every shard was done (the postfix was drawn before tqdm counted the shard)."""
+    import re
+
+    monkeypatch.delenv("THRESHER_NO_PROGRESS", raising=False)
+    ing._collect(iter([{"docs": 10, "tokens": 100}] * 3), 3)
+    shown = re.findall(r"(\d)/3 \[[^\]]*docs=(\d+)", capsys.readouterr().err)
+    assert shown and shown[-1] == ("3", "30")
+    assert all(int(docs) == 10 * int(n) for n, docs in shown)

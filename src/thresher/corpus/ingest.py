@@ -254,8 +254,8 @@ def _collect(results: Iterable[dict], total: int) -> list[dict]:
     for st in bar:
         out.append(st)
         docs, tokens = docs + st["docs"], tokens + st["tokens"]
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(docs=docs, tokens=tokens)
+        if hasattr(bar, "set_postfix"):  # shown with the shard count at the bar's next refresh: a refresh now
+            bar.set_postfix(docs=docs, tokens=tokens, refresh=False)  # would show it beside the count before it
     return out
 
 
