@@ -317,7 +317,8 @@ def test_a_model_that_is_not_there_fails_before_any_labelling(tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     labelers = [RuleQualityLabeler(), HFQualityLabeler("nobody/no-such-classifier"), EmbedLabeler(minilm)]
     with pytest.raises(ThresherError, match=r"'nobody/no-such-classifier' is not a local path and not in the "
-                                            r"Hugging Face cache \(HF_HUB_OFFLINE is set\)"):
+                                            r"Hugging Face cache \(HF_HUB_OFFLINE is set\): give a local folder "
+                                            r"\(--set quality_model=PATH\)"):
         run_labelers(InMemorySource(docs[:4]), labelers, tmp_path / "labels")
     assert not (tmp_path / "labels").exists()  # no _work folder, no shard started
     monkeypatch.delenv("HF_HUB_OFFLINE")

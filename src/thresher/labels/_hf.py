@@ -56,6 +56,7 @@ class HFModelLabeler:
     settings recorded as provenance, lazy loading in the worker, pickling without the weights."""
 
     hf_kind = "classification"  # or "causal"
+    model_setting = ""  # the LabelConfig key naming the model (for the error when it cannot be found)
 
     def _init_hf(self, model: str, max_length: int, batch_size: int, device: str, max_chars: int | None) -> None:
         self.model, self.max_length, self.batch_size = model, max_length, batch_size
@@ -69,7 +70,7 @@ class HFModelLabeler:
         return {**model_version(self.model), "max_length": self.max_length, "max_chars": self.max_chars}
 
     def fetch(self) -> None:
-        ensure_model(self.model)
+        ensure_model(self.model, setting=self.model_setting)
 
     def setup(self) -> None:
         if self._net is None:

@@ -129,11 +129,12 @@ HUB_SKIP = ["onnx/*", "*.onnx", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tf
             "*.gguf"]
 
 
-def ensure_model(path_or_id: str, hub_ids: Sequence[str] = ()) -> None:
+def ensure_model(path_or_id: str, hub_ids: Sequence[str] = (), setting: str = "") -> None:
     """A local path, a Hub id already in the Hugging Face cache, or a Hub id downloaded into it now; else a
     one-line ThresherError, before any labelling starts (a worker would otherwise fail in its first shard,
     and the settings would be fingerprinted without the snapshot commit the model then gets). ``hub_ids``:
-    the repos the loader tries for this name, in its order (default: the name itself)."""
+    the repos the loader tries for this name, in its order (default: the name itself). ``setting``: the
+    LabelConfig key that names the model, so the error says which key to point at a local folder."""
     import os
 
     if Path(path_or_id).exists():
@@ -150,7 +151,8 @@ def ensure_model(path_or_id: str, hub_ids: Sequence[str] = ()) -> None:
                   for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     what = f"model {path_or_id!r} is not a local path and not in the Hugging Face cache"
     if offline:
-        raise ThresherError(f"{what} (HF_HUB_OFFLINE is set): give a local folder or download it first")
+        where = f" (--set {setting}=PATH)" if setting else ""
+        raise ThresherError(f"{what} (HF_HUB_OFFLINE is set): give a local folder{where} or download it first")
     errors = []
     for repo in repos:
         try:

@@ -87,7 +87,7 @@ class EmbedLabeler(Labeler):
         return {**self.embedder.settings(), "max_chars": self.max_chars, "dtype": "float16"}
 
     def fetch(self) -> None:
-        ensure_model(self.embedder.model, sentence_transformer_repos(self.embedder.model))
+        ensure_model(self.embedder.model, sentence_transformer_repos(self.embedder.model), setting="embed_model")
 
     def setup(self) -> None:
         self.embedder.load()

@@ -196,7 +196,7 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
                                      replace)) == set(specs):
         print0(f"label table {out} is up to date")
         if not keep_shards:  # a run killed after writing the table, before deleting its shards
-            shutil.rmtree(out / "_work" / _work_name(specs, n, shard_size), ignore_errors=True)
+            _drop_work(out / "_work" / _work_name(specs, n, shard_size))
         return LabelTable.open(out)
     work = _work_dir(out, specs, n, shard_size)
     remove_stale_temps(work)
@@ -214,8 +214,17 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
     table = merge_shards(out, work, shards, specs, n, clusterer, identity, replace)
     _write_run_stats(out, work, shards, labelers, time.perf_counter() - t0)
     if not keep_shards:
-        shutil.rmtree(work, ignore_errors=True)
+        _drop_work(work)
     return table
+
+
+def _drop_work(work: Path) -> None:
+    """Deletes a finished job's shard folder, and ``_work`` itself once no other job's shards are left in it."""
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        work.parent.rmdir()  # only when empty: another job's (kept or unfinished) shards stay
+    except OSError:
+        pass
 
 
 def _cluster_spec(clusterer: KMeansClusterer, specs: dict, out: Path) -> dict:

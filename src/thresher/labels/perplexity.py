@@ -10,8 +10,10 @@ from thresher.labels.base import Labeler, fill_float, ok_indices, screen_texts
 
 
 class PerplexityLabeler(HFModelLabeler, Labeler):
-    hf_kind = "causal"
     """``perplexity`` = exp(mean next-token NLL) over the first ``max_length`` tokens (float32)."""
+
+    hf_kind = "causal"
+    model_setting = "perplexity_model"
 
     name = "perplexity"
     columns = {"perplexity": "float", "perplexity_reason": "reason"}

@@ -48,6 +48,8 @@ class HFQualityLabeler(HFModelLabeler, _QualityLabeler):
     """Regression head output (logit 0), clipped to [0, 5]; texts truncated to ``max_length`` tokens
     like FineWeb-Edu does; texts longer than ``max_chars`` characters are refused ('too_long')."""
 
+    model_setting = "quality_model"
+
     def __init__(self, model: str = "HuggingFaceFW/fineweb-edu-classifier", max_length: int = 512,
                  batch_size: int = 32, device: str = "auto", max_chars: int | None = 1_000_000):
         self._init_hf(model, max_length, batch_size, device, max_chars)

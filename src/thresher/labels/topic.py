@@ -60,7 +60,7 @@ class ZeroShotTopicLabeler(Labeler):
         return {**self.embedder.settings(), "topics": self.topics, "max_chars": self.max_chars}
 
     def fetch(self) -> None:
-        ensure_model(self.embedder.model, sentence_transformer_repos(self.embedder.model))
+        ensure_model(self.embedder.model, sentence_transformer_repos(self.embedder.model), setting="embed_model")
 
     def setup(self) -> None:
         if self._proto is None:  # (T, d) unit-norm topic prototypes
@@ -80,6 +80,7 @@ class ZeroShotTopicLabeler(Labeler):
 class HFTopicLabeler(HFModelLabeler, Labeler):
     """``topic_score`` = softmax probability of the argmax class."""
 
+    model_setting = "topic_model"
     name = "topic"
     columns = TOPIC_COLUMNS
 
