@@ -16,8 +16,8 @@ from thresher import cli
 from thresher.agents.presets import read_init_file
 from thresher.config import save_run_config
 from thresher.experiments.demo import DemoConfig, _gather, run_config
-from thresher.experiments.regmix import (LinearFit, RegMixConfig, choose, cv_spearman, realised_mixture, run_regmix,
-                                         sample_mixtures, token_shares)
+from thresher.experiments.regmix import (LinearFit, RegMixConfig, choose, cv_spearman, few_proxies, realised_mixture,
+                                         run_regmix, sample_mixtures, token_shares)
 from thresher.utils.errors import ThresherError
 from thresher.utils.io import read_json
 
@@ -126,6 +126,9 @@ def test_regmix_end_to_end_resumes_and_feeds_init_file(base, tmp_path, monkeypat
     agent = next(a for a in selector.console.agents if a.name == "domain")
     assert agent.weights == pytest.approx([data["domain"][c] for c in cats])
     assert "cv_spearman" in read_json(tmp_path / "rm/regmix.json") and (tmp_path / "rm/results.md").exists()
+    # 3 proxies for the domains: far fewer than 2 per fitted parameter, which the result and results.md say
+    assert result["warning"] == few_proxies(3, len(cats)) and f"3 proxies for {len(cats)} categories" in result["warning"]
+    assert f"**Warning:** {result['warning']}." in (tmp_path / "rm/results.md").read_text()
     # a second call retrains nothing and gives the same weights
     calls.clear()
     assert run_regmix(cfg, base)["weights"] == result["weights"]
@@ -198,3 +201,9 @@ def test_proxies_of_a_long_context_base_train_within_the_proxy_models_context():
     proxy.train.validate()
     cfg.model = "20m"  # a proxy model with the base's context keeps its sequence length
     assert proxy_config(base, cfg, 0, {"Books": 1.0}).train.seq_len == 1024
+
+
+def test_few_proxies_warns_below_two_per_fitted_parameter():
+    """A fit of k category weights and an intercept: a warning below 2 (k + 1) proxies, none from there on."""
+    assert few_proxies(15, 7) is not None and "(>= 16 advised)" in few_proxies(15, 7)
+    assert few_proxies(16, 7) is None and few_proxies(512, 17) is None

@@ -253,6 +253,16 @@ def realised_mixture(run_dir: Path, requested: dict[str, float]) -> dict[str, fl
     return {c: v / total for c, v in got.items()} if total > 0 else dict(requested)
 
 
+def few_proxies(n_proxies: int, n_categories: int) -> str | None:
+    """A warning when the fit has fewer than two proxies per parameter (a weight per category and an intercept):
+    the regression and its CV Spearman over so few points are noise (RegMix fits 512 proxies to 17 domains)."""
+    need = 2 * (n_categories + 1)
+    if n_proxies >= need:
+        return None
+    return (f"{n_proxies} proxies for {n_categories} categories: fewer than 2 per fitted parameter "
+            f"(>= {need} advised); the fit, the chosen weights and the CV Spearman are noise at this size")
+
+
 def run_regmix(cfg: RegMixConfig, base: RunConfig) -> dict:
     """Proxies -> fit -> choice; writes the outputs and returns ``regmix.json``'s content."""
     cfg.validate()
@@ -260,6 +270,9 @@ def run_regmix(cfg: RegMixConfig, base: RunConfig) -> dict:
         require_lightgbm()  # before hours of proxies
     remove_stale_temps(cfg.out)  # proxies.jsonl, results.md, ... of a killed run
     cats, shares = token_shares(base, cfg.column)
+    warning = few_proxies(cfg.n_proxies, len(cats))
+    if warning:
+        print0(f"warning: regmix: {warning}")  # before the proxies train
     # one stream per proxy: raising n_proxies later keeps the mixtures (and proxies) already drawn
     mixtures = np.vstack([sample_mixtures(shares, 1, cfg.concentration, cfg.seed, f"proxy-{i}")
                           for i in range(cfg.n_proxies)])
@@ -272,7 +285,7 @@ def run_regmix(cfg: RegMixConfig, base: RunConfig) -> dict:
     out = Path(cfg.out)
     atomic_write_json(out / f"init_{cfg.column}.json", {cfg.column: weights})
     result = {"settings": asdict(cfg), "categories": cats, "token_shares": dict(zip(cats, shares.tolist())),
-              "proxies": rows, **info, "weights": weights}
+              "proxies": rows, **info, "weights": weights, **({"warning": warning} if warning else {})}
     atomic_write_json(out / "regmix.json", result)
     atomic_write_text(out / "results.md", _markdown(result))
     print0(f"regmix: CV Spearman {_fmt(info['cv_spearman'])}; weights -> {out / f'init_{cfg.column}.json'}")
@@ -293,6 +306,7 @@ def _markdown(r: dict) -> str:
              "than requested).", "",
              f"Best proxy loss {r['best_proxy_loss']:.4f}; predicted loss of the chosen mixture "
              f"{r['predicted_loss_chosen']:.4f}.", "",
+             *([f"**Warning:** {r['warning']}.", ""] if r.get("warning") else []),
              "| category | token share | RegMix weight |", "|---|---:|---:|"]
     lines += [f"| {c} | {r['token_shares'][c]:.4f} | {r['weights'][c]:.4f} |" for c in r["categories"]]
     lines += ["", f"Use: `--set selector.init_file={Path(s['out']) / ('init_' + s['column'] + '.json')}`", ""]
