@@ -454,3 +454,36 @@ def test_resume_with_relabelled_columns_is_refused(policy, tmp_path):
     lengths.doc_lengths[0] += 1
     with pytest.raises(SettingsMismatchError, match="or the documents' lengths changed"):
         _run(SelectorConfig(**base), 9, ctx=lengths, state=state, start=6)
+
+
+def test_a_long_quad_stage_shows_progress_in_a_log_file(monkeypatch):
+    """A Quad stage is many short scoring calls, each below a phase bar's delay: its own bar fills with D_k, so a log
+    file gets a line while a long stage runs (the refresh interval shrunk from 30 s to 0.05 s here), and the
+    selection is the same with or without the bar."""
+    import io
+    import sys
+    import time
+
+    from thresher.utils import log as log_module
+
+    cfg = SelectorConfig(policy="quad", update_every=2, budget_docs=300, threshold=0.0, clusters_per_round=2)
+    monkeypatch.setenv("THRESHER_NO_PROGRESS", "1")
+    quiet, _, _ = _run(cfg, 2, ctx=make_ctx(6000, seed=5))
+
+    class Slow(FakeRewards):
+        def task_rewards(self, doc_ids):
+            time.sleep(0.02)
+            return super().task_rewards(doc_ids)
+
+    out = io.StringIO()  # not a TTY
+    monkeypatch.setattr(sys, "stderr", out)
+    monkeypatch.delenv("THRESHER_NO_PROGRESS")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(log_module, "NON_TTY_REFRESH_S", 0.05)
+    ctx = make_ctx(6000, seed=5)
+    ctx.rewards = Slow(ctx.labels)
+    sel = build_selector(cfg, ctx)
+    sel.initial_selection()
+    assert sel.on_step(2, None)
+    assert "quad: fill D_k (step 2)" in out.getvalue() and "/300" in out.getvalue()
+    np.testing.assert_array_equal(sel.selection(), quiet.selection())

@@ -16,7 +16,7 @@ from thresher.agents.console import AgentConsole
 from thresher.agents.presets import init_specs, initial_weights
 from thresher.agents.select import make_groups, select_gumbel, select_top_k
 from thresher.utils.errors import ThresherError
-from thresher.utils.log import print0
+from thresher.utils.log import print0, progress_bar
 from thresher.utils.seeding import derive_seed, rng
 
 
@@ -264,12 +264,18 @@ class QuadSelector(_StagedSelector):
             room = min(room, int(self.cfg.quad_stage_tokens))
         rounds = 0
         self._record = RoundLog(b, thresholds=True)  # what the log keeps of this stage's rounds
+        # a stage can take minutes of short scoring calls: the bar fills with D_k (a log gets a line every 30 s)
+        bar = progress_bar(room, desc=f"quad: fill D_k (step {step})", leave=False,
+                           unit="tok" if self.budget_tokens is not None else "doc")
         if self.cfg.unvisited == "initial-visit" and b.counts.sum() == 0:
-            room = self._play(np.flatnonzero(left > 0), draws, left, chosen, room, initial=True)
+            before, room = room, self._play(np.flatnonzero(left > 0), draws, left, chosen, room, initial=True)
+            bar.update(before - room)
         while room > 0 and left.sum() > 0:
             arms = b.choose(self.g, left > 0)
-            room = self._play(arms, draws, left, chosen, room)
+            before, room = room, self._play(arms, draws, left, chosen, room)
+            bar.update(before - room)
             rounds += 1
+        bar.close()
         ids = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
         sampled = draws.drawn()
         if len(ids) == 0 and sampled:  # every document scored, none above the threshold: never train on nothing

@@ -48,3 +48,24 @@ def progress(it: Iterable[T], desc: str = "", total: int | None = None, unit: st
     from tqdm.auto import tqdm
 
     return tqdm(it, desc=desc, total=total, unit=unit, **bar_options(**kw))
+
+
+class _NoBar:
+    """What progress_bar returns off rank 0 or with THRESHER_NO_PROGRESS=1: every call does nothing."""
+
+    def update(self, n: float = 1) -> None: ...
+
+    def set_postfix(self, *args, **kwargs) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def progress_bar(total: float | None, desc: str = "", unit: str = "it", **kw):
+    """A tqdm bar updated by hand (``update(n)``, ``close()``) under progress()'s rules: rank 0 only, none with
+    THRESHER_NO_PROGRESS=1, and on a stream that is not a terminal refreshed every NON_TTY_REFRESH_S (a phase bar,
+    ``leave=False``, appears only once it has run that long)."""
+    if rank() != 0 or os.environ.get("THRESHER_NO_PROGRESS") == "1":
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, **bar_options(**kw))
