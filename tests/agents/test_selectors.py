@@ -251,12 +251,15 @@ def test_quad_threshold_off_the_reward_scale_and_stage_tokens_with_a_doc_budget_
     tokens under a document budget would be ignored. Both are one clear error."""
     ctx = make_ctx(2000)
     ctx.rewards = FakeRewards(ctx.labels, scale=1e-6)  # rewards ~1e-6, the paper's threshold 0.0025
-    sel = build_selector(SelectorConfig(policy="quad", budget_docs=300, update_every=5, initial="scores"), ctx)
+    sel = build_selector(SelectorConfig(policy="quad", budget_docs=300, update_every=5), ctx)
+    sel.initial_selection()
     with pytest.raises(ThresherError, match="threshold_mode = 'quantile'"):
-        sel.initial_selection()
-    ok = build_selector(SelectorConfig(policy="quad", budget_docs=300, update_every=5, initial="scores",
-                                       threshold_mode="quantile"), ctx)
-    assert len(ok.initial_selection()) == 300
+        sel.on_step(5, None)
+    ok = build_selector(SelectorConfig(policy="quad", budget_docs=300, update_every=5, threshold_mode="quantile"), ctx)
+    ok.initial_selection()
+    assert ok.on_step(5, None) and len(ok.selection()) == 300
+    with pytest.raises(ThresherError, match="selector.initial = 'scores' is for the console policies"):
+        build_selector(SelectorConfig(policy="quad", budget_docs=300, initial="scores"), ctx)
     with pytest.raises(ThresherError, match="quad_stage_tokens"):
         build_selector(SelectorConfig(policy="quad", budget_docs=300, quad_stage_tokens=500), ctx)
 
@@ -398,8 +401,10 @@ def test_quad_absolute_threshold_is_strict():
 
     ctx = make_ctx(2000)
     ctx.rewards = Fixed(ctx.labels)
-    sel = build_selector(SelectorConfig(policy="quad", budget_docs=100, threshold=0.5, initial="scores"), ctx)
-    ids = sel.initial_selection()
+    sel = build_selector(SelectorConfig(policy="quad", budget_docs=100, threshold=0.5, update_every=1), ctx)
+    sel.initial_selection()
+    assert sel.on_step(1, None)
+    ids = sel.selection()
     assert len(ids) == 100 and (ids % 2 == 1).all()
 
 

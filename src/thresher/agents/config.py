@@ -41,7 +41,7 @@ class SelectorConfig:
     budget_docs: Optional[int] = None  # overrides the context's budget when set
     budget_tokens: Optional[int] = None  # (set one of the two budgets)
     reuse_penalty: float = 0.0  # subtracted from S of docs already trained on (0 = off)
-    initial: str = "random"  # D_k before the first update: random (Algorithm 1 line 2) | scores
+    initial: str = "random"  # D_k before the first update: random (Algorithm 1 line 2) | scores (by initial weights)
     # initial agent weights: {column: "uniform" | preset name | {category: weight}}; file: same JSON
     init: dict = field(default_factory=dict)
     init_file: Optional[str] = None  # JSON {column: spec}, e.g. RegMix weights (thresher regmix); init wins per key

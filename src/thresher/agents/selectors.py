@@ -233,6 +233,10 @@ class QuadSelector(_StagedSelector):
         self._index(ctx, [col])
         if ctx.rewards is None:
             raise ThresherError("policy quad needs a reward source (influence) in the context")
+        if self.cfg.initial != "random":  # the console policies' 'scores' are their initial weights; quad has none
+            raise ThresherError(f"selector.initial = {self.cfg.initial!r} is for the console policies (D_0 by their "
+                                "initial weights); quad's D_0 would need rewards from a model that has not trained "
+                                "yet: use 'random' (Algorithm 1 line 2)")
         c = self.cfg
         self.bandit = ClusterBandit(arm_sizes(self.index, col, len(self.categories[col])), c.alpha,
                                     c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round, c.unvisited,
@@ -243,7 +247,7 @@ class QuadSelector(_StagedSelector):
                                 "(selector.budget_tokens), not budget_docs")
 
     def initial_selection(self) -> np.ndarray:
-        ids = self._random_stage() if self.cfg.initial == "random" else self._fill(0)
+        ids = self._random_stage()
         self._set_selection(ids)
         self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "selection_sha1": selection_digest(ids)})
         return self._selection
