@@ -12,7 +12,7 @@ import pytest
 
 from thresher import cli
 from thresher.evaluate.report import read_jsonl
-from thresher.evaluate.trace import PROVENANCE, trace
+from thresher.evaluate.trace import PROVENANCE, render, trace
 from thresher.experiments.demo import DemoConfig, _gather, run_config
 from thresher.experiments.run import run
 from thresher.labels.table import LabelTable
@@ -97,10 +97,15 @@ def test_quad_stages_say_whether_the_documents_cluster_was_played(tiny_run, tmp_
     played = int(cluster[5])
     other = int(np.flatnonzero(cluster != played)[0])
     np.save(copy / "selections" / "q.npy", np.array([5, 9], dtype=np.int32))
+    np.save(copy / "selections" / "q0.npy", np.array([5, 7], dtype=np.int32))
     atomic_write_jsonl(copy / "selector_log.jsonl", [
+        {"step": 0, "policy": "quad", "selected": 2, "initial": "random", "selection_file": "selections/q0.npy"},
         {"step": 12, "policy": "quad", "selected": 2, "arms": {"played": [played], "n": [3], "reward_sum": [0.1]},
          "rewards": {"step": 12, "tasks": ["a"], "settings": {}}, "selection_file": "selections/q.npy"}])
-    stages = [t["stages"][0] for t in trace(copy, [5, other])]
+    traced = trace(copy, [5, other])
+    assert traced[0]["stages"][0] == {"step": 0, "selected": True, "initial": "random"}
+    assert "initial stage: random" in render(traced).splitlines()[1]
+    stages = [t["stages"][1] for t in traced]
     assert stages == [{"step": 12, "selected": True, "arm_played": True, "rewards": {"step": 12, "tasks": ["a"]}},
                       {"step": 12, "selected": other == 9, "arm_played": False, "rewards": {"step": 12, "tasks": ["a"]}}]
 

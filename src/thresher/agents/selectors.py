@@ -249,7 +249,8 @@ class QuadSelector(_StagedSelector):
     def initial_selection(self) -> np.ndarray:
         ids = self._random_stage()
         self._set_selection(ids)
-        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "selection_sha1": selection_digest(ids)})
+        self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "initial": "random",
+                         "selection_sha1": selection_digest(ids)})
         return self._selection
 
     def on_step(self, step: int, model: Any) -> bool:

@@ -71,6 +71,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
                                           else stage["score"] - penalty * reused)
                 if i in cuts:
                     stage["cut"] = cuts[i]
+            elif e.get("initial"):  # quad, mates: how D_0 was drawn
+                stage["initial"] = e["initial"]
             if "arms" in e and cfg.selector.bandit_column in code:  # Quad: was the doc's cluster played
                 stage["arm_played"] = code[cfg.selector.bandit_column] in e["arms"]["played"]
             if e.get("rewards"):
@@ -193,7 +195,7 @@ def render(traces: list[dict]) -> str:
             mark = "held out" if t.get("heldout") else {True: "selected", False: "-", None: "not saved"}[s["selected"]]
             parts = []
             if s.get("initial"):
-                parts.append("initial stage: random")
+                parts.append(f"initial stage: {s['initial']}")
             elif "theta" in s:
                 terms = ", ".join(f"{a} {th:.3g} x {_num(s['weights'][a])}" for a, th in s["theta"].items())
                 cut = f"; D_k's lowest {_num(s['cut'])}" if "cut" in s else ""
