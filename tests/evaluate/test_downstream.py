@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +91,26 @@ def test_caller_rng_untouched(tiny_model_dir, fake_data_root, tmp_path):
     torch.manual_seed(7)
     evaluate_downstream(tiny_model_dir, ["boolq"], 0, fake_data_root, tmp_path, limit=2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_no_git_noise_outside_a_repository(tiny_model_dir, fake_data_root, tmp_path, monkeypatch, capfd):
+    """lm-eval records the working directory's git hash by running git, which printed 'fatal: not a git repository'
+    into the user's terminal from any folder outside a repository; inside one, the hash is still recorded."""
+    import lm_eval.evaluator as evaluator
+
+    from thresher.evaluate.downstream import _git_hash_quietly
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # tmp_path may lie inside a repository
+    capfd.readouterr()
+    evaluate_downstream(tiny_model_dir, ["boolq"], 0, fake_data_root, tmp_path / "ev", limit=2)
+    assert "not a git repository" not in capfd.readouterr().err
+    assert _git_hash_quietly() is None and evaluator.get_git_commit_hash is not _git_hash_quietly  # restored
+    monkeypatch.chdir(Path(__file__).parent)
+    if shutil.which("git") and subprocess.run(["git", "rev-parse"], capture_output=True).returncode == 0:
+        assert _git_hash_quietly()  # the checkout's hash, as lm-eval records it
 
 
 def test_missing_data_root_is_a_clear_error(tiny_model_dir, tmp_path):

@@ -69,7 +69,7 @@ def evaluate_downstream(
     lm = _load_hf(model_dir, batch_size, device, model_args or {})
     per_task = {}
     for name in progress(names, desc="downstream", unit="task"):
-        with _preserve_rng():  # simple_evaluate reseeds random/numpy/torch globally
+        with _preserve_rng(), _quiet_git():  # simple_evaluate reseeds random/numpy/torch globally
             per_task[name] = _run_one(lm, manager, name, shots[name], limit, fewshot_seed,
                                       out_dir / f"samples_{name}.jsonl" if write_samples else None)
         row = per_task[name]
@@ -81,6 +81,30 @@ def evaluate_downstream(
                            "data_root": str(data_root), "lm_eval_version": _lm_eval_version()}
     atomic_write_json(out_dir / RESULTS_FILE, results)
     return results
+
+
+def _git_hash_quietly() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` (the working directory's ``git describe --always``, recorded in its
+    results), without git's 'fatal: not a git repository' on stderr when evaluating outside a repository."""
+    import subprocess
+
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_git():
+    """lm-eval's evaluator with ``_git_hash_quietly`` in place of its git call, restored afterwards."""
+    import lm_eval.evaluator as evaluator
+
+    saved = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = _git_hash_quietly
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = saved
 
 
 @contextlib.contextmanager
