@@ -15,7 +15,7 @@ another sample of fit documents of the same size: the noise of the factor estima
 
     python benchmarks/influence_refresh.py                          # tiny model, CPU, ~1 min
     python benchmarks/influence_refresh.py --model 20m --dtype float32 --steps 40 --every 40 --refreshes 4 \
-        --preconditioners ekfac --seq-len 256                        # hidden 512: the full-space factors matter
+        --preconditioners ekfac --seq-len 256                        # thresher's 20m: hidden 256, 8 layers
     python benchmarks/influence_refresh.py --steps 1500 --n-train 12500 --lr-late 3e-4  # later in training
 """
 
