@@ -441,3 +441,66 @@ def test_a_ray_label_job_killed_mid_way_resumes_to_the_uninterrupted_table(tmp_p
     assert {m: (work / m).stat().st_mtime_ns for m in done} == done  # the finished shards were not redone
     assert len(list(work.glob("*.done.json"))) == 3
     tables_equal(resumed, run_labelers(InMemorySource(docs), [RuleQualityLabeler()], tmp_path / "clean", shard_size=10))
+
+
+LATE_RULES = '''
+import os, time
+from thresher.labels.quality import RuleQualityLabeler
+class LateRules(RuleQualityLabeler):
+    """Unpickled in each Ray actor's constructor, where every actor but the first waits `delay` s (a late start on
+    a loaded machine); records the pid of the process that labels each shard."""
+    def __init__(self, marks, delay):
+        super().__init__()
+        self.marks, self.delay = marks, delay
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        try:
+            os.close(os.open(os.path.join(self.marks, "first"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            time.sleep(self.delay)
+    def label(self, batch):
+        with open(os.path.join(self.marks, f"pid-{os.getpid()}"), "a") as f:
+            f.write(f"{batch['doc_id'][0]}\\n")
+        return super().label(batch)
+'''
+
+
+@pytest.mark.slow
+def test_every_ray_actor_asked_labels_shards_and_the_job_says_how_many(tmp_path, docs, capsys):
+    """--workers 2 on Ray, one actor starting 5 s after the other, 6 cheap shards: the shards are handed out once
+    both actors are up, so both label shards (without that wait the first actor labels all 6 before the second
+    starts, silently), and the job prints how many actors labelled shards and no warning."""
+    pytest.importorskip("ray")
+    import types
+
+    import ray
+
+    mod = types.ModuleType("late_rules")  # not importable in the actors: cloudpickle sends the class by value
+    exec(LATE_RULES, mod.__dict__)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"THRESHER_NO_PROGRESS": "1"}})
+        run_labelers(InMemorySource(docs), [mod.LateRules(str(marks), 5.0)], tmp_path / "labels", executor="ray",
+                     shard_size=4, batch_size=4, workers=2)
+    finally:
+        ray.shutdown()
+    pids = {p.name: len(p.read_text().split()) for p in marks.glob("pid-*")}
+    assert len(pids) == 2 and sum(pids.values()) == 6, pids
+    out = capsys.readouterr().out
+    assert "ray: 2 actor(s) labelled 6 shards" in out and "warning" not in out, out
+
+
+def test_a_ray_cluster_smaller_than_the_workers_asked_is_said(monkeypatch, capsys):
+    ray = pytest.importorskip("ray")
+    from thresher.labels.executors import _ray_pool_size
+    from thresher.utils.errors import ThresherError
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 3.0, "GPU": 1.0})
+    assert _ray_pool_size(2, 0.0) == 2 and capsys.readouterr().out == ""
+    assert _ray_pool_size(4, 0.0) == 3
+    assert "room for 3 of the 4 label actors asked (--workers); labelling with 3" in capsys.readouterr().out
+    assert _ray_pool_size(4, 0.5) == 2 and "1 GPU(s)" in capsys.readouterr().out
+    with pytest.raises(ThresherError, match="not one label actor"):
+        _ray_pool_size(2, 2.0)

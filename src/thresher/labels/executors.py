@@ -138,31 +138,76 @@ class _RayShardActor:
     """A Ray Data actor: loads the labelers once, labels whole shards (one row = one shard)."""
 
     def __init__(self, source, labelers, work: str, batch_size: int):
+        import ray
+
         _init_worker(source, labelers, work, batch_size)
+        self.actor_id = ray.get_runtime_context().get_actor_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for i, lo, hi in zip(batch["shard"], batch["lo"], batch["hi"]):
             _worker_shard((int(i), int(lo), int(hi)))
-        return {"shard": batch["shard"]}
+        return {"shard": batch["shard"], "actor": np.array([self.actor_id] * len(batch["shard"]), dtype=object)}
+
+
+# how long a Ray label job waits for its whole actor pool to start before it labels a shard (then it fails)
+RAY_ACTOR_START_S = 600
+
+
+def _ray_pool_size(workers: int, num_gpus: float) -> int:
+    """``workers``, or the actors the cluster's CPUs (GPUs) hold when that is fewer (then says so)."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    fits = int(cpus // 1) if not num_gpus else min(int(cpus // 1), int(gpus // num_gpus))
+    if fits >= workers:
+        return workers
+    has = f"{cpus:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if num_gpus else "")
+    if fits < 1:
+        raise ThresherError(f"the Ray cluster has {has}: not one label actor (1 CPU"
+                            f"{f', {num_gpus:g} GPU' if num_gpus else ''}) fits")
+    print0(f"warning: ray: the cluster has {has}: room for {fits} of the {workers} label actors asked (--workers); "
+           f"labelling with {fits}")
+    return fits
 
 
 def run_ray(source, labelers, work: Path, todo: list, batch_size: int, workers: int, num_gpus: float = 0.0,
             address: str | None = None) -> None:
-    """ray.data over shard descriptors with an actor pool of ``workers`` (GPU actors if num_gpus>0)."""
+    """ray.data over shard descriptors with a fixed pool of ``workers`` actors (GPU actors if num_gpus>0).
+
+    Shards are handed out only once every actor of the pool has started: Ray Data otherwise gives them to the
+    actors that are up, so an actor that starts late (a loaded machine) can find none left. The job says how
+    many actors labelled shards, and warns when that is fewer than ``workers``."""
     import ray
+    from ray.data import ActorPoolStrategy
 
     if not ray.is_initialized():
         kw = {"address": address} if address else {"num_cpus": max(2, workers)}
         ray.init(include_dashboard=False, log_to_driver=False, **kw)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
+    size = _ray_pool_size(max(1, workers), num_gpus)
     items = [{"shard": i, "lo": lo, "hi": hi} for i, lo, hi in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _RayShardActor, fn_constructor_kwargs=dict(source=source, labelers=labelers, work=str(work), batch_size=batch_size),
-        batch_size=1, concurrency=max(1, workers), num_cpus=1, num_gpus=num_gpus or None)
-    done = sum(len(b["shard"]) for b in ds.iter_batches(batch_size=None))
+        batch_size=1, compute=ActorPoolStrategy(size=size), num_cpus=1, num_gpus=num_gpus or None)
+    ds.context.wait_for_min_actors_s = RAY_ACTOR_START_S  # this dataset's copy of the context
+    actors: Counter = Counter()
+    try:
+        for b in ds.iter_batches(batch_size=None):
+            actors.update(str(a) for a in b["actor"])
+    except ray.exceptions.GetTimeoutError as e:
+        free = ray.available_resources()
+        raise ThresherError(f"ray: the {size} label actors did not all start within {RAY_ACTOR_START_S} s (free now: "
+                            f"{free.get('CPU', 0):g} CPU(s), {free.get('GPU', 0):g} GPU(s)); ask fewer --workers "
+                            "or free the cluster") from e
+    done = sum(actors.values())
     if done != len(todo):
         raise ThresherError(f"ray labelled {done} of {len(todo)} shards")
+    print0(f"ray: {len(actors)} actor(s) labelled {done} shards")
+    if len(actors) < min(max(1, workers), done):
+        print0(f"warning: ray: {len(actors)} of the {max(1, workers)} actors asked (--workers) labelled shards, "
+               f"so this job ran slower than asked")
 
 
 # ------------------------------------------------------------------------------ entry point
