@@ -158,16 +158,10 @@ def test_the_reuse_penalty_is_traced_as_the_ranking_used_it(reuse_run, monkeypat
 
 
 @pytest.fixture(scope="module")
-def heldout_run(tmp_path_factory):
-    """A tiny multi-agent run that holds 30 documents per domain out of its pool (data.heldout_docs)."""
-    out = tmp_path_factory.mktemp("trace-heldout")
-    cfg = DemoConfig(n_docs=1500, seed=0)
-    world, store, labels = _gather(out, cfg)
-    rc = run_config(cfg, "multi-agent", world, store, labels, out)
-    rc.train = dataclasses.replace(rc.train, steps=13, ckpt_every=0, eval_every=0, warmup_steps=2, export=False)
-    rc.data = dataclasses.replace(rc.data, reference_max_examples=60, heldout_docs=30)
-    rc.influence = dataclasses.replace(rc.influence, preconditioner="none")
-    rc.selector = dataclasses.replace(rc.selector, update_every=12, samples_per_category=8)
+def heldout_run(tiny_run):
+    """The same tiny run holding 30 documents per domain out of its pool (data.heldout_docs)."""
+    out, rc = tiny_run
+    rc = dataclasses.replace(rc, out=str(out.parent / "heldout"), data=dataclasses.replace(rc.data, heldout_docs=30))
     run(rc)
     return Path(rc.out), rc
 
