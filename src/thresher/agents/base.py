@@ -223,7 +223,7 @@ def resolve_budget(cfg: Any, ctx: SelectionContext) -> tuple[int | None, int | N
         raise ThresherError(f"selector budget must be positive, got budget_{'tokens' if tokens is not None else 'docs'}"
                             f" = {tokens if tokens is not None else docs}")
     held = ctx.heldout if ctx.heldout is not None else np.zeros(0, dtype=np.int64)  # never selectable
-    pool_docs = ctx.n_docs - len(held)
+    pool_docs = selectable_count(ctx)
     pool_tokens = int(np.sum(ctx.doc_lengths)) - int(np.sum(np.asarray(ctx.doc_lengths)[held]))
     if tokens is not None and tokens >= pool_tokens or tokens is None and docs >= pool_docs:
         what = f"budget_tokens = {tokens}" if tokens is not None else f"budget_docs = {docs}"

@@ -54,6 +54,7 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     states = _console_states(log)
     penalty = float(cfg.selector.reuse_penalty) if "theta" in log[0] else 0.0
     trained = _trained_before(log, chosen) if penalty > 0 else {}
+    reused = {i: None if t is None else np.isin(ids, t) for i, t in trained.items()}  # per stage, as `selected`
     cuts = _cuts(log, chosen, states, table, columns, agent_column, penalty, trained)
     held = _heldout(cfg, table, store, ids)
     out = []
@@ -65,10 +66,10 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
             if i in states:
                 stage.update(_scored(e, *states[i], agent_column, code))
                 if penalty > 0 and e["step"] > 0:  # the reuse penalty: S - p for a doc of an earlier D_k
-                    reused = None if trained.get(i) is None else bool(np.isin(doc, trained[i]))
-                    stage["reused"] = reused
-                    stage["penalised"] = (None if reused is None or stage["score"] is None
-                                          else stage["score"] - penalty * reused)
+                    was = None if reused[i] is None else bool(reused[i][k])
+                    stage["reused"] = was
+                    stage["penalised"] = (None if was is None or stage["score"] is None
+                                          else stage["score"] - penalty * was)
                 if i in cuts:
                     stage["cut"] = cuts[i]
             elif e.get("initial"):  # quad, mates: how D_0 was drawn

@@ -181,12 +181,13 @@ def run_ray(source, labelers, work: Path, todo: list, batch_size: int, workers: 
     import ray
     from ray.data import ActorPoolStrategy
 
+    workers = max(1, workers)
     if not ray.is_initialized():
         kw = {"address": address} if address else {"num_cpus": max(2, workers)}
         ray.init(include_dashboard=False, log_to_driver=False, **kw)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    size = _ray_pool_size(max(1, workers), num_gpus)
+    size = _ray_pool_size(workers, num_gpus)
     items = [{"shard": i, "lo": lo, "hi": hi} for i, lo, hi in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _RayShardActor, fn_constructor_kwargs=dict(source=source, labelers=labelers, work=str(work), batch_size=batch_size),
@@ -205,8 +206,8 @@ def run_ray(source, labelers, work: Path, todo: list, batch_size: int, workers: 
     if done != len(todo):
         raise ThresherError(f"ray labelled {done} of {len(todo)} shards")
     print0(f"ray: {len(actors)} actor(s) labelled {done} shards")
-    if len(actors) < min(max(1, workers), done):
-        print0(f"warning: ray: {len(actors)} of the {max(1, workers)} actors asked (--workers) labelled shards, "
+    if len(actors) < min(workers, done):
+        print0(f"warning: ray: {len(actors)} of the {workers} actors asked (--workers) labelled shards, "
                f"so this job ran slower than asked")
 
 

@@ -41,9 +41,14 @@ def bar_options(file=None, **kw) -> dict:
     return {"file": file, "dynamic_ncols": True, **kw}
 
 
+def _bars_on() -> bool:
+    """Progress bars show on rank 0 unless THRESHER_NO_PROGRESS=1."""
+    return rank() == 0 and os.environ.get("THRESHER_NO_PROGRESS") != "1"
+
+
 def progress(it: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it", **kw) -> Iterable[T]:
     """A tqdm bar on rank 0 (stderr), a plain iterator elsewhere or when THRESHER_NO_PROGRESS=1."""
-    if rank() != 0 or os.environ.get("THRESHER_NO_PROGRESS") == "1":
+    if not _bars_on():
         return it
     from tqdm.auto import tqdm
 
@@ -64,7 +69,7 @@ def progress_bar(total: float | None, desc: str = "", unit: str = "it", **kw):
     """A tqdm bar updated by hand (``update(n)``, ``close()``) under progress()'s rules: rank 0 only, none with
     THRESHER_NO_PROGRESS=1, and on a stream that is not a terminal refreshed every NON_TTY_REFRESH_S (a phase bar,
     ``leave=False``, appears only once it has run that long)."""
-    if rank() != 0 or os.environ.get("THRESHER_NO_PROGRESS") == "1":
+    if not _bars_on():
         return _NoBar()
     from tqdm.auto import tqdm
 
