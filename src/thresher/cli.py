@@ -119,6 +119,9 @@ def label(
     executor: Optional[str] = typer.Option(None, help="local (processes on this machine; default) or ray (Ray Data)."),
     workers: Optional[int] = typer.Option(None, help="Local worker processes (default 1)."),
     kmeans_k: Optional[int] = typer.Option(None, help="k-means clusters over the embeddings (default 0 = none)."),
+    quality_bins: Optional[int] = typer.Option(None, help="Also write quality_bin: this many equal-count bins of the "
+                                               "pool's quality scores (default 0 = none), for a quality agent "
+                                               "when the scores crowd into one Eq. 3 interval (quality_rules)."),
     domain_names: Optional[str] = typer.Option(None, help="The domain labeler's categories, comma-separated, matched "
                                                "case-insensitively against the store's `domain` field (e.g. The "
                                                "Pile's set names), or 'auto' (the field's distinct values, most "
@@ -137,7 +140,7 @@ def label(
     from thresher.utils.tomlio import load_config
 
     overrides = _overrides(set_, {"labelers": labelers, "domain_names": domain_names},
-                           {"executor": executor, "workers": workers, "kmeans_k": kmeans_k,
+                           {"executor": executor, "workers": workers, "kmeans_k": kmeans_k, "quality_bins": quality_bins,
                             "replace": True if replace else None})
     cfg = load_config(LabelConfig, config, overrides)
     table = run_from_config(TokenStoreSource(store), cfg, out)

@@ -41,6 +41,10 @@ class LabelConfig:
     kmeans_k: int = 0  # 0 = no clustering; the Quad paper: 10000
     kmeans_sample: int = 1_000_000  # embeddings the centroids are trained on (faiss k-means); all are assigned
     kmeans_niter: int = 20  # k-means iterations
+    # 0 = off; N >= 2: also write quality_bin, N equal-count bins of the pool's quality_score (cut at document
+    # scores; ties share a bin, so maybe fewer), for scorers that bunch their scores in one Eq. 3 interval
+    # (quality_rules); the quality agent reads it with data.label_columns.quality = "quality_bin"
+    quality_bins: int = 0
     executor: str = "local"  # local | ray
     shard_size: int = 10_000  # documents per labelling shard (the unit of progress and resume)
     workers: int = 1  # local processes (executor = "local")
@@ -58,6 +62,8 @@ class LabelConfig:
                      "max_chars"):
             if getattr(self, name) < 1:
                 raise ThresherError(f"label.{name} = {getattr(self, name)}; expected an integer >= 1")
+        if self.quality_bins < 0 or self.quality_bins == 1:
+            raise ThresherError(f"label.quality_bins = {self.quality_bins}; expected 0 (off) or a bin count >= 2")
         if self.kmeans_k < 0:
             raise ThresherError(f"label.kmeans_k = {self.kmeans_k}; expected 0 (no clustering) or a cluster count >= 1")
 
@@ -135,4 +141,4 @@ def run_from_config(source: DocumentSource, cfg: LabelConfig, out_dir: str | Pat
     return run_labelers(source, build_labelers(cfg, source), out_dir, executor=cfg.executor,
                         shard_size=cfg.shard_size, workers=cfg.workers, batch_size=cfg.batch_size,
                         clusterer=build_clusterer(cfg), num_gpus=cfg.num_gpus, keep_shards=cfg.keep_shards,
-                        ray_address=cfg.ray_address, replace=cfg.replace)
+                        ray_address=cfg.ray_address, replace=cfg.replace, quality_bins=cfg.quality_bins)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher.labels.base import DocumentSource, Labeler, fingerprint
+from thresher.labels.bins import QuantileBins
 from thresher.labels.cluster import KMeansClusterer
 from thresher.labels.table import LabelTable
 from thresher.utils.errors import SettingsMismatchError, ThresherError
@@ -217,9 +218,10 @@ def run_ray(source, labelers, work: Path, todo: list, batch_size: int, workers: 
 def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: str | Path, executor: str = "local",
                  shard_size: int = 10_000, workers: int = 1, batch_size: int = 256,
                  clusterer: KMeansClusterer | None = None, num_gpus: float = 0.0, keep_shards: bool = False,
-                 ray_address: str | None = None, replace: bool = False) -> LabelTable:
+                 ray_address: str | None = None, replace: bool = False, quality_bins: int = 0) -> LabelTable:
     """Label every doc of ``source`` and add the columns to the label table at ``out_dir``; with ``replace``,
-    columns the table has under other settings are recomputed and written over (else that is an error)."""
+    columns the table has under other settings are recomputed and written over (else that is an error).
+    ``quality_bins`` > 0 then also writes ``quality_bin``, equal-count bins of ``quality_score`` (labels/bins.py)."""
     out, n = Path(out_dir), int(source.n_docs)
     if n == 0:
         raise ThresherError("the document source has no documents")
@@ -228,22 +230,27 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
     specs = column_specs(labelers)
     if clusterer is not None:
         specs[clusterer.column] = _cluster_spec(clusterer, specs, out)
+    binner = QuantileBins(quality_bins) if quality_bins else None
     identity = getattr(source, "identity", None)  # a token store's fingerprint: the table records it
-    if replace and clusterer is None and "embedding" in specs and LabelTable.exists(out):
-        t = LabelTable.open(out, complete=False)  # columns derived from the embeddings record their provenance
-        replaced = ("embedding" in t.columns
-                    and fingerprint(t.provenance("embedding")) != fingerprint(specs["embedding"]["provenance"]))
-        stale = [c for c in t.columns if replaced and c not in specs and "embedding" in t.provenance(c)]
-        if stale:
-            raise ThresherError(f"replacing 'embedding' would leave {stale} computed from the old embeddings: "
-                                "recompute them in the same run (--kmeans-k)")
+    old = LabelTable.open(out, complete=False) if LabelTable.exists(out) else None
+    if binner is not None and binner.source not in specs and (old is None or binner.source not in old.columns):
+        raise ThresherError(f"label.quality_bins = {quality_bins} cuts the {binner.source} column into bins: add a "
+                            "quality labeler (quality_rules, quality_hf or quality_fasttext) to this run")
+    for base, derived, flag in (("embedding", clusterer, "--kmeans-k"), (QuantileBins.source, binner, "--quality-bins")):
+        if replace and derived is None and base in specs and old is not None and base in old.columns:
+            # columns derived from another record its provenance under its name: replacing it makes them stale
+            replaced = fingerprint(old.provenance(base)) != fingerprint(specs[base]["provenance"])
+            stale = [c for c in old.columns if replaced and c not in specs and base in old.provenance(c)]
+            if stale:
+                raise ThresherError(f"replacing {base!r} would leave {stale} computed from the old values: "
+                                    f"recompute them in the same run ({flag})")
     remove_stale_temps(out)  # a table write killed mid-way left its temporaries (whole columns)
     if set(LabelTable.check_settings(out, {c: s["provenance"] for c, s in specs.items()}, n, identity,
                                      replace)) == set(specs):
         print0(f"label table {out} is up to date")
         if not keep_shards:  # a run killed after writing the table, before deleting its shards
             _drop_work(out / "_work" / _work_name(specs, n, shard_size))
-        return LabelTable.open(out)
+        return _write_bins(out, binner, identity, replace)
     work = _work_dir(out, specs, n, shard_size)
     remove_stale_temps(work)
     shards = shard_ranges(n, shard_size)
@@ -261,7 +268,22 @@ def run_labelers(source: DocumentSource, labelers: Sequence[Labeler], out_dir: s
     _write_run_stats(out, work, shards, labelers, time.perf_counter() - t0)
     if not keep_shards:
         _drop_work(work)
-    return table
+    return _write_bins(out, binner, identity, replace) if binner is not None else table
+
+
+def _write_bins(out: Path, binner: QuantileBins | None, identity: str | None, replace: bool) -> LabelTable:
+    """Adds ``binner``'s column to the finished table at ``out`` (nothing when it is there under the same cuts)."""
+    table = LabelTable.open(out)
+    if binner is None:
+        return table
+    codes, spec = binner.fit(table.column(binner.source), table.provenance(binner.source))
+    col = binner.column
+    if col in LabelTable.check_settings(out, {col: spec["provenance"]}, table.n_docs, identity, replace):
+        return table
+    sizes = np.bincount(codes[codes >= 0], minlength=len(spec["categories"]))
+    print0(f"{col}: {len(sizes)} bins of {binner.source} (asked for {binner.bins}), documents per bin: "
+           + ", ".join(f"{name} {k}" for name, k in zip(spec["categories"], sizes.tolist())))
+    return LabelTable.write(out, table.n_docs, {col: codes}, {col: spec}, source=identity, replace=replace)
 
 
 def _drop_work(work: Path) -> None:
