@@ -305,12 +305,16 @@ def _cluster_spec(clusterer: KMeansClusterer, specs: dict, out: Path) -> dict:
     return {"kind": "category", "categories": clusterer.categories(), "provenance": clusterer.provenance(emb_prov)}
 
 
+def _work_settings(specs: dict, n: int, shard_size: int) -> dict:
+    return {"n_docs": n, "shard_size": shard_size, "columns": specs}
+
+
 def _work_name(specs: dict, n: int, shard_size: int) -> str:
-    return fingerprint({"n_docs": n, "shard_size": shard_size, "columns": specs})[:16]
+    return fingerprint(_work_settings(specs, n, shard_size))[:16]
 
 
 def _work_dir(out: Path, specs: dict, n: int, shard_size: int) -> Path:
-    settings = {"n_docs": n, "shard_size": shard_size, "columns": specs}
+    settings = _work_settings(specs, n, shard_size)
     work = out / "_work" / _work_name(specs, n, shard_size)
     make_dir(work)
     if (work / "settings.json").exists():
