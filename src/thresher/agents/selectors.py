@@ -105,7 +105,8 @@ def missing_labels_error(policy: str, cols: list[str], missing: list[str], found
     return ThresherError(
         f"policy {policy} runs agents {cols}, but the label table has no {missing} column "
         f"(agent columns found: {found}): label the store with the labeler that writes "
-        "it (topic: topic_zeroshot or topic_hf; cluster: embed with --kmeans-k), or pick a policy / "
+        "it (topic: topic_zeroshot or topic_hf; cluster: embed with --kmeans-k; quality_bin: a quality labeler "
+        "with --quality-bins), or pick a policy / "
         "selector.agents that uses only the columns you have "
         "(e.g. --set selector.agents='[\"domain\", \"quality\"]')")
 
