@@ -151,14 +151,16 @@ def label(
 def stats(
     labels: Path = typer.Argument(..., help="Label table folder (from `thresher label`)."),
     out: Path = typer.Option(..., help="Folder for figure1.png, heatmaps and stats.md."),
+    quality: str = typer.Option("quality_interval", help="The quality category column: quality_interval (Eq. 3) "
+                                "or quality_bin (thresher label --quality-bins)."),
 ):
     """Joint label distributions (quality x domain x topic diversity, the papers' Figure 1) as PNG + Markdown."""
     from thresher.labels.stats import label_stats
 
-    paths = label_stats(labels, out)
+    paths = label_stats(labels, out, interval=quality)
     typer.echo("\n".join(f"{k}: {v}" for k, v in paths.items()))
     if "figure1" not in paths:
-        typer.echo("figure1: not written (it needs quality_interval, domain and topic columns; "
+        typer.echo(f"figure1: not written (it needs {quality}, domain and topic columns; "
                    "stats.md says which is missing)")
 
 

@@ -101,3 +101,21 @@ def test_bins_without_quality_scores_are_refused_before_any_labelling(tmp_path, 
     with pytest.raises(ThresherError, match="add a quality labeler"):
         run_labelers(_source(docs), [DomainLabeler()], tmp_path / "labels", quality_bins=5)
     assert not (tmp_path / "labels").exists() or not LabelTable.exists(tmp_path / "labels")
+
+
+def test_stats_of_the_bins_from_the_command_line(tmp_path, docs, monkeypatch, capsys):
+    import sys
+
+    from thresher import cli
+
+    out = tmp_path / "labels"
+    table = run_labelers(_source(docs), [DomainLabeler(), RuleQualityLabeler()], out, quality_bins=3)
+    monkeypatch.setattr(sys, "argv", ["thresher", "stats", str(out), "--out", str(tmp_path / "s"), "--quality", "quality_bin"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0 and "figure1: not written (it needs quality_bin, domain and topic" in capsys.readouterr().out
+    md = (tmp_path / "s" / "stats.md").read_text()
+    codes = np.asarray(table.codes("quality_bin"))
+    counts = np.bincount(codes[codes >= 0], minlength=len(table.categories("quality_bin")))
+    assert "## quality_bin per domain (counts)" in md and (tmp_path / "s" / "quality_bin_by_domain.png").exists()
+    assert "| Wikipedia | " + " | ".join(map(str, counts)) + " |" in md  # one domain: its row is every bin's count
