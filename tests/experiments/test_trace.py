@@ -202,3 +202,23 @@ def test_held_out_documents_are_named_as_such(heldout_run, tmp_path, monkeypatch
 def test_a_run_without_held_out_documents_traces_no_heldout_flag(tiny_run):
     out, _ = tiny_run
     assert "heldout" not in trace(out, [3])[0]
+
+
+def test_a_gumbel_selection_is_traced_as_a_draw(tiny_run, monkeypatch, capsys):
+    """Under selector.selection = "gumbel" D_k is drawn by S / tau + Gumbel noise: a selected document may score below
+    one left out, and the trace says so instead of presenting D_k's lowest S as a threshold."""
+    out, rc = tiny_run
+    rc = dataclasses.replace(rc, out=str(out.parent / "gumbel"),
+                             selector=dataclasses.replace(rc.selector, selection="gumbel", temperature=0.5))
+    run(rc)
+    gumbel = Path(rc.out)
+    traces = trace(gumbel, list(range(LabelTable.open(rc.data.labels).n_docs)))
+    stage = [t["stages"][1] for t in traces]
+    score, selected = np.array([s["score"] for s in stage]), np.array([s["selected"] for s in stage])
+    assert score[selected].min() < score[~selected].max()  # a draw: S alone does not order D_k
+    assert all(s["gumbel_temperature"] == 0.5 for s in stage)
+    assert "gumbel_temperature" not in traces[0]["stages"][0]  # D_0: a uniform draw, not scored
+    assert all("gumbel_temperature" not in s for t in trace(out, [0, 1]) for s in t["stages"])  # top-k: none
+    capsys.readouterr()  # the run's own output
+    code, text, _ = _main(monkeypatch, capsys, "trace", gumbel, 0)
+    assert code == 0 and "Gumbel-top-k at tau 0.5: a draw" in text.splitlines()[2]

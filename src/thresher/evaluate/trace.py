@@ -21,7 +21,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     selector log entry: ``step``, ``selected`` (None: not saved), and where the log has them ``theta``,
     ``weights`` {agent: weight of the doc's category}, ``score`` (Eq. 7), ``cut`` (the lowest score in D_k),
     ``rewards``, ``arm_played``; with ``selector.reuse_penalty`` > 0 also ``reused`` (the doc was in an earlier
-    D_k) and ``penalised`` (the score the ranking used: S - reuse_penalty if reused), the cut then on those), and,
+    D_k) and ``penalised`` (the score the ranking used: S - reuse_penalty if reused), the cut then on those; under
+    ``selector.selection = "gumbel"`` ``gumbel_temperature``: D_k was drawn, so the cut is no threshold), and,
     for a run with held-out pool documents (``data.heldout_docs``), ``heldout``: whether the document was held out
     for evaluation, so that no stage could select it (the draw needs the run's token store: ``store``, else the one
     its config.toml names). ``verify``: each saved D_k must hash to its entry's ``selection_sha1``."""
@@ -57,6 +58,7 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     reused = {i: None if t is None else np.isin(ids, t) for i, t in trained.items()}  # per stage, as `selected`
     cuts = _cuts(log, chosen, states, table, columns, agent_column, penalty, trained)
     held = _heldout(cfg, table, store, ids)
+    gumbel = cfg.selector.selection == "gumbel"
     out = []
     for k, doc in enumerate(doc_ids):
         code = {name: int(c[k]) for name, c in codes.items()}
@@ -72,6 +74,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
                                           else stage["score"] - penalty * was)
                 if i in cuts:
                     stage["cut"] = cuts[i]
+                if gumbel and not stage.get("initial"):  # a draw by S / tau + Gumbel noise, not the top of S
+                    stage["gumbel_temperature"] = float(cfg.selector.temperature)
             elif e.get("initial"):  # quad, mates: how D_0 was drawn
                 stage["initial"] = e["initial"]
             if "arms" in e and cfg.selector.bandit_column in code:  # Quad: was the doc's cluster played
@@ -200,6 +204,9 @@ def render(traces: list[dict]) -> str:
             elif "theta" in s:
                 terms = ", ".join(f"{a} {th:.3g} x {_num(s['weights'][a])}" for a, th in s["theta"].items())
                 cut = f"; D_k's lowest {_num(s['cut'])}" if "cut" in s else ""
+                if "gumbel_temperature" in s:  # the cut is then no threshold: a lower S may be drawn, a higher not
+                    cut += (f"; Gumbel-top-k at tau {s['gumbel_temperature']:.3g}: a draw, so a selected document "
+                            "may score below one not selected")
                 reuse = ""
                 if "reused" in s:  # reuse_penalty > 0: the ranking used S - p for docs of an earlier D_k
                     reuse = {None: ", trained before: unknown (an earlier D_k not saved)",
