@@ -186,6 +186,48 @@ def test_static_mixture_says_when_the_pool_cannot_fill_a_share(capsys, budget):
     assert f"{lost:,} {unit} short" in out and size <= list(budget.values())[0] - lost + (0 if unit == "docs" else 7 * 200)
 
 
+def test_water_filling_by_hand():
+    from thresher.agents.selectors import _water_fill
+
+    w = np.array([0.5, 0.3, 0.2])
+    np.testing.assert_array_equal(_water_fill(100, w, np.array([10, 100, 100]), True), [10, 54, 36])  # 90 as 3:2
+    np.testing.assert_array_equal(_water_fill(100, w, np.array([10, 40, 100]), True), [10, 40, 50])  # a second round
+    np.testing.assert_array_equal(_water_fill(100, w, np.array([10, 10, 10]), True), [10, 10, 10])  # the pool is small
+    np.testing.assert_array_equal(_water_fill(7, w, np.array([0, 9, 9]), True), [0, 4, 3])  # 7 as 3:2, remainders
+    np.testing.assert_allclose(_water_fill(1000, np.array([0.25, 0.75, 0.0]), np.array([100, 1e9, 1e9]), False),
+                               [100, 900, 0])  # tokens; a weight of 0 takes nothing
+    np.testing.assert_array_equal(_water_fill(100, w, np.array([100, 100, 100]), True), [50, 30, 20])  # room: shares
+
+
+@pytest.mark.parametrize("budget", [{"budget_docs": 1000}, {"budget_tokens": 100_000}])
+def test_static_mixture_can_hand_a_short_share_to_the_other_categories(capsys, budget):
+    """mixture_shortfall = "redistribute": the short domain gives all it has and the budget is met, the other domains
+    in proportion to their weights (a document's worth of tokens per domain below, at most)."""
+    ctx = make_ctx(20000, **{"budget_docs": None, **budget})
+    codes = np.asarray(ctx.labels.codes["domain"]).copy()
+    codes[np.flatnonzero(codes == 2)[10:]] = 0  # 10 Wikipedia docs left
+    ctx.labels.codes["domain"] = codes
+    cfg = SelectorConfig(policy="static-mixture", mixture="doremi", mixture_shortfall="redistribute", **budget)
+    sel = build_selector(cfg, ctx)
+    ids = sel.initial_selection()
+    out = capsys.readouterr().out
+    unit = "docs" if "budget_docs" in budget else "tokens"
+    size = (lambda x: len(x)) if unit == "docs" else (lambda x: int(ctx.doc_lengths[x].sum()))
+    wiki = np.flatnonzero(codes == 2)
+    assert np.isin(wiki, ids).all() and list(sel.log[0]["shortfall"]) == ["Wikipedia"]
+    k = list(budget.values())[0]
+    assert k - 7 * 200 < size(ids) <= k  # the budget is met (tokens: up to one document short per domain)
+    if unit == "docs":
+        assert size(ids) == k
+    w = np.asarray(sel.weights, dtype=np.float64)  # DoReMi's, in this pool's domain order
+    got = np.array([size(ids[codes[ids] == j]) for j in range(len(w))], dtype=np.float64)
+    rest = np.arange(len(w)) != 2
+    targets = np.array(list(sel.log[0]["targets"].values()), dtype=np.float64)
+    np.testing.assert_allclose(targets[rest] / targets[rest].sum(), w[rest] / w[rest].sum(), atol=2e-3)
+    assert np.all(np.abs(got[rest] - targets[rest]) <= (1 if unit == "docs" else 200))
+    assert "went to the other categories in proportion to their weights" in out and "short of the budget" not in out
+
+
 def test_bad_settings_are_one_line_errors():
     ctx = make_ctx(200)
     with pytest.raises(ThresherError, match="unknown selection policy"):
@@ -221,18 +263,28 @@ def test_resume_under_other_selector_settings_is_refused():
     _run(SelectorConfig(policy="multi-agent", **base), 9, state=old, start=6)
 
 
-def test_a_checkpoint_from_before_theta_eta_resumes_as_console_and_is_refused_under_agent():
-    """selector.theta_eta came after checkpoints were written without it; those ran Eq. 9 with eta_console,
-    so their states resume under "console" (the default) and are refused under "agent"."""
+OTHER_VALUE = {"theta_eta": "agent", "ucb_count": "rounds", "mixture_shortfall": "redistribute"}
+
+
+def test_every_added_setting_has_a_resume_test():
+    from thresher.agents.config import ADDED_SETTINGS
+
+    assert set(OTHER_VALUE) == set(ADDED_SETTINGS)
+
+
+@pytest.mark.parametrize("key", sorted(OTHER_VALUE))
+def test_a_checkpoint_from_before_a_setting_resumes_under_its_old_value_only(key):
+    """A setting added after checkpoints were written without it (e.g. theta_eta: those ran Eq. 9 with eta_console)
+    resumes such a state under the value those runs used (config.ADDED_SETTINGS) and refuses it under another."""
     base = dict(policy="multi-agent", update_every=3, budget_docs=400, samples_per_category=8)
     _, _, picks = _run(SelectorConfig(**base), 9)
     half, _, _ = _run(SelectorConfig(**base), 6)
     state = pickle.loads(pickle.dumps(half.state_dict()))
-    del state["settings"]["theta_eta"]
+    del state["settings"][key]
     _, _, rest = _run(SelectorConfig(**base), 9, state=state, start=6)
     np.testing.assert_array_equal(picks[-1], rest[-1])
-    with pytest.raises(SettingsMismatchError, match="theta_eta"):
-        _run(SelectorConfig(**base, theta_eta="agent"), 9, state=state, start=6)
+    with pytest.raises(SettingsMismatchError, match=key):
+        _run(SelectorConfig(**base, **{key: OTHER_VALUE[key]}), 9, state=state, start=6)
 
 
 def test_misspelt_agent_columns_and_a_missing_budget_are_errors():

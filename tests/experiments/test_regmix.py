@@ -179,7 +179,10 @@ def test_realised_mixture_cuts_what_the_pool_could_not_fill(tmp_path):
     (tmp_path / "selector_log.jsonl").write_text(json.dumps(row) + "\n")
     got = realised_mixture(tmp_path, {"a": 0.5, "b": 0.3, "c": 0.2})
     assert got == pytest.approx({"a": 1 / 6, "b": 1 / 2, "c": 1 / 3})
-    del row["shortfall"]  # filled: the requested weights
+    row["targets"] = {"a": 100, "b": 540, "c": 360}  # mixture_shortfall = "redistribute": a's 400 went to b and c
+    (tmp_path / "selector_log.jsonl").write_text(json.dumps(row) + "\n")
+    assert realised_mixture(tmp_path, {"a": 0.5, "b": 0.3, "c": 0.2}) == pytest.approx({"a": 0.1, "b": 0.54, "c": 0.36})
+    del row["shortfall"], row["targets"]  # filled: the requested weights
     (tmp_path / "selector_log.jsonl").write_text(json.dumps(row) + "\n")
     requested = {"a": 0.5, "b": 0.3, "c": 0.2}
     assert realised_mixture(tmp_path, requested) == requested  # exactly: results.md counts the proxies that differ

@@ -12,7 +12,7 @@ AUTO_SAVE_MAX_DOCS = 50_000_000  # save_selections = "auto" saves D_k for pools 
 OUTPUT_ONLY = ("save_selections",)  # what a run writes, not what it selects: left out of the resume check
 # settings added after checkpoints were written without them, with the value that selects as those runs did:
 # a saved state that lacks one is checked as if it held that value
-ADDED_SETTINGS = {"theta_eta": "console", "ucb_count": "docs"}
+ADDED_SETTINGS = {"theta_eta": "console", "ucb_count": "docs", "mixture_shortfall": "keep"}
 
 
 @dataclass
@@ -50,6 +50,10 @@ class SelectorConfig:
     mixture: str = "slimpajama"
     mixture_weights: dict = field(default_factory=dict)  # ... or {domain: weight} (wins over mixture)
     mixture_column: str = "domain"  # the label column the mixture weights are over
+    # a category with fewer documents (tokens) than its share: "keep" gives what it has and the selection stays
+    # short of the budget; "redistribute" hands its unmet share to the other categories in proportion to their
+    # weights (water-filling: the budget is met unless the whole pool is smaller)
+    mixture_shortfall: str = "keep"
     # Quad's cluster bandit
     bandit_column: str = "cluster"
     alpha: float = 0.002  # exploration weight of the UCB cluster score (paper scale)
@@ -87,7 +91,7 @@ class SelectorConfig:
 
     def validate(self) -> None:
         choices = {"normalization": ("raw", "zscore", "rank"), "missing": ("neutral", "exclude"),
-                   "selection": ("top-k", "gumbel"),
+                   "selection": ("top-k", "gumbel"), "mixture_shortfall": ("keep", "redistribute"),
                    "theta_eta": ("console", "agent"), "threshold_mode": ("absolute", "quantile"),
                    "unvisited": ("inf", "initial-visit"), "ucb_count": ("docs", "rounds"),
                    "initial": ("random", "scores"),

@@ -356,20 +356,40 @@ class StaticMixtureSelector(_StagedSelector):
         g = rng(self.cfg.seed, "static-mixture")
         parts = []
         shares = _shares(self.budget_docs, self.weights) if self.budget_docs is not None else None
-        for j, w in enumerate(self.weights):
+        targets = self._targets(shares)
+        for j in range(len(self.weights)):
             score = np.where(self.index.codes[:, 0] == j, 0.0, -np.inf)
             groups = make_groups(self.index, score, self.ctx.doc_lengths)
-            docs = int(shares[j]) if shares is not None else None
-            toks = int(self.budget_tokens * w) if self.budget_tokens is not None else None
+            docs = int(targets[j]) if shares is not None else None
+            toks = int(targets[j]) if shares is None else None
             parts.append(select_top_k(self.index, self.ctx.doc_lengths, groups, g, docs, toks))
         ids = np.sort(np.concatenate(parts))
         short = self._shortfall(parts, shares)
         self._set_selection(ids)
+        cats = self.categories[self.cfg.mixture_column]
         self.log.append({"step": 0, "policy": self.name, "selected": int(len(ids)), "weights_from": self.source,
                          "weights": self.weights.tolist(), "composition": composition(self.index, ids, self.categories),
                          "selection_sha1": selection_digest(ids),
-                         **({"shortfall": short} if short else {})})
+                         **({"shortfall": short} if short else {}),
+                         **({"targets": dict(zip(cats, map(int, targets)))} if short and self._redistribute else {})})
         return self._selection
+
+    @property
+    def _redistribute(self) -> bool:
+        return self.cfg.mixture_shortfall == "redistribute"
+
+    def _targets(self, shares: np.ndarray | None) -> np.ndarray:
+        """Per category, the docs (``shares``) or tokens to select: the weights' share of the budget, or under
+        ``mixture_shortfall = "redistribute"`` those shares water-filled up to what each category holds."""
+        first = shares if shares is not None else self.budget_tokens * self.weights
+        if not self._redistribute:
+            return np.asarray(first)
+        j = self.index.codes[:, 0]
+        per_cell = self.index.counts if shares is not None else self.index.tokens
+        cap = np.bincount(j[j >= 0], weights=np.asarray(per_cell, dtype=np.float64)[j >= 0],
+                          minlength=len(self.weights))[: len(self.weights)]
+        budget = self.budget_docs if shares is not None else self.budget_tokens
+        return _water_fill(budget, self.weights, cap, integer=shares is not None)
 
     def _shortfall(self, parts: list[np.ndarray], shares: np.ndarray | None) -> dict:
         """{category: {target, selected}} (docs or tokens) for categories the pool cannot fill, with a warning:
@@ -386,10 +406,40 @@ class StaticMixtureSelector(_StagedSelector):
                 out[cats[j]] = {"target": target, "selected": got}
         if out:
             lost = sum(v["target"] - v["selected"] for v in out.values())
-            print0(f"warning: {self.name}: the pool has too few {self.cfg.mixture_column} documents for the mixture's "
-                   f"share of " + ", ".join(f"{c} ({v['selected']:,} of {v['target']:,} {unit})" for c, v in out.items())
-                   + f"; the selection is {lost:,} {unit} short of the budget and its mixture differs from the weights")
+            head = (f"warning: {self.name}: the pool has too few {self.cfg.mixture_column} documents for the mixture's "
+                    f"share of " + ", ".join(f"{c} ({v['selected']:,} of {v['target']:,} {unit})" for c, v in out.items()))
+            if not self._redistribute:
+                print0(head + f"; the selection is {lost:,} {unit} short of the budget and its mixture differs from the "
+                       "weights (selector.mixture_shortfall = \"redistribute\" hands the rest to the other categories)")
+            else:
+                got = sum(len(p) if shares is not None else int(self.ctx.doc_lengths[p].sum()) for p in parts)
+                budget = self.budget_docs if shares is not None else self.budget_tokens
+                print0(head + f"; their {lost:,} {unit} went to the other categories in proportion to their weights "
+                       f"(the selection: {got:,} of the budget's {budget:,} {unit})")
         return out
+
+
+def _water_fill(budget: int, w: np.ndarray, cap: np.ndarray, integer: bool) -> np.ndarray:
+    """Targets summing to ``budget`` (or to ``cap``'s total, if smaller) in proportion to ``w``, none above its
+    ``cap``: a category whose share exceeds its cap gets the cap, and the rest of the budget is shared again among
+    the others by their weights, until no share exceeds its cap. ``integer``: whole documents (largest
+    remainders, as ``_shares``)."""
+    w, cap = np.asarray(w, dtype=np.float64), np.asarray(cap, dtype=np.float64)
+    full = (w > 0) & (cap <= 0)  # nothing to give: capped at 0 from the start
+    while True:
+        free = (w > 0) & ~full
+        left = max(float(budget) - cap[full].sum(), 0.0)
+        if not free.any():
+            return np.where(full, cap, 0.0).astype(np.int64)
+        share = np.zeros_like(w)
+        if integer:
+            share[free] = _shares(int(left), w[free])
+        else:
+            share[free] = left * w[free] / w[free].sum()
+        over = free & (share > cap)
+        if not over.any():
+            return np.where(full, cap, share).astype(np.int64) if integer else np.where(full, cap, share)
+        full |= over
 
 
 def _shares(k: int, w: np.ndarray) -> np.ndarray:

@@ -236,7 +236,8 @@ def train_proxies(cfg: RegMixConfig, base: RunConfig, cats: list[str], mixtures:
 
 def realised_mixture(run_dir: Path, requested: dict[str, float]) -> dict[str, float]:
     """The mixture a proxy trained on: the requested weights, every category its pool could not fill cut by
-    the fraction it got (the static mixture's logged shortfall, in its budget's unit), renormalised."""
+    the fraction it got (the static mixture's logged shortfall, in its budget's unit), renormalised; under
+    ``selector.mixture_shortfall = "redistribute"`` the shares it logged as ``targets`` (the others got more)."""
     log = Path(run_dir) / "selector_log.jsonl"
     try:
         with log.open() as f:
@@ -247,6 +248,10 @@ def realised_mixture(run_dir: Path, requested: dict[str, float]) -> dict[str, fl
     short = first.get("shortfall", {})
     if not short:  # filled: exactly the requested weights
         return dict(requested)
+    targets = first.get("targets")  # selector.mixture_shortfall = "redistribute": what each category was given
+    if targets and sum(targets.values()) > 0:
+        total = sum(targets.get(c, 0) for c in requested)
+        return {c: targets.get(c, 0) / total for c in requested}
     got = {c: w * (short[c]["selected"] / short[c]["target"] if c in short and short[c]["target"] else 1.0)
            for c, w in requested.items()}
     total = sum(got.values())
