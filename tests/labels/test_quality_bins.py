@@ -29,6 +29,10 @@ def test_uneven_counts_differ_by_at_most_one_and_nan_is_missing():
     codes = assign_bins(s, edges)
     np.testing.assert_array_equal(codes, [2, -1, 0, 2, 1, 2, 0, 1])
     assert codes.dtype == np.int16 and sorted(np.bincount(codes[codes >= 0]).tolist()) == [2, 2, 3]
+    np.testing.assert_array_equal(assign_bins(s, edges, chunk=3), codes)  # in chunks: the same
+    s32 = s.astype(np.float32)  # a label table's dtype: cut points are its own values, compared exactly
+    assert quantile_edges(s32, 3).dtype == np.float32
+    np.testing.assert_array_equal(assign_bins(s32, quantile_edges(s32, 3), chunk=2), codes)
 
 
 def test_tied_scores_share_a_bin_and_no_bin_is_empty():

@@ -26,8 +26,10 @@ COLUMN, SOURCE = "quality_bin", "quality_score"
 
 
 def quantile_edges(scores: np.ndarray, bins: int) -> np.ndarray:
-    """The inner cut points (float64, strictly increasing, each a score of ``scores``, all above the lowest)."""
-    s = np.sort(np.asarray(scores, dtype=np.float64)[~np.isnan(scores)])
+    """The inner cut points (strictly increasing, each a score of ``scores`` in its dtype, all above the lowest).
+    Memory: one sorted copy of the scores in their own dtype (float32 from a label table: 4 bytes a document)."""
+    s = np.asarray(scores)
+    s = np.sort(s[~np.isnan(s)])
     if not len(s):
         raise ThresherError(f"{COLUMN}: no document has a {SOURCE}, so there is nothing to cut into bins")
     ranks = (np.arange(1, bins) * len(s)) // bins  # where equal-size bins would end
@@ -38,11 +40,17 @@ def quantile_edges(scores: np.ndarray, bins: int) -> np.ndarray:
     return edges[edges > s[0]]
 
 
-def assign_bins(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(N,) int16 codes: the bin of each score (a score equal to a cut point opens the next bin); NaN -> -1."""
-    s = np.asarray(scores, dtype=np.float64)
-    codes = np.searchsorted(edges, s, side="right").astype(np.int16)
-    codes[np.isnan(s)] = -1
+def assign_bins(scores: np.ndarray, edges: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """(N,) int16 codes: the bin of each score (a score equal to a cut point opens the next bin); NaN -> -1.
+    In chunks, in the scores' dtype (the cut points are scores, so exact in it)."""
+    s = np.asarray(scores)
+    edges = np.asarray(edges, dtype=s.dtype)
+    codes = np.empty(len(s), dtype=np.int16)
+    for lo in range(0, len(s), chunk):
+        part = s[lo : lo + chunk]
+        c = np.searchsorted(edges, part, side="right")
+        c[np.isnan(part)] = -1
+        codes[lo : lo + len(part)] = c
     return codes
 
 
@@ -65,10 +73,9 @@ class QuantileBins:
 
     def fit(self, scores: np.ndarray, score_provenance: dict) -> tuple[np.ndarray, dict[str, Any]]:
         """(codes, column spec) for the table; the spec's provenance records the scores' and the cut points."""
-        scores = np.asarray(scores, dtype=np.float64)
+        scores = np.asarray(scores)
         edges = quantile_edges(scores, self.bins)
-        valid = scores[~np.isnan(scores)]
-        names = bin_names(edges, float(valid.min()), float(valid.max()))
+        names = bin_names(edges, float(np.nanmin(scores)), float(np.nanmax(scores)))
         provenance = {"labeler": type(self).__name__, "name": self.column,
                       "settings": {"bins": self.bins, "cuts": "equal-count, at document scores"},
                       "edges": edges.tolist(), self.source: score_provenance}
