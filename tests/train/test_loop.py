@@ -213,3 +213,32 @@ def test_an_intermediate_checkpoint_exports_like_the_final_model(tmp_path, loss_
     assert reference_loss(mid, task, 4, 64) > out["ref_losses"]["t"]  # step 2: a model that learned less
     with pytest.raises(ThresherError, match="not a training checkpoint"):
         export_checkpoint(tmp_path / "hf2", tmp_path / "x", store)
+
+
+def test_tensorboard_events_hold_the_metrics_of_metrics_jsonl(tmp_path):
+    """train.tensorboard = true: every numeric metric of metrics.jsonl is a scalar at its step (read back with
+    TensorBoard's own reader); without the package, the config is a one-line error before anything is written."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    store = pattern_store()
+    cfg = tiny_config(steps=4, eval_every=2, tensorboard=True)
+    train(cfg, store, StaticSelector(np.arange(0, 64, 2)), tmp_path, eval_tasks={"held_out": _task(store)})
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    rows = _metrics(tmp_path)
+    assert {"loss", "lr", "ref_loss/held_out"} <= set(events.Tags()["scalars"])
+    for key in ("loss", "lr", "ref_loss/held_out"):
+        want = [(m["step"], m[key]) for m in rows if key in m]
+        got = [(e.step, e.value) for e in events.Scalars(key)]
+        assert [s for s, _ in got] == [s for s, _ in want] and len(want) >= 2
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)  # float32 in the events
+
+
+def test_tensorboard_without_the_package_is_one_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ThresherError, match=r"needs the tensorboard package: pip install 'thresher\[tensorboard\]'"):
+        tiny_config(tensorboard=True).validate()

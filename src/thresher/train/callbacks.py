@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_write_text
 from thresher.utils.log import print0
 
@@ -83,15 +84,28 @@ class MetricsJsonl(Callback):
                 f.write(json.dumps(metrics) + "\n")
 
 
+TENSORBOARD_MISSING = ("train.tensorboard = true needs the tensorboard package: pip install 'thresher[tensorboard]' "
+                       "(or pip install tensorboard), or set train.tensorboard = false")
+
+
+def summary_writer(log_dir: str | os.PathLike):
+    """torch's TensorBoard SummaryWriter; without the ``tensorboard`` package, a one-line ThresherError."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ThresherError(TENSORBOARD_MISSING) from None
+    return SummaryWriter(str(log_dir))
+
+
 class TensorBoard(Callback):
+    """Every numeric metric of metrics.jsonl as a TensorBoard scalar at its step (rank 0; out_dir/tensorboard)."""
+
     def __init__(self, log_dir: str | os.PathLike):
         self.log_dir, self.writer = log_dir, None
 
     def on_train_start(self, run):
         if run.dist.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter  # needs the ``tensorboard`` package
-
-            self.writer = SummaryWriter(str(self.log_dir))
+            self.writer = summary_writer(self.log_dir)
 
     def on_step_end(self, run, metrics):
         if self.writer is not None:

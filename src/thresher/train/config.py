@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
@@ -57,7 +58,7 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept (>= 1); older ones deleted ...
     keep_every: int = 0  # ... except every keep_every-th step (0 = none kept permanently)
     log_every: int = 1  # metrics.jsonl line every this many steps
-    tensorboard: bool = False  # also write TensorBoard events to out_dir/tensorboard (rank 0; needs tensorboard)
+    tensorboard: bool = False  # also write TensorBoard events to out_dir/tensorboard (rank 0; needs tensorboard: the thresher[tensorboard] extra)
     peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU; None = look up the GPU, CPU -> no MFU
     export: bool = True  # write out_dir/final as a Hugging Face folder at the end
 
@@ -73,6 +74,10 @@ class TrainConfig:
             raise ThresherError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.keep_last < 1:
             raise ThresherError(f"train.keep_last must be >= 1 (checkpoints kept), got {self.keep_last}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:  # before anything is written
+            from thresher.train.callbacks import TENSORBOARD_MISSING
+
+            raise ThresherError(TENSORBOARD_MISSING)
         if self.compile_scope not in ("model", "layers"):
             raise ThresherError(f"train.compile_scope must be model or layers, got {self.compile_scope!r}")
         if self.loss_impl not in ("full", "chunked"):
