@@ -186,13 +186,19 @@ def train(
                                    "train.steps=200 or selector.policy=quad (repeatable)."),
     resume: bool = typer.Option(False, help="Continue from the newest checkpoint in the run's out folder."),
 ):
-    """Train a model while a selection policy re-chooses its data (Algorithm 1); resumable."""
+    """Train a model while a selection policy re-chooses its data (Algorithm 1); resumable. A finished run
+    writes summary.json (final losses, train and selection seconds and FLOPs) for `thresher report`."""
+    import time
+
     from thresher.config import check_run_inputs, load_run_config
-    from thresher.experiments.run import run
+    from thresher.experiments.run import run, write_summary
 
     cfg = load_run_config(config, list(set_))
     check_run_inputs(cfg)  # before run() creates the out folder
+    t = time.perf_counter()
     summary = run(cfg, resume=resume)
+    if summary.get("finished"):
+        write_summary(cfg.out, summary, time.perf_counter() - t)
     typer.echo(f"finished at step {summary.get('step')}; reference losses: {summary.get('ref_losses')}")
 
 
@@ -342,6 +348,20 @@ def regmix(
     path = Path(cfg.out) / f"init_{cfg.column}.json"
     typer.echo(f"weights: {json.dumps({k: round(v, 4) for k, v in result['weights'].items()})}")
     typer.echo(f"init file: {path} (use --set selector.init_file={path})")
+
+
+@app.command()
+def report(
+    runs: List[Path] = typer.Argument(..., help="Run folders (each a `thresher train` out folder), e.g. one per policy."),
+    out: Path = typer.Option(..., help="Folder for report.md and its PNG plots."),
+    title: str = typer.Option("thresher report", help="The report's title."),
+):
+    """Compare runs side by side: final reference (and held-out) losses, loss curves, selection compute against
+    training (finished runs), agent weights and theta over training. Runs still training show what they have."""
+    from thresher.evaluate.report import run_labels, write_report
+
+    path = write_report(out, run_labels(runs), title)
+    typer.echo(f"report: {path}")
 
 
 @app.command()

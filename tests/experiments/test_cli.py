@@ -109,6 +109,65 @@ steps = 2
     assert model("seed1-sections0", "seed=1", "selector.seed=0", "influence.seed=0", "train.seed=0") == seed0
 
 
+def test_train_writes_its_summary_and_report_compares_run_folders(world, tmp_path, monkeypatch, capsys):
+    """A finished `thresher train` writes summary.json; `thresher report` puts runs side by side: each one's final
+    reference loss (from its metrics, as summary.json has it) and its selection compute."""
+    _, (w, store, labels) = world
+    config = tmp_path / "run.toml"
+    config.write_text(f"""
+[data]
+store = "{store}"
+labels = "{labels}"
+reference = {json.dumps(w["reference"]).replace(":", " =")}
+reference_max_examples = 20
+[selector]
+budget_tokens = 20000
+[train]
+device = "cpu"
+seq_len = 32
+micro_batch = 4
+global_batch_tokens = 128
+steps = 3
+eval_every = 3
+""")
+    runs = []
+    for policy in ("random", "static-mixture"):
+        out = tmp_path / "runs" / policy
+        assert _main(monkeypatch, capsys, "train", "--config", config, "--set", f"out={json.dumps(str(out))}",
+                     "--set", f"selector.policy={policy}")[0] == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["finished"] and summary["step"] == 3 and "losses" not in summary and summary["wall_seconds"] > 0
+        runs.append((out, summary))
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["thresher", "report", *map(str, (r for r, _ in runs)), "--out", str(tmp_path / "rep")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"report: {tmp_path / 'rep' / 'report.md'}"
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for out, summary in runs:
+        losses = summary["ref_losses"]
+        row = f"| {out.name} | " + " | ".join(f"{losses[t]:.4f}" for t in sorted(losses))
+        assert row in md, md
+        ts, ss = summary["train_seconds"], summary["selection_seconds"]
+        assert f"| {out.name} | {ts:.1f} | {ss:.1f} | {ss / ts:.1%} |" in md
+    assert (tmp_path / "rep" / "ref_loss.png").stat().st_size > 0
+    code, err = _main(monkeypatch, capsys, "report", tmp_path, "--out", tmp_path / "rep2")
+    assert code == 2 and err == f"error: {tmp_path} is not a run folder (no metrics.jsonl): give `thresher train` out folders"
+
+
+def test_report_names_runs_by_as_much_of_their_path_as_tells_them_apart(tmp_path):
+    from thresher.evaluate.report import run_labels
+
+    dirs = [tmp_path / "a" / "multi-agent", tmp_path / "b" / "multi-agent", tmp_path / "b" / "quad"]
+    for d in dirs:
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text("")
+    assert list(run_labels(dirs)) == ["a/multi-agent", "b/multi-agent", "b/quad"]
+    assert list(run_labels(dirs[1:])) == ["multi-agent", "quad"]
+    with pytest.raises(ThresherError, match="a run folder is named twice"):
+        run_labels([dirs[0], dirs[0]])
+
+
 def test_demo_reuses_runs_only_under_the_same_settings(world):
     out = world[0]
     small = dict(n_docs=1500, seed=0, update_every=2, policies=["random"])

@@ -11,6 +11,7 @@ from thresher.utils.io import atomic_path, atomic_write_text
 
 REF_PREFIX = "ref_loss/"
 HELDOUT_PREFIX = "heldout_loss/"  # held-out pool loss per label value (evaluate/heldout.py)
+SUMMARY = "summary.json"  # a finished run's summary (experiments.run.write_summary): report, experiment, regmix read it
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -140,7 +141,7 @@ def compute_table(runs: dict[str, Path]) -> list[str]:
     """Selection cost against training cost per policy, from each run's summary.json."""
     rows = []
     for p, d in runs.items():
-        path = Path(d) / "summary.json"
+        path = Path(d) / SUMMARY
         if not path.exists():
             continue
         try:
@@ -165,10 +166,29 @@ COMPUTE_NOTE = ("Per update, selection costs about 4N x (tokens scored + referen
                 "multi-agent paper's settings give about 3-6% (docs/experiments.md, 'What sets the ratio').")
 
 
+def run_labels(dirs: list[str | Path]) -> dict[str, Path]:
+    """Each run folder under a name for the report: its folder name, or as many trailing path parts as tell
+    it apart from the others (runs/a/multi-agent and runs/b/multi-agent: a/multi-agent, b/multi-agent).
+    A folder without metrics.jsonl is a one-line error."""
+    paths = [Path(d) for d in dirs]
+    for p in paths:
+        if not (p / "metrics.jsonl").is_file():
+            raise ThresherError(f"{p} is not a run folder (no metrics.jsonl): give `thresher train` out folders")
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) < len(resolved):
+        raise ThresherError("a run folder is named twice")
+    for k in range(1, max(len(r.parts) for r in resolved) + 1):
+        names = ["/".join(r.parts[-k:]) for r in resolved]
+        if len(set(names)) == len(names):
+            return dict(zip(names, paths))
+    raise ThresherError("run folders that cannot be told apart")  # unreachable: resolved paths differ
+
+
 def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thresher report",
                  extra_md: str = "") -> Path:
     """``runs``: policy -> run directory (with metrics.jsonl and selector_log.jsonl)."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {p: read_jsonl(Path(d) / "metrics.jsonl") for p, d in runs.items()}
     plot_ref_losses(metrics, out_dir / "ref_loss.png")
     lines = [f"# {title}", "", "## Final reference loss (mean NLL per continuation token; lower is better)", ""]

@@ -19,7 +19,7 @@ from thresher.config import DataConfig, RunConfig
 from thresher.influence.config import InfluenceConfig
 from thresher.train.config import TrainConfig
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_write_json, read_json, remove_stale_temps
+from thresher.utils.io import read_json, remove_stale_temps
 from thresher.utils.log import print0
 
 
@@ -124,9 +124,9 @@ def agreement_with_truth(run_dir: Path, ground_truth: dict) -> dict[str, float]:
 
 
 def run_demo(cfg: DemoConfig, out: str | Path) -> Path:
-    from thresher.evaluate.report import write_report
+    from thresher.evaluate.report import SUMMARY, write_report
     from thresher.experiments.experiment import check_same_settings
-    from thresher.experiments.run import run
+    from thresher.experiments.run import run, write_summary
 
     cfg.validate()
     out = Path(out)
@@ -139,11 +139,9 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> Path:
         check_same_settings(rc, Path(rc.out), "choose another --out")
     runs = {}
     for policy, rc in zip(cfg.policies, configs):
-        done = Path(rc.out) / "summary.json"
         t = time.perf_counter()
-        if not done.exists():
-            summary = run(rc, resume=(Path(rc.out) / "checkpoints").exists())
-            atomic_write_json(done, {k: v for k, v in summary.items() if k != "losses"})
+        if not (Path(rc.out) / SUMMARY).exists():
+            write_summary(rc.out, run(rc, resume=(Path(rc.out) / "checkpoints").exists()), time.perf_counter() - t)
         times[policy] = time.perf_counter() - t
         runs[policy] = Path(rc.out)
     gt = read_json(world["ground_truth"])

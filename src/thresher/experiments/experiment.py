@@ -28,12 +28,12 @@ from pathlib import Path
 
 from thresher.agents.policies import POLICIES
 from thresher.config import SEEDED_SECTIONS, RunConfig, run_config_from_dict
+from thresher.evaluate.report import SUMMARY
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_write_json, make_dir, read_json, remove_stale_temps
 from thresher.utils.log import print0
 from thresher.utils.tomlio import apply_overrides, differences, from_dict, load_toml, to_dict
 
-SUMMARY = "summary.json"
 
 
 @dataclass
@@ -139,7 +139,7 @@ def check_same_settings(cfg: RunConfig, run_dir: Path, other_out: str = "choose 
 def run_or_keep(cfg: RunConfig, tag: str, what: str, callbacks=()) -> Path:
     """Train ``cfg`` unless its folder holds a summary.json (a finished run is never redone); an interrupted
     run resumes from its newest checkpoint. Returns the run folder."""
-    from thresher.experiments.run import run
+    from thresher.experiments.run import run, write_summary
 
     run_dir = Path(cfg.out)
     if (run_dir / SUMMARY).exists():
@@ -150,8 +150,7 @@ def run_or_keep(cfg: RunConfig, tag: str, what: str, callbacks=()) -> Path:
     summary = run(cfg, resume=(run_dir / "checkpoints").exists(), callbacks=callbacks)
     if not summary.get("finished"):
         raise ThresherError(f"{what} stopped at step {summary.get('step')}; rerun to resume")
-    summary = {k: v for k, v in summary.items() if k != "losses"} | {"wall_seconds": time.perf_counter() - t}
-    atomic_write_json(run_dir / SUMMARY, summary)
+    write_summary(run_dir, summary, time.perf_counter() - t)
     return run_dir
 
 

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from thresher.config import RunConfig, run_config_from_dict
+from thresher.evaluate.report import SUMMARY
 from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, remove_stale_temps
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
 from thresher.utils.tomlio import apply_overrides, from_dict, load_toml
 
-SUMMARY = "summary.json"
 INSTALL_HINT = "pip install 'thresher[regmix]'"
 
 

@@ -17,15 +17,24 @@ import numpy as np
 from thresher.agents.base import Labels, SelectionContext
 from thresher.agents.config import AUTO_SAVE_MAX_DOCS
 from thresher.config import DataConfig, RunConfig, load_run_config, save_run_config
+from thresher.evaluate.report import SUMMARY
 from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_task
 from thresher.influence.config import SPEED_ONLY
 from thresher.influence.rewards import RewardSource
 from thresher.train.callbacks import Callback
 from thresher.train.checkpoint import hf_tokenizer
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import atomic_path, atomic_write_jsonl, make_dir, remove_stale_temps
+from thresher.utils.io import atomic_path, atomic_write_json, atomic_write_jsonl, make_dir, remove_stale_temps
 from thresher.utils.log import print0
 from thresher.utils.seeding import rng
+
+
+def write_summary(run_dir: str | Path, summary: dict, wall_seconds: float) -> dict:
+    """Writes ``run_dir``/summary.json for a finished run: the trainer's summary (final reference losses, tokens,
+    train and selection seconds and FLOPs, model_dir) without the per-step losses, plus the wall seconds."""
+    out = {k: v for k, v in summary.items() if k != "losses"} | {"wall_seconds": wall_seconds}
+    atomic_write_json(Path(run_dir) / SUMMARY, out)
+    return out
 
 
 class LazyInfluenceRewards(RewardSource):
