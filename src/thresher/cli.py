@@ -347,7 +347,8 @@ def regmix(
     result = run_regmix(cfg, base)
     path = Path(cfg.out) / f"init_{cfg.column}.json"
     typer.echo(f"weights: {json.dumps({k: round(v, 4) for k, v in result['weights'].items()})}")
-    typer.echo(f"init file: {path} (use --set selector.init_file={path})")
+    typer.echo(f"init file: {path} (use --set selector.init_file={path}; with another column's fit: "
+               f"--set selector.init_file={path},<its init file>)")
 
 
 @app.command()

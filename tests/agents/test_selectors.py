@@ -165,6 +165,25 @@ def test_categories_without_documents_are_named_once_and_logged(capsys):
     assert "warning" not in capsys.readouterr().out  # every category populated: nothing to say
 
 
+def test_one_init_file_per_column_comma_separated(tmp_path):
+    """The paper initialises the domain and the topic agent from RegMix fits, one `thresher regmix` per column:
+    selector.init_file names both files; a column in two files is an error, selector.init still wins."""
+    (tmp_path / "d.json").write_text(json.dumps({"domain": {"Wikipedia": 3, "C4": 1}}))
+    (tmp_path / "t.json").write_text(json.dumps({"topic": {"topic3": 1}}))
+    (tmp_path / "d2.json").write_text(json.dumps({"domain": {"GitHub": 1}}))
+    ctx = make_ctx(500)
+    ctx.rewards = FakeRewards(ctx.labels)
+    both = f"{tmp_path / 'd.json'}, {tmp_path / 't.json'}"
+    sel = build_selector(SelectorConfig(policy="domain+topic", init_file=both, budget_docs=10), ctx)
+    dom, top = sel.console.agents
+    np.testing.assert_allclose(dom.weights, [0, 0, 0.75, 0, 0, 0, 0.25])
+    assert top.weights[3] == 1 and top.weights.sum() == pytest.approx(1)
+    with pytest.raises(ThresherError, match=r"\['domain'\] given by .*d2.json and by an earlier file"):
+        build_selector(SelectorConfig(policy="domain", init_file=f"{both},{tmp_path / 'd2.json'}", budget_docs=10), ctx)
+    sel = build_selector(SelectorConfig(policy="domain+topic", init_file=both, init={"topic": "uniform"}, budget_docs=10), ctx)
+    np.testing.assert_allclose(sel.console.agents[1].weights, 1 / len(top.weights))
+
+
 @pytest.mark.parametrize("budget", [{"budget_docs": 1000}, {"budget_tokens": 100_000}])
 def test_static_mixture_says_when_the_pool_cannot_fill_a_share(capsys, budget):
     ctx = make_ctx(20000, **{"budget_docs": None, **budget})

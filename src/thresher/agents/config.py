@@ -44,7 +44,9 @@ class SelectorConfig:
     initial: str = "random"  # D_k before the first update: random (Algorithm 1 line 2) | scores (by initial weights)
     # initial agent weights: {column: "uniform" | preset name | {category: weight}}; file: same JSON
     init: dict = field(default_factory=dict)
-    init_file: Optional[str] = None  # JSON {column: spec}, e.g. RegMix weights (thresher regmix); init wins per key
+    # JSON {column: spec}, e.g. RegMix weights (thresher regmix); several comma-separated (one per column, e.g.
+    # init_domain.json,init_topic.json); init wins per key
+    init_file: Optional[str] = None
     # static-mixture: a preset name (Table 4), or "init": the initial weights of mixture_column (selector.init,
     # else init_file, e.g. a RegMix fit) ...
     mixture: str = "slimpajama"

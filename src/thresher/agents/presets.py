@@ -86,5 +86,16 @@ def read_init_file(path: str | Path) -> dict:
 
 
 def init_specs(init: dict, init_file: str | Path | None) -> dict:
-    """{column: spec} of initial weights: the init file's (e.g. a RegMix fit), with ``init`` winning per key."""
-    return {**(read_init_file(init_file) if init_file else {}), **init}
+    """{column: spec} of initial weights: the init file's (e.g. a RegMix fit), with ``init`` winning per key.
+    ``init_file`` may name several files, comma-separated (e.g. one RegMix fit per column: the paper initialises
+    the domain and the topic agent so); a column that two of them give is an error."""
+    specs: dict = {}
+    if init_file:
+        for path in [p.strip() for p in str(init_file).split(",") if p.strip()]:
+            data = read_init_file(path)
+            both = sorted(set(specs) & set(data))
+            if both:
+                raise ThresherError(f"selector.init_file: {both} given by {path} and by an earlier file of {init_file!r}; "
+                                    "name each column in one file (or set it in selector.init, which wins)")
+            specs.update(data)
+    return {**specs, **init}
