@@ -166,6 +166,8 @@ def test_report_names_runs_by_as_much_of_their_path_as_tells_them_apart(tmp_path
     assert list(run_labels(dirs[1:])) == ["multi-agent", "quad"]
     with pytest.raises(ThresherError, match="a run folder is named twice"):
         run_labels([dirs[0], dirs[0]])
+    with pytest.raises(ThresherError, match=r"b is not a run folder .* it holds the run folders multi-agent, quad: give those"):
+        run_labels([tmp_path / "b"])
 
 
 def test_demo_reuses_runs_only_under_the_same_settings(world):

@@ -173,7 +173,9 @@ def run_labels(dirs: list[str | Path]) -> dict[str, Path]:
     paths = [Path(d) for d in dirs]
     for p in paths:
         if not (p / "metrics.jsonl").is_file():
-            raise ThresherError(f"{p} is not a run folder (no metrics.jsonl): give `thresher train` out folders")
+            inner = sorted(c.parent.name for c in p.glob("*/metrics.jsonl")) if p.is_dir() else []
+            hint = f"; it holds the run folders {', '.join(inner)}: give those" if inner else ""
+            raise ThresherError(f"{p} is not a run folder (no metrics.jsonl): give `thresher train` out folders{hint}")
     resolved = [p.resolve() for p in paths]
     if len(set(resolved)) < len(resolved):
         raise ThresherError("a run folder is named twice")
