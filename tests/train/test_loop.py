@@ -242,3 +242,19 @@ def test_tensorboard_without_the_package_is_one_line(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ThresherError, match=r"needs the tensorboard package: pip install 'thresher\[tensorboard\]'"):
         tiny_config(tensorboard=True).validate()
+
+
+def test_a_stage_that_outruns_its_selection_says_so_and_counts_the_passes(tmp_path, capsys):
+    """4 documents, 132 stream tokens a step (4 rows of seq_len + 1): metrics.jsonl's selection_pass is the pass
+    that holds the step's last stream token, and one note names the selection's size when pass 2 begins."""
+    store = pattern_store()
+    ids = np.array([0, 2, 4, 6])
+    cfg = tiny_config(steps=10, prefetch=2)
+    train(cfg, store, StaticSelector(ids), tmp_path)
+    total = int(np.asarray(store.lengths)[ids].sum()) + len(ids)  # with an EOS each
+    got = [m["selection_pass"] for m in _metrics(tmp_path)]
+    assert got == [(132 * s - 1) // total + 1 for s in range(1, 11)] and max(got) >= 3
+    first = got.index(2) + 1
+    out = capsys.readouterr().out
+    assert out.count("now repeats it") == 1, out
+    assert f"note: step {first}: training went through all of the current selection (4 documents, {total:,} tokens" in out

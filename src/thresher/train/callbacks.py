@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_write_text
 from thresher.utils.log import print0
@@ -146,6 +148,27 @@ class Progress(Callback):
     def on_train_end(self, run):
         if self.bar is not None:
             self.bar.close()
+
+
+class RepeatNote(Callback):
+    """Says once (rank 0) when training starts a second pass over the current selection: a stage that trains more
+    tokens than its D_k holds repeats documents (``selection_pass`` in metrics.jsonl counts the passes)."""
+
+    def __init__(self):
+        self.said = False
+
+    def on_step_end(self, run, metrics):
+        if self.said or metrics.get("selection_pass", 1) < 2 or run.dist.rank != 0:
+            return
+        self.said = True
+        ids = run.selector.selection()
+        tokens = int(run.loader.packer.lengths[ids].sum()) + len(ids)  # + an EOS each
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"note: step {metrics['step']}: training went through all of the current selection ({len(ids):,} "
+                   f"documents, {tokens:,} tokens with their EOS) and now repeats it (pass {metrics['selection_pass']}); "
+                   "selection_pass in metrics.jsonl counts the passes. For one pass a stage, train fewer tokens "
+                   "between selection updates than D_k holds (selector.budget_tokens, selector.update_every)")
 
 
 class Checkpoint(Callback):

@@ -4,7 +4,7 @@
         selector.on_step(step, model)          # may re-select; timed (selection seconds / FLOPs)
         for each micro-batch: forward, backward (grads synced across ranks on the last one)
         clip, AdamW step at lr(step)            (float16: through a GradScaler)
-        callbacks: evaluate -> metrics.jsonl -> tensorboard -> progress -> checkpoint -> yours
+        callbacks: evaluate -> metrics.jsonl -> tensorboard -> progress -> repeat note -> checkpoint -> yours
 """
 
 from __future__ import annotations
@@ -331,7 +331,8 @@ def _step_metrics(run: Run, step, loss, lr, gnorm, train_s, sel_s, sel_flops, ch
             "step_s": train_s + sel_s, "selection_s": sel_s, "selection_s_total": c["selection_s"],
             "selection_flops": sel_flops, "selection_flops_total": c["selection_flops"],
             "train_flops": train_flops, "train_flops_total": c["train_flops"],
-            "selection_version": int(run.selector.version), "selection_changed": bool(changed)}
+            "selection_version": int(run.selector.version), "selection_changed": bool(changed),
+            "selection_pass": int(run.loader.state_dict()["epoch"]) + 1}  # 2+: the stage's D_k repeats
 
 
 # --- the entry point ---------------------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def default_callbacks(cfg: TrainConfig, out_dir: Path, eval_tasks, pad_id: int,
                               cb.MetricsJsonl(out_dir / "metrics.jsonl", cfg.log_every)]
     if cfg.tensorboard:
         cbs.append(cb.TensorBoard(out_dir / "tensorboard"))
-    return cbs + [cb.Progress(), cb.Checkpoint(cfg.ckpt_every, cfg.keep_last, cfg.keep_every)]
+    return cbs + [cb.Progress(), cb.RepeatNote(), cb.Checkpoint(cfg.ckpt_every, cfg.keep_last, cfg.keep_every)]
 
 
 def train(cfg: TrainConfig, store, selector, out_dir, eval_tasks: dict | None = None, resume: bool = False,
