@@ -78,10 +78,10 @@ def world(tmp_path_factory):
     return out, _gather(out, DemoConfig(n_docs=1500, seed=0))
 
 
-def test_top_level_seed_reseeds_the_run_and_a_set_section_seed_wins(world, tmp_path, monkeypatch, capsys):
+def _tiny_run_toml(world, path, steps: int, extra_train: str = "") -> Path:
+    """A run config over the world's store and labels: random selection, tiny model on CPU, ``steps`` updates."""
     _, (w, store, labels) = world
-    config = tmp_path / "run.toml"
-    config.write_text(f"""
+    path.write_text(f"""
 [data]
 store = "{store}"
 labels = "{labels}"
@@ -95,8 +95,14 @@ device = "cpu"
 seq_len = 32
 micro_batch = 4
 global_batch_tokens = 128
-steps = 2
+steps = {steps}
+{extra_train}
 """)
+    return path
+
+
+def test_top_level_seed_reseeds_the_run_and_a_set_section_seed_wins(world, tmp_path, monkeypatch, capsys):
+    config = _tiny_run_toml(world, tmp_path / "run.toml", steps=2)
 
     def model(name, *sets):
         out = tmp_path / name
@@ -112,24 +118,7 @@ steps = 2
 def test_train_writes_its_summary_and_report_compares_run_folders(world, tmp_path, monkeypatch, capsys):
     """A finished `thresher train` writes summary.json; `thresher report` puts runs side by side: each one's final
     reference loss (from its metrics, as summary.json has it) and its selection compute."""
-    _, (w, store, labels) = world
-    config = tmp_path / "run.toml"
-    config.write_text(f"""
-[data]
-store = "{store}"
-labels = "{labels}"
-reference = {json.dumps(w["reference"]).replace(":", " =")}
-reference_max_examples = 20
-[selector]
-budget_tokens = 20000
-[train]
-device = "cpu"
-seq_len = 32
-micro_batch = 4
-global_batch_tokens = 128
-steps = 3
-eval_every = 3
-""")
+    config = _tiny_run_toml(world, tmp_path / "run.toml", steps=3, extra_train="eval_every = 3")
     runs = []
     for policy in ("random", "static-mixture"):
         out = tmp_path / "runs" / policy
