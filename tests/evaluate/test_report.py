@@ -42,3 +42,14 @@ def test_weight_and_theta_plots_read_the_step_0_entry_of_a_console_with_a_bandit
                                    {"agent": "bandit", "weights": [0.1] * 100}], "theta": [0.9, 1.1]}]
     assert weight_trajectories(log) == {"quality": {"lo": ([0, 10], [0.5, 0.4]), "hi": ([0, 10], [0.5, 0.6])}}
     assert theta_trajectory(log) == {"quality": ([0, 10], [1.0, 0.9]), "bandit": ([0, 10], [1.0, 1.1])}
+
+
+def test_passes_over_the_selection_per_run(tmp_path):
+    """From metrics.jsonl's selection_pass: the most passes over one D_k and the share of logged steps on a repeat;
+    runs logged before the key have no row."""
+    a = _run(tmp_path / "a", {"easy": 2.0})
+    rows = [{"step": s, "loss": 1.0, "selection_pass": p} for s, p in zip(range(1, 6), [1, 1, 2, 3, 1])]
+    (a / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    b = _run(tmp_path / "b", {"easy": 2.0})
+    md = write_report(tmp_path / "out", {"A": a, "B": b}).read_text()
+    assert "| A | 3 | 40% |" in md and "| B |" not in md.split("## Passes over the selection")[1]

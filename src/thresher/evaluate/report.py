@@ -137,6 +137,21 @@ def plot_agent_weights(log: list[dict], path: Path) -> bool:
     return True
 
 
+def passes_table(metrics: dict[str, list[dict]]) -> list[str]:
+    """Per run, how often training went through one selection again (metrics.jsonl's selection_pass): the most
+    passes over one D_k and the share of logged steps that drew from a D_k already trained through."""
+    rows = []
+    for p, m in metrics.items():
+        passes = [int(r["selection_pass"]) for r in m if r.get("selection_pass") is not None]
+        if passes:
+            rows.append(f"| {p} | {max(passes)} | {sum(x > 1 for x in passes) / len(passes):.0%} |")
+    if not rows:
+        return []
+    return ["## Passes over the selection", "",
+            "| policy | most passes over one D_k | steps on a repeated D_k |", "|---|---:|---:|", *rows, "",
+            "A stage that trains more tokens than its D_k holds repeats documents (docs/train.md, selection_pass).", ""]
+
+
 def compute_table(runs: dict[str, Path]) -> list[str]:
     """Selection cost against training cost per policy, from each run's summary.json."""
     rows = []
@@ -202,6 +217,7 @@ def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thres
                   "held-out pool documents that no policy could select; lower is better)", "",
                   *final_table(heldout), ""]
     lines += compute_table(runs)
+    lines += passes_table(metrics)
     for p, d in runs.items():
         log = read_jsonl(Path(d) / "selector_log.jsonl")
         if plot_agent_weights(log, out_dir / f"weights_{p}.png"):
