@@ -117,11 +117,13 @@ class Agent(ABC):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def category_sizes(index: CellIndex, column: str, n_cat: int) -> np.ndarray:
-    """(n_cat,) documents per category of ``column`` (missing codes not counted)."""
+def category_sizes(index: CellIndex, column: str, n_cat: int, per_cell: np.ndarray | None = None) -> np.ndarray:
+    """(n_cat,) documents per category of ``column`` (missing codes not counted); ``per_cell``: another per-cell
+    amount to sum instead of the documents (e.g. ``index.tokens``)."""
     codes = index.codes[:, index.col(column)]
     ok = codes >= 0
-    return np.bincount(codes[ok], weights=index.counts[ok], minlength=n_cat).astype(np.int64)
+    per_cell = index.counts if per_cell is None else per_cell
+    return np.bincount(codes[ok], weights=per_cell[ok], minlength=n_cat).astype(np.int64)
 
 
 def doc_codes(index: CellIndex, column: str, docs: np.ndarray) -> np.ndarray:

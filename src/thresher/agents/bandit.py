@@ -112,12 +112,6 @@ class RoundLog:
         return out
 
 
-def arm_sizes(index: CellIndex, column: str, n_arms: int) -> np.ndarray:
-    codes = index.codes[:, index.col(column)]
-    ok = codes >= 0
-    return np.bincount(codes[ok], weights=index.counts[ok], minlength=n_arms).astype(np.int64)
-
-
 class BanditAgent(Agent):
     """Beyond both papers: the bandit as an agent of the console; its score for a doc is CS of its cluster.
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from thresher.agents.agent import Agent, CategoricalAgent, category_sizes, normalise_rewards
-from thresher.agents.bandit import BanditAgent, ClusterBandit, RoundLog, arm_sizes
+from thresher.agents.bandit import BanditAgent, ClusterBandit, RoundLog
 from thresher.agents.base import SelectionContext, Selector, budget_count, resolve_budget, selection_digest
 from thresher.agents.cells import (CellIndex, StageDraws, build_cell_index, cached_cell_index, cell_index_key,
                                    mark_used)
@@ -73,6 +73,11 @@ class _StagedSelector(Selector):
                       if ctx.cell_cache else build_cell_index(ctx.labels, columns, lengths, ctx.heldout))
         if self.index.key is None:
             self.index.key = cell_index_key(ctx.labels, columns, lengths, ctx.heldout)
+
+    @property
+    def _budget(self) -> int:
+        """The budget in its unit: tokens (budget_tokens set) or documents (resolve_budget sets exactly one)."""
+        return self.budget_tokens if self.budget_tokens is not None else self.budget_docs
 
     def _random_stage(self) -> np.ndarray:
         """Algorithm 1 line 2: D_k as a uniformly random subset at the budget."""
@@ -161,7 +166,7 @@ class MultiAgentSelector(_StagedSelector):
 
     def _bandit_agent(self) -> BanditAgent:
         c, col = self.cfg, self.cfg.bandit_column
-        sizes = arm_sizes(self.index, col, len(self.categories[col]))
+        sizes = category_sizes(self.index, col, len(self.categories[col]))
         b = ClusterBandit(sizes, c.alpha, c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round,
                           c.unvisited, c.ucb_count)
         norm = c.normalization if c.bandit_normalization == "auto" else c.bandit_normalization
@@ -239,7 +244,7 @@ class QuadSelector(_StagedSelector):
                                 "initial weights); quad's D_0 would need rewards from a model that has not trained "
                                 "yet: use 'random' (Algorithm 1 line 2)")
         c = self.cfg
-        self.bandit = ClusterBandit(arm_sizes(self.index, col, len(self.categories[col])), c.alpha,
+        self.bandit = ClusterBandit(category_sizes(self.index, col, len(self.categories[col])), c.alpha,
                                     c.sample_proportion, c.max_samples_per_cluster, c.clusters_per_round, c.unvisited,
                                     c.ucb_count)
         self.norm = "raw" if c.bandit_normalization == "auto" else c.bandit_normalization
@@ -265,7 +270,7 @@ class QuadSelector(_StagedSelector):
         b = self.bandit
         draws = StageDraws(self.index, self.cfg.bandit_column)  # no doc is drawn twice a stage
         left = b.sizes.copy()
-        chosen, room = [], self.budget_tokens if self.budget_tokens is not None else self.budget_docs
+        chosen, room = [], self._budget
         if self.cfg.quad_stage_tokens and step > 0 and self.budget_tokens is not None:
             room = min(room, int(self.cfg.quad_stage_tokens))
         rounds = 0
@@ -378,18 +383,16 @@ class StaticMixtureSelector(_StagedSelector):
     def _redistribute(self) -> bool:
         return self.cfg.mixture_shortfall == "redistribute"
 
+
     def _targets(self, shares: np.ndarray | None) -> np.ndarray:
         """Per category, the docs (``shares``) or tokens to select: the weights' share of the budget, or under
         ``mixture_shortfall = "redistribute"`` those shares water-filled up to what each category holds."""
         first = shares if shares is not None else self.budget_tokens * self.weights
         if not self._redistribute:
             return np.asarray(first)
-        j = self.index.codes[:, 0]
-        per_cell = self.index.counts if shares is not None else self.index.tokens
-        cap = np.bincount(j[j >= 0], weights=np.asarray(per_cell, dtype=np.float64)[j >= 0],
-                          minlength=len(self.weights))[: len(self.weights)]
-        budget = self.budget_docs if shares is not None else self.budget_tokens
-        return _water_fill(budget, self.weights, cap, integer=shares is not None)
+        cap = category_sizes(self.index, self.cfg.mixture_column, len(self.weights),
+                             self.index.counts if shares is not None else self.index.tokens)
+        return _water_fill(self._budget, self.weights, cap, integer=shares is not None)
 
     def _shortfall(self, parts: list[np.ndarray], shares: np.ndarray | None) -> dict:
         """{category: {target, selected}} (docs or tokens) for categories the pool cannot fill, with a warning:
@@ -413,9 +416,8 @@ class StaticMixtureSelector(_StagedSelector):
                        "weights (selector.mixture_shortfall = \"redistribute\" hands the rest to the other categories)")
             else:
                 got = sum(len(p) if shares is not None else int(self.ctx.doc_lengths[p].sum()) for p in parts)
-                budget = self.budget_docs if shares is not None else self.budget_tokens
                 print0(head + f"; their {lost:,} {unit} went to the other categories in proportion to their weights "
-                       f"(the selection: {got:,} of the budget's {budget:,} {unit})")
+                       f"(the selection: {got:,} of the budget's {self._budget:,} {unit})")
         return out
 
 
@@ -429,16 +431,13 @@ def _water_fill(budget: int, w: np.ndarray, cap: np.ndarray, integer: bool) -> n
     while True:
         free = (w > 0) & ~full
         left = max(float(budget) - cap[full].sum(), 0.0)
-        if not free.any():
-            return np.where(full, cap, 0.0).astype(np.int64)
         share = np.zeros_like(w)
-        if integer:
-            share[free] = _shares(int(left), w[free])
-        else:
-            share[free] = left * w[free] / w[free].sum()
+        if free.any():
+            share[free] = _shares(int(left), w[free]) if integer else left * w[free] / w[free].sum()
         over = free & (share > cap)
         if not over.any():
-            return np.where(full, cap, share).astype(np.int64) if integer else np.where(full, cap, share)
+            out = np.where(full, cap, share)
+            return out.astype(np.int64) if integer else out
         full |= over
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher.utils.errors import ThresherError
-from thresher.utils.io import atomic_path, atomic_write_text
+from thresher.utils.io import atomic_path, atomic_write_text, make_dir
 
 REF_PREFIX = "ref_loss/"
 HELDOUT_PREFIX = "heldout_loss/"  # held-out pool loss per label value (evaluate/heldout.py)
@@ -204,8 +204,7 @@ def run_labels(dirs: list[str | Path]) -> dict[str, Path]:
 def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thresher report",
                  extra_md: str = "") -> Path:
     """``runs``: policy -> run directory (with metrics.jsonl and selector_log.jsonl)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(out_dir)
     metrics = {p: read_jsonl(Path(d) / "metrics.jsonl") for p, d in runs.items()}
     plot_ref_losses(metrics, out_dir / "ref_loss.png")
     lines = [f"# {title}", "", "## Final reference loss (mean NLL per continuation token; lower is better)", ""]

@@ -35,7 +35,6 @@ from thresher.utils.log import print0
 from thresher.utils.tomlio import apply_overrides, differences, from_dict, load_toml, to_dict
 
 
-
 @dataclass
 class ExperimentConfig:
     out: str = "runs/experiment"  # runs/<policy>/seed<k>, results.md, results.json, plots

@@ -17,8 +17,8 @@ import numpy as np
 from thresher.agents.base import Labels, SelectionContext
 from thresher.agents.config import AUTO_SAVE_MAX_DOCS
 from thresher.config import DataConfig, RunConfig, load_run_config, save_run_config
-from thresher.evaluate.report import SUMMARY
 from thresher.corpus.reference import ReferenceTask, read_reference, tokenize_task
+from thresher.evaluate.report import SUMMARY
 from thresher.influence.config import SPEED_ONLY
 from thresher.influence.rewards import RewardSource
 from thresher.train.callbacks import Callback

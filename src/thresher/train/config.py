@@ -58,7 +58,7 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept (>= 1); older ones deleted ...
     keep_every: int = 0  # ... except every keep_every-th step (0 = none kept permanently)
     log_every: int = 1  # metrics.jsonl line every this many steps
-    tensorboard: bool = False  # also write TensorBoard events to out_dir/tensorboard (rank 0; needs tensorboard: the thresher[tensorboard] extra)
+    tensorboard: bool = False  # also write TensorBoard events to out_dir/tensorboard (rank 0; thresher[tensorboard])
     peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU; None = look up the GPU, CPU -> no MFU
     export: bool = True  # write out_dir/final as a Hugging Face folder at the end
 
