@@ -384,6 +384,28 @@ def trace(
     typer.echo(json.dumps(traces, indent=1) if json_ else render(traces))
 
 
+@app.command()
+def selection(
+    run_dir: Path = typer.Argument(..., help="A run folder (the `out` of thresher train)."),
+    out: Path = typer.Option(..., help="Folder to write step_NNNNNN.parquet to, one file per exported stage."),
+    stages: str = typer.Option("last", help="last (the run's final D_k), all, or comma-separated steps (0,100)."),
+    text: bool = typer.Option(False, help="Also write each document's text, decoded from the token store."),
+    labels: Optional[Path] = typer.Option(None, help="The run's label table (default: the one its config.toml "
+                                          "names)."),
+    no_labels: bool = typer.Option(False, "--no-labels", help="Leave the label table's columns out."),
+    store: Optional[Path] = typer.Option(None, help="The run's token store (default: the one its config.toml "
+                                         "names)."),
+):
+    """A run's selected data as Parquet: per stage, one row per document of D_k with where it came from
+    (source shard, row, id), its labels and optionally its text. Reads the run's selections/; a rerun skips the
+    stages already written."""
+    from thresher.evaluate.selection import export_selection
+
+    for r in export_selection(run_dir, out, stages, text, labels, store, with_labels=not no_labels):
+        how = "already there" if r["skipped"] else "written"
+        typer.echo(f"step {r['step']}: {r['rows']:,} documents, {r['tokens']:,} tokens -> {r['file']} ({how})")
+
+
 def _cache_dir(path: Path) -> Path:
     """``path`` itself, or its ``cache`` folder when given the label table's folder (the default cache)."""
     if not path.is_dir():

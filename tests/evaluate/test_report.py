@@ -53,3 +53,21 @@ def test_passes_over_the_selection_per_run(tmp_path):
     b = _run(tmp_path / "b", {"easy": 2.0})
     md = write_report(tmp_path / "out", {"A": a, "B": b}).read_text()
     assert "| A | 3 | 40% |" in md and "| B |" not in md.split("## Passes over the selection")[1]
+
+
+def test_a_run_without_summary_reports_the_totals_of_its_last_metrics_line(tmp_path):
+    """A finished run reads summary.json; one still training (or killed) its last line's totals, marked running; a
+    run logged before train_s_total existed has no row."""
+    a, b, c = (_run(tmp_path / x, {"easy": 2.0}) for x in "abc")
+    (a / "summary.json").write_text(json.dumps({"train_seconds": 10.0, "selection_seconds": 1.0, "train_flops": 4e12,
+                                                "selection_flops": 1e12}))
+    lines = [{"step": 10, "train_s_total": 2.0, "selection_s_total": 0.5, "train_flops_total": 1e12,
+              "selection_flops_total": 2e11}, {"step": 20, "ref_loss/easy": 2.0},
+             {"step": 20, "train_s_total": 4.0, "selection_s_total": 1.0, "train_flops_total": 2e12,
+              "selection_flops_total": 5e11}]
+    (b / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    md = write_report(tmp_path / "out", {"A": a, "B": b, "C": c}).read_text()
+    table = md.split("## Compute")[1]
+    assert "| A | 10.0 | 1.0 | 10.0% | 4e+12 | 1e+12 | 25.0% |" in table
+    assert "| B (step 20, running) | 4.0 | 1.0 | 25.0% | 2e+12 | 5e+11 | 25.0% |" in table
+    assert "| C" not in table and "last metrics.jsonl line" in table

@@ -46,6 +46,19 @@ def test_loss_decreases_on_structured_corpus(tmp_path):
     assert len(evals) == 2 and evals[1] < evals[0] and out["ref_losses"]["held_out"] == evals[1]
 
 
+def test_metrics_carry_running_totals_of_train_and_selection_time(tmp_path):
+    """train_s_total adds up each step's training seconds (step_s - selection_s), so a report on a run without
+    summary.json (still training, killed) reads the totals from its last line; they end at the summary's."""
+    store = pattern_store()
+    out = train(tiny_config(steps=5, log_every=1), store, _switching(), tmp_path)
+    m = _metrics(tmp_path)
+    assert [r["step"] for r in m] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([r["train_s_total"] for r in m], np.cumsum([r["step_s"] - r["selection_s"] for r in m]),
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose([r["selection_s_total"] for r in m], np.cumsum([r["selection_s"] for r in m]), rtol=1e-9)
+    assert m[-1]["train_s_total"] == out["train_seconds"] and m[-1]["selection_s_total"] == out["selection_seconds"]
+
+
 def test_golden_losses(tmp_path):
     golden = json.loads(make_golden.GOLDEN.read_text())["losses"]
     assert make_golden.golden_losses() == pytest.approx(golden, rel=1e-5, abs=1e-5)

@@ -86,9 +86,9 @@ class SelectorConfig:
     mates_holdout: float = 0.2  # fraction of the samples held out for the logged fit R^2
     mates_temperature: float = 0.5  # tau of Gumbel-top-k on predicted standardised rewards
     # write each stage's D_k (its doc ids: int32, 4 bytes a selected doc) to <out>/selections/step_NNNNNN.npy,
-    # named in the selector log (`thresher trace` reads them): "always" | "never" | "auto": for pools of at most
-    # 50M documents (a stage's file is then at most 200 MB; a 600M-doc pool selecting 100M+ docs a stage would
-    # write 400+ MB per update). Output only: a resume may change it
+    # named in the selector log (`thresher trace` and `thresher selection` read them): "always" | "never" |
+    # "auto": for pools of at most 50M documents (a stage's file is then at most 200 MB; a 600M-doc pool
+    # selecting 100M+ docs a stage would write 400+ MB per update). Output only: a resume may change it
     save_selections: str = "auto"
 
     def validate(self) -> None:

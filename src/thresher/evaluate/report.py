@@ -152,26 +152,37 @@ def passes_table(metrics: dict[str, list[dict]]) -> list[str]:
             "A stage that trains more tokens than its D_k holds repeats documents (docs/train.md, selection_pass).", ""]
 
 
-def compute_table(runs: dict[str, Path]) -> list[str]:
-    """Selection cost against training cost per policy, from each run's summary.json."""
-    rows = []
+def compute_table(runs: dict[str, Path], metrics: dict[str, list[dict]] | None = None) -> list[str]:
+    """Selection cost against training cost per policy, from each run's summary.json; a run without one (still
+    training, or killed) from the totals of its last metrics.jsonl line (``metrics``), marked with its step."""
+    rows, running = [], False
     for p, d in runs.items():
         path = Path(d) / SUMMARY
-        if not path.exists():
-            continue
-        try:
-            s = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ThresherError(f"{path} is unreadable ({type(e).__name__}): rerun that policy or delete its folder") from None
-        ts, ss = s.get("train_seconds") or 0.0, s.get("selection_seconds") or 0.0
-        tf, sf = s.get("train_flops") or 0.0, s.get("selection_flops") or 0.0
+        if path.exists():
+            try:
+                s = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ThresherError(f"{path} is unreadable ({type(e).__name__}): rerun that policy or delete its "
+                                    "folder") from None
+            ts, ss = s.get("train_seconds") or 0.0, s.get("selection_seconds") or 0.0
+            tf, sf = s.get("train_flops") or 0.0, s.get("selection_flops") or 0.0
+        else:
+            last = next((r for r in reversed((metrics or {}).get(p, [])) if "train_s_total" in r), None)
+            if last is None:  # no summary, and metrics from before train_s_total was logged (or none yet)
+                continue
+            ts, ss = last["train_s_total"], last.get("selection_s_total") or 0.0
+            tf, sf = last.get("train_flops_total") or 0.0, last.get("selection_flops_total") or 0.0
+            p, running = f"{p} (step {last['step']}, running)", True
         rows.append(f"| {p} | {ts:.1f} | {ss:.1f} | {ss / ts if ts else 0:.1%} | {tf:.3g} | {sf:.3g} | "
                     f"{sf / tf if tf else 0:.1%} |")
     if not rows:
         return []
+    note = (["A run marked running has no summary.json yet (still training, or killed): its totals are those of its "
+             "last metrics.jsonl line."] if running else [])
     return ["## Compute: selection against training", "",
             "| policy | train s | selection s | selection/train time | train FLOPs | selection FLOPs | "
-            "selection/train FLOPs |", "|---|---:|---:|---:|---:|---:|---:|", *rows, "", COMPUTE_NOTE, ""]
+            "selection/train FLOPs |", "|---|---:|---:|---:|---:|---:|---:|", *rows, "", COMPUTE_NOTE, "",
+            *(note + [""] if note else [])]
 
 
 COMPUTE_NOTE = ("Per update, selection costs about 4N x (tokens scored + reference and factor-fit tokens) and "
@@ -215,7 +226,7 @@ def write_report(out_dir: str | Path, runs: dict[str, Path], title: str = "thres
         lines += ["## Final held-out pool loss per domain (per value of data.heldout_column: mean NLL per token of "
                   "held-out pool documents that no policy could select; lower is better)", "",
                   *final_table(heldout), ""]
-    lines += compute_table(runs)
+    lines += compute_table(runs, metrics)
     lines += passes_table(metrics)
     for p, d in runs.items():
         log = read_jsonl(Path(d) / "selector_log.jsonl")

@@ -328,7 +328,8 @@ def _step_metrics(run: Run, step, loss, lr, gnorm, train_s, sel_s, sel_flops, ch
     peak = _peak_flops(run.cfg, run.dist.device)
     return {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": c["tokens"], "tokens_per_s": tps,
             "mfu": run.flops_per_token * tps / (peak * run.dist.world) if peak else None,
-            "step_s": train_s + sel_s, "selection_s": sel_s, "selection_s_total": c["selection_s"],
+            "step_s": train_s + sel_s, "train_s_total": c["train_s"],
+            "selection_s": sel_s, "selection_s_total": c["selection_s"],
             "selection_flops": sel_flops, "selection_flops_total": c["selection_flops"],
             "train_flops": train_flops, "train_flops_total": c["train_flops"],
             "selection_version": int(run.selector.version), "selection_changed": bool(changed),
