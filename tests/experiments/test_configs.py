@@ -45,6 +45,26 @@ def test_shipped_experiment_resolves_every_run(path):
                 assert cfg.selector.policy == exp.variants[name]["policy"]
 
 
+@pytest.mark.parametrize("path", ALL, ids=[p.stem for p in ALL])
+def test_shipped_recipes_train_each_selection_once(path):
+    """A stage (update_every steps of global_batch_tokens) trains no more tokens than its D_k holds, and quad's
+    stage refill is that stage's tokens: a recipe whose stages repeat their selection trains documents twice
+    (configs/pool.toml did: 13.1M tokens a stage from an 8M-token D_k)."""
+    from thresher.experiments.experiment import load_experiment, run_config_for
+
+    if path in EXPERIMENTS:
+        exp, base = load_experiment(path)
+        cfgs = [run_config_for(exp, base, name, exp.seeds[0]) for name in exp.policies]
+    else:
+        cfgs = [load_run_config(path)]
+    for cfg in cfgs:
+        stage = cfg.selector.update_every * cfg.train.global_batch_tokens
+        if cfg.selector.budget_tokens:
+            assert stage <= cfg.selector.budget_tokens, (cfg.out, stage, cfg.selector.budget_tokens)
+        if cfg.selector.quad_stage_tokens:
+            assert cfg.selector.quad_stage_tokens == stage, cfg.out
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.steps=abc", "config key train.steps = 'abc': expected an integer"),
     ("train.steps=2.5", "config key train.steps = 2.5: expected an integer"),
