@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["ingest", "labels", "label_merge", "selection", "selection_memory", "train", "influence", "influence_projection", "influence_refresh",
+ORDER = ["ingest", "labels", "label_merge", "selection", "selection_memory", "selection_export", "train", "influence", "influence_projection", "influence_refresh",
          "synth_selection_gap"]
 
 
