@@ -162,7 +162,8 @@ def test_a_kill_in_or_after_the_merge_leaves_nothing_behind_after_the_rerun(clea
 
 
 STUCK = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks of a main that hangs
 import thresher.corpus.ingest as ing
 def add(self, docs, ids):  # a shard that takes forever; marks that a worker is in it
     open(os.path.join(os.environ["MARKS"], str(os.getpid())), "w").close()
@@ -192,7 +193,14 @@ def test_ctrl_c_stops_a_parallel_ingest_at_once_and_a_rerun_resumes(clean, corpu
     p, out, _ = _start_stuck_ingest(corpus, tok_path, tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
-        _, err = p.communicate(timeout=60)
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where the main process is stuck, then fail
+            os.kill(p.pid, signal.SIGUSR1)
+            time.sleep(2)
+            os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail("the main process did not stop within 60 s of Ctrl-C; its threads:\n"
+                        + p.communicate()[1][-6000:])
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)

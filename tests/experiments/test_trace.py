@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from thresher import cli
+from thresher.agents.select import gumbel_inclusion
+from thresher.corpus.store import TokenStore
 from thresher.evaluate.report import read_jsonl
 from thresher.evaluate.trace import PROVENANCE, render, trace
 from thresher.experiments.demo import DemoConfig, _gather, run_config
@@ -217,8 +219,22 @@ def test_a_gumbel_selection_is_traced_as_a_draw(tiny_run, monkeypatch, capsys):
     score, selected = np.array([s["score"] for s in stage]), np.array([s["selected"] for s in stage])
     assert score[selected].min() < score[~selected].max()  # a draw: S alone does not order D_k
     assert all(s["gumbel_temperature"] == 0.5 for s in stage)
+    # the chance of being drawn: rises with S, one value per S, and over the pool adds up to D_k's size
+    p = np.array([s["inclusion_probability"] for s in stage])
+    order = np.argsort(score, kind="stable")
+    assert np.all((0 <= p) & (p <= 1)) and np.all(np.diff(p[order]) >= -1e-12) and p.max() - p.min() > 0.1
+    assert all(len(set(p[score == v])) == 1 for v in np.unique(score))
+    assert p[selected].mean() > p[~selected].mean()
+    lengths = TokenStore.open(rc.data.store).lengths
+    chosen = np.load(gumbel / read_jsonl(gumbel / "selector_log.jsonl")[1]["selection_file"])
+    assert rc.selector.budget_tokens is not None
+    assert (p * lengths).sum() == pytest.approx(lengths[chosen].sum(), rel=1e-6)
+    values, inverse = np.unique(score, return_inverse=True)  # from each traced S, the pool's draw at D_k's tokens
+    want = gumbel_inclusion(values, np.bincount(inverse, lengths), 0.5, lengths[chosen].sum())[inverse]
+    np.testing.assert_allclose(p, want, rtol=1e-9, atol=1e-12)
     assert "gumbel_temperature" not in traces[0]["stages"][0]  # D_0: a uniform draw, not scored
     assert all("gumbel_temperature" not in s for t in trace(out, [0, 1]) for s in t["stages"])  # top-k: none
     capsys.readouterr()  # the run's own output
     code, text, _ = _main(monkeypatch, capsys, "trace", gumbel, 0)
     assert code == 0 and "Gumbel-top-k at tau 0.5: a draw" in text.splitlines()[2]
+    assert f"in D_k with p {p[0]:.3g}" in text.splitlines()[2]

@@ -214,6 +214,22 @@ def _stage(lw: np.ndarray, left: np.ndarray, want: int, g: np.random.Generator,
     return labels if len(labels) <= first else labels[np.argpartition(y, first - 1)[:first]]
 
 
+def gumbel_inclusion(scores: np.ndarray, amount: np.ndarray, temperature: float, target: float) -> np.ndarray:
+    """Per group of documents of equal score, the probability that one of its documents is in a Gumbel-top-k
+    draw at ``temperature`` that selects ``target`` documents (``amount``: the groups' document counts) or
+    ``target`` tokens (``amount``: the groups' token sums).
+
+    A document of score s arrives at an Exp(exp(s / tau)) time and D_k is the first arrivals (what select_gumbel
+    draws); the k-th arrival concentrates on the window d whose expected arrivals fill the budget, so a document
+    is in D_k with probability 1 - exp(-exp(s / tau) d). Exact as the pool grows; a token budget counts expected
+    tokens, not the one document that overflows it."""
+    lw = (np.asarray(scores, dtype=np.float64) - np.max(scores)) / temperature
+    amount = np.asarray(amount, dtype=np.float64)
+    if target >= amount.sum():
+        return np.ones(len(lw))
+    return -np.expm1(-np.exp(lw + _solve_window(lw, amount, float(target))))
+
+
 def _solve_window(lw: np.ndarray, left: np.ndarray, target: float) -> float:
     """log d with sum_g left_g (1 - exp(-w_g d)) ~= target, by bisection on log d."""
     live = left > 0

@@ -22,7 +22,10 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     ``weights`` {agent: weight of the doc's category}, ``score`` (Eq. 7), ``cut`` (the lowest score in D_k),
     ``rewards``, ``arm_played``; with ``selector.reuse_penalty`` > 0 also ``reused`` (the doc was in an earlier
     D_k) and ``penalised`` (the score the ranking used: S - reuse_penalty if reused), the cut then on those; under
-    ``selector.selection = "gumbel"`` ``gumbel_temperature``: D_k was drawn, so the cut is no threshold), and,
+    ``selector.selection = "gumbel"`` ``gumbel_temperature``: D_k was drawn, so the cut is no threshold, and
+    ``inclusion_probability``: the chance that such a draw of D_k's size puts the document in it, from the whole
+    pool's scores (agents.select.gumbel_inclusion; None where a weight or, for a token budget, the token store is
+    unknown)), and,
     for a run with held-out pool documents (``data.heldout_docs``), ``heldout``: whether the document was held out
     for evaluation, so that no stage could select it (the draw needs the run's token store: ``store``, else the one
     its config.toml names). ``verify``: each saved D_k must hash to its entry's ``selection_sha1``."""
@@ -59,6 +62,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
     cuts = _cuts(log, chosen, states, table, columns, agent_column, penalty, trained)
     held = _heldout(cfg, table, store, ids)
     gumbel = cfg.selector.selection == "gumbel"
+    inclusion = (_inclusion(log, chosen, states, table, columns, agent_column, cfg, store, ids, penalty, trained)
+                 if gumbel else {})
     out = []
     for k, doc in enumerate(doc_ids):
         code = {name: int(c[k]) for name, c in codes.items()}
@@ -76,6 +81,8 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
                     stage["cut"] = cuts[i]
                 if gumbel and not stage.get("initial"):  # a draw by S / tau + Gumbel noise, not the top of S
                     stage["gumbel_temperature"] = float(cfg.selector.temperature)
+                    p = inclusion.get(i)
+                    stage["inclusion_probability"] = None if p is None else float(p[k])
             elif e.get("initial"):  # quad, mates: how D_0 was drawn
                 stage["initial"] = e["initial"]
             if "arms" in e and cfg.selector.bandit_column in code:  # Quad: was the doc's cluster played
@@ -87,6 +94,57 @@ def trace(run_dir: str | Path, doc_ids: list[int], labels: str | Path | None = N
                     "stages": stages})
         if held is not None:
             out[-1]["heldout"] = bool(held[k])
+    return out
+
+
+def _inclusion(log: list[dict], chosen: dict, states: dict, table, columns: dict, agent_column: dict, cfg,
+               store: str | Path | None, ids: np.ndarray, penalty: float, trained: dict) -> dict[int, np.ndarray | None]:
+    """Log entry index -> (len(ids),) the probability that a Gumbel-top-k draw of that entry's D_k size (documents,
+    or tokens for a token budget) selects each of ``ids``, from Eq. 7's S of every pool document as the selector
+    scored it (a missing label: the mean weight, or never under selector.missing = "exclude"; the reuse penalty;
+    held-out documents never). None where a weight is unknown, or a token budget's store is not at hand."""
+    from thresher.agents.select import gumbel_inclusion
+    from thresher.corpus.store import TokenStore
+
+    n = table.n_docs
+    codes = {name: np.asarray(table.codes(col)) for name, col in columns.items()}
+    held = _heldout(cfg, table, store, np.arange(n))
+    lengths = None
+    if cfg.selector.budget_tokens is not None:
+        path = Path(store or cfg.data.store)
+        lengths = TokenStore.open(path).lengths if (path / "store.json").is_file() else None
+    out = {}
+    for i, (theta, weights) in states.items():
+        e = log[i]
+        if i not in chosen or e["step"] == 0 and e.get("initial") == "random":
+            continue
+        score = np.zeros(n)
+        for agent, th in theta.items():
+            name = agent_column.get(agent, agent)
+            if weights.get(agent) is None or name not in codes or score is None:
+                score = None
+                continue
+            w = np.asarray(weights[agent], dtype=np.float64)
+            finite = w[np.isfinite(w)]
+            missing = -np.inf if cfg.selector.missing == "exclude" else (finite.mean() if len(finite) else 0.0)
+            score += th * np.append(w, missing)[codes[name]]  # code -1 -> the missing score
+        if score is not None and penalty > 0:
+            score = None if trained[i] is None else score - penalty * np.isin(np.arange(n), trained[i])
+        if score is None or lengths is None and cfg.selector.budget_tokens is not None:
+            out[i] = None
+            continue
+        pool = np.isfinite(score) if held is None else np.isfinite(score) & ~held
+        values, inverse = np.unique(score[pool], return_inverse=True)
+        if lengths is None:
+            amount, target = np.bincount(inverse, minlength=len(values)), len(chosen[i])
+        else:
+            amount = np.bincount(inverse, np.asarray(lengths)[pool], minlength=len(values))
+            target = int(np.asarray(lengths)[np.asarray(chosen[i], dtype=np.int64)].sum())
+        p = gumbel_inclusion(values, amount, float(cfg.selector.temperature), target) if len(values) else values
+        doc_p = np.zeros(len(ids))
+        ok = pool[ids]
+        doc_p[ok] = p[np.searchsorted(values, score[ids[ok]])]
+        out[i] = doc_p
     return out
 
 
@@ -205,8 +263,9 @@ def render(traces: list[dict]) -> str:
                 terms = ", ".join(f"{a} {th:.3g} x {_num(s['weights'][a])}" for a, th in s["theta"].items())
                 cut = f"; D_k's lowest {_num(s['cut'])}" if "cut" in s else ""
                 if "gumbel_temperature" in s:  # the cut is then no threshold: a lower S may be drawn, a higher not
+                    p = s.get("inclusion_probability")
                     cut += (f"; Gumbel-top-k at tau {s['gumbel_temperature']:.3g}: a draw, so a selected document "
-                            "may score below one not selected")
+                            "may score below one not selected" + ("" if p is None else f"; in D_k with p {p:.3g}"))
                 reuse = ""
                 if "reused" in s:  # reuse_penalty > 0: the ranking used S - p for docs of an earlier D_k
                     reuse = {None: ", trained before: unknown (an earlier D_k not saved)",
