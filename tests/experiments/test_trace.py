@@ -238,3 +238,26 @@ def test_a_gumbel_selection_is_traced_as_a_draw(tiny_run, monkeypatch, capsys):
     code, text, _ = _main(monkeypatch, capsys, "trace", gumbel, 0)
     assert code == 0 and "Gumbel-top-k at tau 0.5: a draw" in text.splitlines()[2]
     assert f"in D_k with p {p[0]:.3g}" in text.splitlines()[2]
+
+
+def test_a_gumbel_run_gives_held_out_documents_no_chance(heldout_run):
+    """Under gumbel with held-out documents, the race runs over the selectable documents only: a held-out
+    document's inclusion probability is 0 whatever its S, and the others' add up to D_k's tokens as the draw
+    over the pool without the held-out documents gives them."""
+    out, rc = heldout_run
+    rc = dataclasses.replace(rc, out=str(out.parent / "gumbel-heldout"),
+                             selector=dataclasses.replace(rc.selector, selection="gumbel", temperature=0.5))
+    run(rc)
+    traces = trace(rc.out, list(range(LabelTable.open(rc.data.labels).n_docs)))
+    held = np.array([t["heldout"] for t in traces])
+    stage = [t["stages"][1] for t in traces]
+    score, selected = np.array([s["score"] for s in stage]), np.array([s["selected"] for s in stage])
+    p = np.array([s["inclusion_probability"] for s in stage])
+    assert held.sum() > 0 and not selected[held].any()
+    assert np.all(p[held] == 0) and score[held].max() > score[~held].min()  # some held-out S would have had a chance
+    lengths = TokenStore.open(rc.data.store).lengths
+    chosen = np.load(Path(rc.out) / read_jsonl(Path(rc.out) / "selector_log.jsonl")[1]["selection_file"])
+    assert (p * lengths).sum() == pytest.approx(lengths[chosen].sum(), rel=1e-6)
+    values, inverse = np.unique(score[~held], return_inverse=True)
+    want = gumbel_inclusion(values, np.bincount(inverse, lengths[~held]), 0.5, lengths[chosen].sum())[inverse]
+    np.testing.assert_allclose(p[~held], want, rtol=1e-9, atol=1e-12)

@@ -383,7 +383,6 @@ class StaticMixtureSelector(_StagedSelector):
     def _redistribute(self) -> bool:
         return self.cfg.mixture_shortfall == "redistribute"
 
-
     def _targets(self, shares: np.ndarray | None) -> np.ndarray:
         """Per category, the docs (``shares``) or tokens to select: the weights' share of the budget, or under
         ``mixture_shortfall = "redistribute"`` those shares water-filled up to what each category holds."""
