@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_helpers import cli_err as _main
 
 from thresher import cli
 from thresher.experiments.demo import DemoConfig, _gather, run_demo
@@ -13,14 +14,6 @@ from thresher.utils.errors import SettingsMismatchError, ThresherError
 
 
 CONFIGS = Path(__file__).parents[2] / "configs"
-
-
-def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
-    """(exit code, stderr) of ``thresher ARGS`` run in this process."""
-    monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    return e.value.code, capsys.readouterr().err.strip()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_helpers import cli_err as _main
 
 import thresher.experiments.run as run_module
-from thresher import cli
 from thresher.agents.presets import read_init_file
 from thresher.config import save_run_config
 from thresher.experiments.demo import DemoConfig, _gather, run_config
@@ -138,13 +138,6 @@ def test_regmix_end_to_end_resumes_and_feeds_init_file(base, tmp_path, monkeypat
     again = run_regmix(cfg, base)
     assert calls == [("2", True)]
     assert again["proxies"][2]["ref_losses"] == pytest.approx(result["proxies"][2]["ref_losses"])
-
-
-def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    return e.value.code, capsys.readouterr().err.strip()
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(base, tmp_path, monkeypatch, capsys):

@@ -1,23 +1,19 @@
 """`thresher selection`: a run's saved D_k as Parquet, row for row the run's selection with the token store's
 metadata, the label table's labels and the decoded text; reruns resume; bad input is one line."""
 
-import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from run_helpers import cli_run as _main, tiny_demo_run
 
-from thresher import cli
 from thresher.corpus.store import TokenStore
 from thresher.agents.base import selection_digest
 from thresher.evaluate.report import read_jsonl
 from thresher.evaluate.selection import export_selection, take_rows
-from thresher.experiments.demo import DemoConfig, _gather, run_config
-from thresher.experiments.run import run
 from thresher.labels.table import LabelTable
 from thresher.utils.errors import ThresherError
 from thresher.utils.io import atomic_write_jsonl
@@ -25,24 +21,8 @@ from thresher.utils.io import atomic_write_jsonl
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("selection")
-    cfg = DemoConfig(n_docs=1200, seed=1)
-    world, store, labels = _gather(out, cfg)
-    rc = run_config(cfg, "multi-agent", world, store, labels, out)
-    rc.train = dataclasses.replace(rc.train, steps=13, ckpt_every=0, eval_every=0, warmup_steps=2, export=False)
-    rc.data = dataclasses.replace(rc.data, reference_max_examples=40)
-    rc.influence = dataclasses.replace(rc.influence, preconditioner="none")
-    rc.selector = dataclasses.replace(rc.selector, update_every=12, samples_per_category=8)
-    run(rc)
-    return Path(rc.out), rc
-
-
-def _main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    got = capsys.readouterr()
-    return e.value.code, got.out, got.err.strip()
+    return tiny_demo_run(tmp_path_factory.mktemp("selection"), "multi-agent", n_docs=1200, seed=1,
+                         reference_max_examples=40)
 
 
 def test_every_stage_exports_its_selection_with_sources_labels_and_text(tiny_run, tmp_path, monkeypatch, capsys):

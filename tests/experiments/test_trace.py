@@ -4,18 +4,16 @@ selection), its labels, and the Eq. 7 score, theta and weights that chose D_k; b
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from run_helpers import cli_run as _main, tiny_demo_run
 
-from thresher import cli
 from thresher.agents.select import gumbel_inclusion
 from thresher.corpus.store import TokenStore
 from thresher.evaluate.report import read_jsonl
 from thresher.evaluate.trace import PROVENANCE, render, trace
-from thresher.experiments.demo import DemoConfig, _gather, run_config
 from thresher.experiments.run import run
 from thresher.labels.table import LabelTable
 from thresher.utils.io import atomic_write_jsonl
@@ -23,16 +21,8 @@ from thresher.utils.io import atomic_write_jsonl
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trace")
-    cfg = DemoConfig(n_docs=1500, seed=0)
-    world, store, labels = _gather(out, cfg)
-    rc = run_config(cfg, "multi-agent+quad", world, store, labels, out)
-    rc.train = dataclasses.replace(rc.train, steps=13, ckpt_every=0, eval_every=0, warmup_steps=2, export=False)
-    rc.data = dataclasses.replace(rc.data, reference_max_examples=60)
-    rc.influence = dataclasses.replace(rc.influence, preconditioner="none")  # one update at step 12, cheap rewards
-    rc.selector = dataclasses.replace(rc.selector, update_every=12, samples_per_category=8)
-    run(rc)
-    return Path(rc.out), rc
+    return tiny_demo_run(tmp_path_factory.mktemp("trace"), "multi-agent+quad", n_docs=1500, seed=0,
+                         reference_max_examples=60)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +33,6 @@ def reuse_run(tiny_run):
                              selector=dataclasses.replace(rc.selector, reuse_penalty=0.05))
     run(rc)
     return Path(rc.out), rc
-
-
-def _main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["thresher", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
-    got = capsys.readouterr()
-    return e.value.code, got.out, got.err.strip()
 
 
 def test_the_traced_scores_are_those_that_selected_each_stage(tiny_run):

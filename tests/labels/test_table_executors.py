@@ -387,6 +387,33 @@ def test_a_kill_of_the_main_process_ends_the_label_workers(tmp_path):
     kill_main_only(*start_stuck(script, [str(tmp_path / "labels")], tmp_path / "marks"))
 
 
+def test_ctrl_c_stops_a_parallel_label_job_at_once_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the process group) while both workers are inside shards: the job ends within seconds with
+    KeyboardInterrupt instead of labelling the shards left, its workers terminated; a rerun writes the table."""
+    import signal
+    import subprocess
+
+    from process_helpers import start_stuck
+
+    from thresher.utils.io import pid_alive
+
+    script, out = tmp_path / "stuck.py", tmp_path / "labels"
+    script.write_text(STUCK_LABEL)
+    p, workers = start_stuck(script, [str(out)], tmp_path / "marks", stderr=subprocess.PIPE, text=True)
+    try:
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == -signal.SIGINT and err.rstrip().endswith("KeyboardInterrupt"), err[-2000:]
+    assert not any(map(pid_alive, workers)) and not list(out.glob("_work/*/*.done.json"))
+    resumed = run_labelers(InMemorySource(["some text here"] * 40), [RuleQualityLabeler()], out, shard_size=10)
+    tables_equal(resumed, run_labelers(InMemorySource(["some text here"] * 40), [RuleQualityLabeler()],
+                                       tmp_path / "clean", shard_size=10))
+
+
 RAY_STUCK = """
 import json, os, sys, time
 import ray

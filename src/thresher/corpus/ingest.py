@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,9 +33,9 @@ from thresher.corpus.readers import REASONS, Doc, Excluded, is_shard, iter_recor
 from thresher.corpus.store import RESERVED_COLUMNS, STORE_VERSION, narrow_lengths, token_dtype, write_lengths
 from thresher.corpus.tokenizer import load_tokenizer, special_ids, tokenizer_sha256, vocab_size
 from thresher.utils.errors import SettingsMismatchError, ThresherError
-from thresher.utils.io import (atomic_path, atomic_write_json, atomic_write_text, exit_with_parent, read_json,
-                               remove_stale_temps)
+from thresher.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
 from thresher.utils.log import print0, progress
+from thresher.utils.pool import completed, spawn_pool
 
 STORE_FILES = ("store.json", "tokens.bin", "offsets.npy", "lengths.npy", "lengths.json", "docs.parquet", "tokenizer.json",
                "exclusions.jsonl", "stats.json")
@@ -217,35 +216,12 @@ def _run_tasks(todo: list[ShardTask], tok_json: str, workers: int) -> list[dict]
 
         tok = Tokenizer.from_str(tok_json)
         return _collect((ingest_shard(t, tok) for t in todo), len(todo))
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    # An executor, not mp.Pool: a worker that dies (OOM kill) fails the run instead of hanging it.
+    # Ctrl-C stops the shards in progress instead of finishing them (they have no .done yet, so a rerun redoes them)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = mp.get_context("spawn")
-    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tok_json, threads))
-    try:
+    with spawn_pool(workers, _init_worker, (tok_json, threads),
+                    died="an ingest worker process died (out of memory?); rerun to resume") as ex:
         futures = [ex.submit(_pool_ingest_shard, t) for t in todo]
-        return _collect((f.result() for f in as_completed(futures)), len(todo))
-    except BrokenProcessPool:
-        raise ThresherError("an ingest worker process died (out of memory?); rerun to resume") from None
-    except KeyboardInterrupt:
-        # Ctrl-C: stop the shards in progress instead of finishing them (they have no .done yet, so a
-        # rerun redoes them). The workers ignore SIGINT, so none died holding a pool lock.
-        _terminate_workers(ex)
-        raise
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)  # quick: the workers are done, idle or terminated
-
-
-def _terminate_workers(ex) -> None:
-    """Terminate an executor's worker processes: the public call on Python >= 3.14, else its process table."""
-    if hasattr(ex, "terminate_workers"):
-        ex.terminate_workers()
-        return
-    for proc in list((getattr(ex, "_processes", None) or {}).values()):
-        proc.terminate()
+        return _collect((f.result() for f in completed(futures)), len(todo))
 
 
 def _collect(results: Iterable[dict], total: int) -> list[dict]:
@@ -263,8 +239,6 @@ _WORKER: dict = {}
 
 
 def _init_worker(tok_json: str, threads: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (see _run_tasks)
-    exit_with_parent()  # a kill -9 of the main process ends the workers too
     # tokenizers' Rust thread pool reads this when it starts (on the first encode): split the cores.
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     from tokenizers import Tokenizer

@@ -28,6 +28,7 @@ from thresher.labels.table import LabelTable
 from thresher.utils.errors import SettingsMismatchError, ThresherError
 from thresher.utils.io import atomic_path, atomic_write_json, exit_with_parent, make_dir, read_json, remove_stale_temps
 from thresher.utils.log import print0, progress
+from thresher.utils.pool import completed, spawn_pool
 
 
 def column_specs(labelers: Sequence[Labeler]) -> dict[str, dict]:
@@ -110,7 +111,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(source, labelers, work, batch_size):
-    exit_with_parent()  # a kill -9 of the main process ends the workers too
     _WORKER.update(source=source, labelers=labelers, work=Path(work), batch_size=batch_size)
 
 
@@ -126,13 +126,12 @@ def run_local(source, labelers, work: Path, todo: list, batch_size: int, workers
         for task in progress(todo, desc="label shards", unit="shard"):
             _worker_shard(task)
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(source, labelers, str(work), batch_size)) as pool:
-        for _ in progress(pool.map(_worker_shard, todo), desc="label shards", total=len(todo), unit="shard"):
-            pass
+    # Ctrl-C stops the shards in progress (no marker yet: a rerun redoes them) instead of labelling every one left
+    with spawn_pool(workers, _init_worker, (source, labelers, str(work), batch_size),
+                    died="a label worker process died (out of memory?); rerun to resume") as pool:
+        futures = [pool.submit(_worker_shard, task) for task in todo]
+        for f in progress(completed(futures), desc="label shards", total=len(todo), unit="shard"):
+            f.result()
 
 
 class _RayShardActor:
@@ -141,6 +140,7 @@ class _RayShardActor:
     def __init__(self, source, labelers, work: str, batch_size: int):
         import ray
 
+        exit_with_parent()  # a kill -9 of the Ray worker's parent ends the actor too
         _init_worker(source, labelers, work, batch_size)
         self.actor_id = ray.get_runtime_context().get_actor_id()
 
