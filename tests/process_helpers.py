@@ -22,6 +22,11 @@ def child_env(**extra: str) -> dict:
     return {**os.environ, "THRESHER_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
 
 
+# A Ctrl-C test's child process sets Python's own SIGINT handler (KeyboardInterrupt) first: a test suite started as a
+# background job (`make test &` from a script) runs with SIGINT ignored, every child inherits that, and a Python
+# that starts with SIGINT ignored leaves it ignored, so a Ctrl-C test there would wait for a signal that never acts.
+
+
 def start_stuck(script: Path, args: list[str], marks: Path, n_workers: int = 2, timeout: float = 120, **popen):
     """Run ``script`` (its workers write a file named by their PID into ``marks`` and never finish) in its own
     process group; -> (process, worker PIDs) once every worker is inside its work."""

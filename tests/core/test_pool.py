@@ -23,6 +23,7 @@ from thresher.utils.pool import completed
 def poke():
     time.sleep(0.3)
     signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # Python's C handler runs in this thread
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises, as under a terminal (process_helpers)
 threading.Thread(target=poke).start()
 for _ in completed([Future()]):  # concurrent.futures.as_completed hangs here for good
     pass

@@ -170,6 +170,7 @@ def add(self, docs, ids):  # a shard that takes forever; marks that a worker is 
     time.sleep(3600)
 ing.PartWriter.add = add  # the spawned workers import this script too (as __mp_main__)
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises, as under a terminal (process_helpers)
     ing.ingest([sys.argv[1]], sys.argv[2], sys.argv[3], field_map=%r, workers=2, batch_size=7)
 """ % (FMAP,)
 

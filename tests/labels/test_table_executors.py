@@ -364,7 +364,7 @@ def test_a_replace_stopped_before_its_manifest_is_refused_until_a_rerun_finishes
 
 
 STUCK_LABEL = """
-import os, sys, time
+import os, signal, sys, time
 from thresher.labels import InMemorySource, run_labelers
 from thresher.labels.quality import RuleQualityLabeler
 def label(self, batch):  # a shard that takes forever; marks that a worker is in it
@@ -372,6 +372,7 @@ def label(self, batch):  # a shard that takes forever; marks that a worker is in
     time.sleep(3600)
 RuleQualityLabeler.label = label  # the spawned workers import this script too (as __mp_main__)
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises, as under a terminal (process_helpers)
     run_labelers(InMemorySource(["some text here"] * 40), [RuleQualityLabeler()], sys.argv[1], shard_size=10,
                  workers=2, batch_size=5)
 """
