@@ -22,9 +22,15 @@ def child_env(**extra: str) -> dict:
     return {**os.environ, "THRESHER_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
 
 
-# A Ctrl-C test's child process sets Python's own SIGINT handler (KeyboardInterrupt) first: a test suite started as a
-# background job (`make test &` from a script) runs with SIGINT ignored, every child inherits that, and a Python
-# that starts with SIGINT ignored leaves it ignored, so a Ctrl-C test there would wait for a signal that never acts.
+# The first lines of a Ctrl-C test's child script. It sets Python's own SIGINT handler (KeyboardInterrupt): a suite
+# started as a background job (`make test &` from a script) runs with SIGINT ignored, every child inherits that, and
+# a Python that starts with SIGINT ignored leaves it ignored, so the test would wait for a signal that never acts.
+# SIGUSR1 prints every thread's stack (ctrl_c asks for them when the child hangs). Spawned workers import the script
+# too; their pool's initializer ignores SIGINT after.
+CTRL_C_CHILD = """import faulthandler, signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+"""
 
 
 def start_stuck(script: Path, args: list[str], marks: Path, n_workers: int = 2, timeout: float = 120, **popen):
@@ -58,3 +64,22 @@ def kill_main_only(p: subprocess.Popen, workers: list[int], timeout: float = 20)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def ctrl_c(p: subprocess.Popen, timeout: float = 60) -> str:
+    """Ctrl-C to ``p``'s process group (as a terminal sends it: workers included); -> its stderr once it exited. Fails
+    with the main process's thread stacks when it has not exited within ``timeout`` seconds."""
+    try:
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            return p.communicate(timeout=timeout)[1]
+        except subprocess.TimeoutExpired:  # say where the main process is stuck, then fail
+            os.kill(p.pid, signal.SIGUSR1)
+            time.sleep(2)
+            os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail(f"the main process did not stop within {timeout:g} s of Ctrl-C; its threads:\n"
+                        + p.communicate()[1][-6000:])
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

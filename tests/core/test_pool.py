@@ -9,21 +9,20 @@ import subprocess
 import sys
 
 import pytest
-from process_helpers import child_env
+from process_helpers import CTRL_C_CHILD, child_env
 
 from thresher.utils.errors import ThresherError
 from thresher.utils.pool import completed, spawn_pool
 
 # The main thread waits on a future that never finishes while another thread takes the SIGINT (as the kernel may
 # give a process-directed Ctrl-C to any thread): Python only flags it, and a wait without a timeout never wakes.
-WAIT = """
-import signal, sys, threading, time
+WAIT = CTRL_C_CHILD + """
+import signal, threading, time
 from concurrent.futures import Future
 from thresher.utils.pool import completed
 def poke():
     time.sleep(0.3)
     signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # Python's C handler runs in this thread
-signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises, as under a terminal (process_helpers)
 threading.Thread(target=poke).start()
 for _ in completed([Future()]):  # concurrent.futures.as_completed hangs here for good
     pass

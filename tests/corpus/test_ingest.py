@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from corpus_helpers import SHARED, corpus, make_records, tok_path, write_jsonl  # noqa: F401
-from process_helpers import kill_main_only, start_stuck
+from process_helpers import CTRL_C_CHILD, ctrl_c, kill_main_only, start_stuck
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import thresher.corpus.ingest as ing
@@ -161,16 +160,14 @@ def test_a_kill_in_or_after_the_merge_leaves_nothing_behind_after_the_rerun(clea
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean[0].iterdir())  # no temp, no parts
 
 
-STUCK = """
-import faulthandler, os, signal, sys, time
-faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for the stacks of a main that hangs
+STUCK = CTRL_C_CHILD + """
+import os, sys, time
 import thresher.corpus.ingest as ing
 def add(self, docs, ids):  # a shard that takes forever; marks that a worker is in it
     open(os.path.join(os.environ["MARKS"], str(os.getpid())), "w").close()
     time.sleep(3600)
 ing.PartWriter.add = add  # the spawned workers import this script too (as __mp_main__)
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises, as under a terminal (process_helpers)
     ing.ingest([sys.argv[1]], sys.argv[2], sys.argv[3], field_map=%r, workers=2, batch_size=7)
 """ % (FMAP,)
 
@@ -192,20 +189,7 @@ def test_a_kill_of_the_main_process_ends_the_workers_and_a_rerun_resumes(clean, 
 
 def test_ctrl_c_stops_a_parallel_ingest_at_once_and_a_rerun_resumes(clean, corpus, tok_path, tmp_path):
     p, out, _ = _start_stuck_ingest(corpus, tok_path, tmp_path, stderr=subprocess.PIPE, text=True)
-    try:
-        os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
-        try:
-            _, err = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:  # say where the main process is stuck, then fail
-            os.kill(p.pid, signal.SIGUSR1)
-            time.sleep(2)
-            os.killpg(p.pid, signal.SIGKILL)
-            pytest.fail("the main process did not stop within 60 s of Ctrl-C; its threads:\n"
-                        + p.communicate()[1][-6000:])
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    err = ctrl_c(p)
     assert p.returncode == -signal.SIGINT and err.rstrip().endswith("KeyboardInterrupt"), err[-2000:]
     assert not (out / "store.json").exists()
     ingest([str(corpus["dir"])], out, str(tok_path), field_map=FMAP, workers=2, batch_size=7)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from process_helpers import CTRL_C_CHILD
 
 from thresher.labels import InMemorySource, LabelTable, run_labelers
 from thresher.labels.cluster import KMeansClusterer
@@ -363,8 +364,8 @@ def test_a_replace_stopped_before_its_manifest_is_refused_until_a_rerun_finishes
     assert after.categories("domain") == direct.categories("domain")
 
 
-STUCK_LABEL = """
-import os, signal, sys, time
+STUCK_LABEL = CTRL_C_CHILD + """
+import os, sys, time
 from thresher.labels import InMemorySource, run_labelers
 from thresher.labels.quality import RuleQualityLabeler
 def label(self, batch):  # a shard that takes forever; marks that a worker is in it
@@ -372,7 +373,6 @@ def label(self, batch):  # a shard that takes forever; marks that a worker is in
     time.sleep(3600)
 RuleQualityLabeler.label = label  # the spawned workers import this script too (as __mp_main__)
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises, as under a terminal (process_helpers)
     run_labelers(InMemorySource(["some text here"] * 40), [RuleQualityLabeler()], sys.argv[1], shard_size=10,
                  workers=2, batch_size=5)
 """
@@ -394,20 +394,14 @@ def test_ctrl_c_stops_a_parallel_label_job_at_once_and_a_rerun_resumes(tmp_path)
     import signal
     import subprocess
 
-    from process_helpers import start_stuck
+    from process_helpers import ctrl_c, start_stuck
 
     from thresher.utils.io import pid_alive
 
     script, out = tmp_path / "stuck.py", tmp_path / "labels"
     script.write_text(STUCK_LABEL)
     p, workers = start_stuck(script, [str(out)], tmp_path / "marks", stderr=subprocess.PIPE, text=True)
-    try:
-        os.killpg(p.pid, signal.SIGINT)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    err = ctrl_c(p)
     assert p.returncode == -signal.SIGINT and err.rstrip().endswith("KeyboardInterrupt"), err[-2000:]
     assert not any(map(pid_alive, workers)) and not list(out.glob("_work/*/*.done.json"))
     resumed = run_labelers(InMemorySource(["some text here"] * 40), [RuleQualityLabeler()], out, shard_size=10)

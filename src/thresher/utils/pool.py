@@ -40,7 +40,7 @@ def spawn_pool(workers: int, initializer: Callable, initargs: tuple, died: str) 
     except BrokenProcessPool:
         raise ThresherError(died) from None
     except KeyboardInterrupt:
-        terminate_workers(ex)
+        _terminate_workers(ex)
         raise
     finally:
         ex.shutdown(wait=True, cancel_futures=True)  # quick: the workers are done, idle or terminated
@@ -57,7 +57,7 @@ def completed(futures: Iterable, poll_s: float = POLL_S) -> Iterator:
         yield from done
 
 
-def terminate_workers(ex) -> None:
+def _terminate_workers(ex) -> None:
     """Terminate an executor's worker processes: the public call on Python >= 3.14, else its process table."""
     if hasattr(ex, "terminate_workers"):
         ex.terminate_workers()
